@@ -1,0 +1,35 @@
+"""`create_app(settings)`: builds one instance's whole service; no module-level state."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from notifier.broker import Broker
+from notifier.errors import install_error_handlers
+from notifier.node import Node
+from notifier.routes import health, publish, websocket
+from notifier.settings import Settings
+
+
+def create_app(settings: Settings, broker: Broker | None = None) -> FastAPI:
+    """Build the ASGI app; the broker connects when the app starts and drains when it stops."""
+    node = Node(settings, broker)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await node.start()
+        try:
+            yield
+        finally:
+            await node.stop()
+
+    app = FastAPI(title="notifier", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.node = node
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(publish.router)
+    app.include_router(websocket.router)
+    return app

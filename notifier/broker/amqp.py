@@ -1,0 +1,193 @@
+"""RabbitMQ through aio-pika: one durable topic exchange, one queue per instance bound to its clients' topics.
+
+aio-pika's robust connection reconnects by itself and re-declares the queue, its bindings and its consumer.
+The instance queue is not exclusive and expires after NOTIFIER_QUEUE_EXPIRES_S without a consumer, so it
+survives a short outage with its messages, and a dead instance leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import uuid
+from typing import Any
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika.abc import (
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+
+from notifier.broker.base import BrokerUnavailable, EventHandler
+from notifier.events import UnusableMessage, event_from_message
+from notifier.settings import Settings
+
+log = structlog.get_logger("notifier.broker")
+
+# What aio-pika and aiormq raise when the connection or channel is gone or the broker refuses.
+_BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, asyncio.TimeoutError)
+
+
+class AmqpBroker:
+    """The production broker: RabbitMQ over AMQP 0-9-1."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.instance_id = settings.instance_id or uuid.uuid4().hex[:12]
+        self.queue_name = f"{settings.exchange}.instance.{self.instance_id}"
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._exchange_name = settings.exchange
+        self._publish_exchange: AbstractExchange | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._on_event: EventHandler | None = None
+        # Unbinds that failed while disconnected; retried after each reconnect so no stale binding stays.
+        self._pending_unbinds: set[str] = set()
+
+    @property
+    def ready(self) -> bool:
+        connection = self._connection
+        return connection is not None and not connection.is_closed and connection.connected.is_set()
+
+    async def connect(self, on_event: EventHandler) -> None:
+        settings = self._settings
+        self._on_event = on_event
+        connection = await aio_pika.connect_robust(
+            settings.amqp_url,
+            timeout=settings.broker_timeout_s,
+            reconnect_interval=1.0,
+            client_properties={"connection_name": f"notifier {self.instance_id}"},
+        )
+        self._connection = connection
+        connection.reconnect_callbacks.add(self._after_reconnect)
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=settings.prefetch)
+        self._channel = channel
+        await channel.declare_exchange(settings.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        dead_exchange = await channel.declare_exchange(
+            settings.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        dead_queue = await channel.declare_queue(
+            settings.dead_letter_exchange,
+            durable=True,
+            arguments={"x-max-length": settings.queue_max_length},
+        )
+        await dead_queue.bind(dead_exchange)
+        self._queue = await channel.declare_queue(
+            self.queue_name,
+            durable=True,
+            arguments={
+                "x-expires": int(settings.queue_expires_s * 1000),
+                "x-dead-letter-exchange": settings.dead_letter_exchange,
+                # Bounded: past this length the oldest messages are dead-lettered, never silently dropped.
+                "x-max-length": settings.queue_max_length,
+                "x-overflow": "drop-head",
+            },
+        )
+        publish_channel = await connection.channel(publisher_confirms=True)
+        self._publish_exchange = await publish_channel.get_exchange(settings.exchange, ensure=False)
+        self._consumer_tag = await self._queue.consume(self._on_message)
+        log.info("broker_connected", queue=self.queue_name, exchange=settings.exchange)
+
+    async def stop_consuming(self) -> None:
+        if self._queue is not None and self._consumer_tag is not None:
+            try:
+                await self._queue.cancel(self._consumer_tag)
+            except _BROKER_ERRORS as error:
+                log.warning("broker_cancel_failed", error=repr(error))
+            self._consumer_tag = None
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    async def bind(self, topic: str) -> None:
+        queue = self._require_queue()
+        try:
+            await asyncio.wait_for(queue.bind(self._exchange_name, routing_key=topic), self._settings.broker_timeout_s)
+        except _BROKER_ERRORS as error:
+            raise BrokerUnavailable(f"cannot bind {topic}: {error!r}") from None
+        self._pending_unbinds.discard(topic)
+
+    async def unbind(self, topic: str) -> None:
+        queue = self._require_queue()
+        try:
+            await asyncio.wait_for(
+                queue.unbind(self._exchange_name, routing_key=topic), self._settings.broker_timeout_s
+            )
+        except _BROKER_ERRORS as error:
+            log.warning("broker_unbind_deferred", topic=topic, error=repr(error))
+            self._pending_unbinds.add(topic)
+            self._forget_binding(topic)
+
+    async def publish(self, topic: str, data: bytes, event_id: str) -> None:
+        if self._publish_exchange is None or not self.ready:
+            raise BrokerUnavailable("not connected to RabbitMQ")
+        message = aio_pika.Message(
+            data,
+            content_type="application/json",
+            message_id=event_id,
+            timestamp=datetime.datetime.now(datetime.UTC),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        try:
+            # With publisher confirms on, this returns only once RabbitMQ has taken the message.
+            await self._publish_exchange.publish(message, routing_key=topic, timeout=self._settings.broker_timeout_s)
+        except _BROKER_ERRORS as error:
+            raise BrokerUnavailable(f"publish not confirmed: {error!r}") from None
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        timestamp = message.timestamp
+        try:
+            event = event_from_message(
+                message.routing_key or "",
+                message.body,
+                event_id=message.message_id,
+                ts_ms=int(timestamp.timestamp() * 1000) if timestamp else None,
+                max_bytes=self._settings.max_event_bytes,
+            )
+        except UnusableMessage as error:
+            log.warning(
+                "event_dead_lettered",
+                topic=message.routing_key,
+                event_id=message.message_id,
+                reason=str(error),
+            )
+            await self._settle(message.reject(requeue=False))
+            return
+        if self._on_event is not None:
+            self._on_event(event)
+        await self._settle(message.ack())
+
+    async def _settle(self, settlement: Any) -> None:
+        try:
+            await settlement
+        except _BROKER_ERRORS as error:
+            # The channel closed under us: RabbitMQ redelivers the message after the reconnect.
+            log.info("broker_settle_failed", error=repr(error))
+
+    async def _after_reconnect(self, *_: object) -> None:
+        log.info("broker_reconnected", queue=self.queue_name)
+        for topic in tuple(self._pending_unbinds):
+            await self.unbind(topic)
+            if topic not in self._pending_unbinds:
+                log.info("broker_unbind_done", topic=topic)
+
+    def _forget_binding(self, topic: str) -> None:
+        # Keep aio-pika from restoring a binding nobody wants any more (it re-binds what it remembers).
+        bindings: dict[tuple[Any, str], Any] | None = getattr(self._queue, "_bindings", None)
+        if bindings is not None:
+            for key in [key for key in bindings if key[1] == topic]:
+                bindings.pop(key, None)
+
+    def _require_queue(self) -> AbstractQueue:
+        if self._queue is None:
+            raise BrokerUnavailable("not connected to RabbitMQ")
+        return self._queue

@@ -1,0 +1,221 @@
+"""The `notifier` command: serve, dev, publish, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pydantic
+
+from notifier.auth import mint_token
+from notifier.logs import configure_logging
+from notifier.settings import ConfigError, Settings
+
+
+def dev_state_path(port: int) -> Path:
+    """Where `notifier dev` leaves its generated secret and API key for `notifier token` and `publish`."""
+    return Path(tempfile.gettempdir()) / f"notifier-dev-{os.getuid()}-{port}.json"
+
+
+def load_settings(env_file: str | None, **overrides: Any) -> Settings:
+    """Read settings; a bad or missing one ends the program with one line that names it."""
+    try:
+        settings = Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except pydantic.ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        name = f"NOTIFIER_{where.upper()}" if where else "settings"
+        fail(f"invalid setting {name}: {first['msg']}")
+    return settings
+
+
+def fail(message: str) -> NoReturn:
+    print(f"notifier: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    settings = load_settings(args.env_file, **overrides)
+    configure_logging(settings.log_format, settings.log_level)
+    from notifier.server import serve
+
+    try:
+        settings.require_token_key()
+    except ConfigError as error:
+        fail(str(error))
+    serve(settings)
+
+
+def cmd_dev(args: argparse.Namespace) -> None:
+    base = load_settings(args.env_file, **({"port": args.port} if args.port is not None else {}))
+    port = base.port
+    secret = base.jwt_secret or secrets.token_urlsafe(32)
+    api_key = base.api_keys[0] if base.api_keys else "dev-" + secrets.token_urlsafe(16)
+    origins = {f"http://{host}:{port}" for host in ("127.0.0.1", "localhost")} | set(base.allowed_origins)
+    settings = load_settings(
+        args.env_file,
+        port=port,
+        amqp_url="memory://" if not args.amqp else base.amqp_url,
+        jwt_secret=secret,
+        api_keys=[api_key, *base.api_keys[1:]],
+        allowed_origins=sorted(origins),
+        demo_page=True,
+        log_format="console",
+    )
+    state = dev_state_path(port)
+    state.write_text(json.dumps({"jwt_secret": secret, "api_key": api_key}))
+    state.chmod(0o600)
+    configure_logging(settings.log_format, settings.log_level)
+    token = mint_token(secret, "demo", topics=["news.#"], ttl_s=24 * 3600)
+    broker = "in-memory broker" if settings.uses_memory_broker else settings.amqp_url.split("@")[-1]
+    print(
+        f"""
+notifier dev: http://{settings.host}:{port}  ({broker}; not for production)
+
+  WebSocket:  ws://{settings.host}:{port}/ws
+  Demo token (user "demo", may subscribe to news.#, valid 24 h):
+    {token}
+  Publish:    notifier publish user.demo '{{"hello": "world"}}'
+  API key:    {api_key}
+""",
+        flush=True,
+    )
+    from notifier.server import serve
+
+    serve(settings)
+
+
+def _dev_state(port: int) -> dict[str, str]:
+    try:
+        loaded: dict[str, str] = json.loads(dev_state_path(port).read_text())
+        return loaded
+    except (OSError, ValueError):
+        return {}
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    settings = load_settings(args.env_file)
+    try:
+        data = json.loads(args.data)
+    except ValueError as error:
+        fail(f"DATA is not valid JSON: {error}")
+    if args.amqp:
+        asyncio.run(_publish_amqp(settings, args.topic, data, args.id))
+        return
+    url = args.url or f"http://{settings.host}:{settings.port}"
+    api_key = args.api_key or (settings.api_keys[0] if settings.api_keys else _dev_state(settings.port).get("api_key"))
+    if not api_key:
+        fail("no API key: pass --api-key or set NOTIFIER_API_KEYS (or run `notifier dev` on this port)")
+    body: dict[str, Any] = {"topic": args.topic, "data": data}
+    if args.id:
+        body["id"] = args.id
+    request = urllib.request.Request(
+        url.rstrip("/") + "/api/publish",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            print(response.read().decode())
+    except urllib.error.HTTPError as error:
+        fail(f"HTTP {error.code}: {error.read().decode(errors='replace')}")
+    except urllib.error.URLError as error:
+        fail(f"cannot reach {url}: {error.reason}")
+
+
+async def _publish_amqp(settings: Settings, topic: str, data: object, event_id: str | None) -> None:
+    import aio_pika
+
+    from notifier.events import new_event_id
+    from notifier.topics import InvalidTopic, validate_topic
+
+    try:
+        validate_topic(topic)
+    except InvalidTopic as error:
+        fail(f"TOPIC: {error}")
+    event_id = event_id or new_event_id()
+    try:
+        connection = await aio_pika.connect(settings.amqp_url, timeout=settings.broker_timeout_s)
+    except Exception as error:  # noqa: BLE001 - any failure to connect is reported the same way
+        fail(f"cannot connect to RabbitMQ: {error!r}")
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.declare_exchange(settings.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        message = aio_pika.Message(json.dumps(data).encode(), content_type="application/json", message_id=event_id)
+        await exchange.publish(message, routing_key=topic)
+    print(json.dumps({"id": event_id, "topic": topic}))
+
+
+def cmd_token(args: argparse.Namespace) -> None:
+    settings = load_settings(args.env_file)
+    secret = settings.jwt_secret or _dev_state(settings.port).get("jwt_secret")
+    if not secret:
+        fail("no secret: set NOTIFIER_JWT_SECRET (or run `notifier dev` on this port)")
+    from notifier.topics import InvalidTopic, is_valid_segment, validate_pattern
+
+    if not is_valid_segment(args.user):
+        fail("USER must be one topic segment: letters, digits, '_', '-', ':' and '@'")
+    try:
+        for pattern in args.topics:
+            validate_pattern(pattern)
+    except InvalidTopic as error:
+        fail(f"--topics: {error}")
+    print(mint_token(secret, args.user, topics=args.topics, ttl_s=args.ttl))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="notifier",
+        description="Push RabbitMQ events to authenticated WebSocket clients. "
+        "Settings come from NOTIFIER_* environment variables (see config/notifier.env).",
+    )
+    parser.add_argument("--env-file", help="read NOTIFIER_* settings from this file too")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the service against RabbitMQ (production)")
+    serve.add_argument("--host", help="listen address (NOTIFIER_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (NOTIFIER_PORT)")
+    serve.set_defaults(func=cmd_serve)
+
+    dev = commands.add_parser(
+        "dev", help="run locally on an embedded in-memory broker with a generated secret; prints a demo token"
+    )
+    dev.add_argument("--port", type=int, help="listen port (NOTIFIER_PORT, default 8000)")
+    dev.add_argument("--amqp", action="store_true", help="use RabbitMQ at NOTIFIER_AMQP_URL instead")
+    dev.set_defaults(func=cmd_dev)
+
+    publish = commands.add_parser("publish", help="publish an event (through the HTTP API by default)")
+    publish.add_argument("topic", metavar="TOPIC")
+    publish.add_argument("data", metavar="JSON", help="the event's data, any JSON value")
+    publish.add_argument("--id", help="event id (default: generated)")
+    publish.add_argument("--url", help="server URL (default http://NOTIFIER_HOST:NOTIFIER_PORT)")
+    publish.add_argument("--api-key", help="API key (default: first of NOTIFIER_API_KEYS, or the dev server's)")
+    publish.add_argument("--amqp", action="store_true", help="publish straight to RabbitMQ at NOTIFIER_AMQP_URL")
+    publish.set_defaults(func=cmd_publish)
+
+    token = commands.add_parser("token", help="mint an HS256 token with NOTIFIER_JWT_SECRET (for testing)")
+    token.add_argument("user", metavar="USER")
+    token.add_argument("--topics", nargs="*", default=[], metavar="PATTERN", help="grant these topic patterns")
+    token.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds (default 3600)")
+    token.set_defaults(func=cmd_token)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)

@@ -1,0 +1,52 @@
+"""Every way the server ends a WebSocket connection, in one table (mirrored in docs/protocol.md).
+
+Codes 4000-4499 tell a client it may reconnect (with backoff, and with a fresh token where the reason says so);
+codes 4500-4999 are terminal: reconnecting with the same input fails again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CloseReason:
+    code: int
+    reason: str
+
+    @property
+    def reconnect(self) -> bool:
+        """Whether a client may reconnect after this close (maybe after fetching a new token)."""
+        return self.code < 4500
+
+
+# Standard codes.
+SHUTDOWN = CloseReason(1012, "server restarting")
+TRY_AGAIN_LATER = CloseReason(1013, "broker unavailable")
+MESSAGE_TOO_BIG = CloseReason(1009, "frame too big")
+
+# Reconnect range.
+AUTH_TIMEOUT = CloseReason(4000, "auth timeout")
+TOKEN_EXPIRED = CloseReason(4001, "token expired")
+SLOW_CLIENT = CloseReason(4002, "slow client")
+SERVER_FULL = CloseReason(4003, "too many connections")
+RATE_LIMITED = CloseReason(4004, "too many frames")
+
+# Terminal range.
+INVALID_TOKEN = CloseReason(4500, "invalid token")
+PROTOCOL_VIOLATION = CloseReason(4501, "protocol violation")
+USER_CONNECTION_LIMIT = CloseReason(4502, "too many connections for this user")
+
+ALL = (
+    SHUTDOWN,
+    TRY_AGAIN_LATER,
+    MESSAGE_TOO_BIG,
+    AUTH_TIMEOUT,
+    TOKEN_EXPIRED,
+    SLOW_CLIENT,
+    SERVER_FULL,
+    RATE_LIMITED,
+    INVALID_TOKEN,
+    PROTOCOL_VIOLATION,
+    USER_CONNECTION_LIMIT,
+)

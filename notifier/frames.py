@@ -1,0 +1,137 @@
+"""The WebSocket frames: parsing what a client sends, encoding what the server sends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from notifier.events import Event
+
+MAX_ID_LENGTH = 64
+
+RequestId = str | int | None
+
+
+class BadFrame(Exception):
+    """A client frame that cannot be used; `code` is the error frame's code."""
+
+    def __init__(self, code: str, message: str, request_id: RequestId = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Auth:
+    token: str
+    id: RequestId = None
+
+
+@dataclass(frozen=True)
+class Refresh:
+    token: str
+    id: RequestId = None
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    topic: str
+    id: RequestId = None
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    topic: str
+    id: RequestId = None
+
+
+@dataclass(frozen=True)
+class Ping:
+    id: RequestId = None
+
+
+ClientFrame = Auth | Refresh | Subscribe | Unsubscribe | Ping
+
+
+def _request_id(raw: dict[str, Any]) -> RequestId:
+    value = raw.get("id")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise BadFrame("bad_request", "id must be a string or an integer")
+    if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
+        raise BadFrame("bad_request", f"id must be at most {MAX_ID_LENGTH} characters")
+    if isinstance(value, int) and not -(2**53) < value < 2**53:
+        raise BadFrame("bad_request", "id must be a safe integer")
+    return value
+
+
+def _string_field(raw: dict[str, Any], name: str, request_id: RequestId) -> str:
+    value = raw.get(name)
+    if not isinstance(value, str):
+        raise BadFrame("bad_request", f"'{name}' must be a string", request_id)
+    return value
+
+
+def parse_client_frame(text: str) -> ClientFrame:
+    """Parse one client text frame, or raise BadFrame with the error code to answer."""
+    try:
+        raw = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise BadFrame("bad_request", "frame is not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise BadFrame("bad_request", "frame must be a JSON object")
+    request_id = _request_id(raw)
+    kind = raw.get("type")
+    if kind == "subscribe":
+        return Subscribe(_string_field(raw, "topic", request_id), request_id)
+    if kind == "unsubscribe":
+        return Unsubscribe(_string_field(raw, "topic", request_id), request_id)
+    if kind == "ping":
+        return Ping(request_id)
+    if kind == "auth":
+        return Auth(_string_field(raw, "token", request_id), request_id)
+    if kind == "refresh":
+        return Refresh(_string_field(raw, "token", request_id), request_id)
+    if not isinstance(kind, str):
+        raise BadFrame("bad_request", "frame needs a string 'type'", request_id)
+    raise BadFrame("unknown_type", f"unknown frame type {kind[:40]!r}", request_id)
+
+
+def _encode(frame: dict[str, Any]) -> str:
+    return orjson.dumps(frame).decode()
+
+
+def welcome(user: str, topics: list[str], expires_at: float) -> str:
+    return _encode({"type": "welcome", "user": user, "topics": topics, "expires": int(expires_at)})
+
+
+def refreshed(request_id: RequestId, expires_at: float, dropped: list[str]) -> str:
+    return _encode({"type": "refreshed", "id": request_id, "expires": int(expires_at), "dropped": dropped})
+
+
+def subscription(kind: Literal["subscribed", "unsubscribed"], topic: str, request_id: RequestId) -> str:
+    return _encode({"type": kind, "topic": topic, "id": request_id})
+
+
+def pong(request_id: RequestId) -> str:
+    return _encode({"type": "pong", "id": request_id})
+
+
+def error(code: str, message: str, request_id: RequestId = None, topic: str | None = None) -> str:
+    frame: dict[str, Any] = {"type": "error", "id": request_id, "code": code, "message": message}
+    if topic is not None:
+        frame["topic"] = topic
+    return _encode(frame)
+
+
+def event(item: Event) -> str:
+    """Encode an event once; the same string goes to every subscriber.
+
+    The event's data is already validated JSON, so it is spliced in as-is rather than parsed and dumped again.
+    """
+    head = orjson.dumps({"type": "event", "topic": item.topic, "id": item.id, "ts": item.ts_ms})
+    return (head[:-1] + b',"data":' + item.data + b"}").decode()

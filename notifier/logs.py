@@ -1,0 +1,67 @@
+"""structlog setup: one JSON object per line in production, readable lines in dev; tokens never logged."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+import structlog
+
+# uvicorn logs request paths with their query string, where `?token=` may sit.
+_SECRET_IN_QUERY = re.compile(r"((?:token|access_token|api_key)=)[^&\s\"']+", re.IGNORECASE)
+
+
+class RedactSecrets(logging.Filter):
+    """Masks `token=...` in any standard-library log record before it is written."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.msg = record.getMessage()
+            record.args = None
+        if isinstance(record.msg, str):
+            record.msg = _SECRET_IN_QUERY.sub(r"\1[redacted]", record.msg)
+        return True
+
+
+def _drop_uvicorn_colors(_: object, __: str, event_dict: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
+def configure_logging(log_format: str, level: str) -> None:
+    numeric_level = logging.getLevelName(level.upper())
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactSecrets())
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), _drop_uvicorn_colors],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric_level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "aio_pika", "aiormq"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    # The library's own reconnect chatter is noisy at info; our broker module logs the state changes.
+    logging.getLogger("aio_pika").setLevel(max(numeric_level, logging.WARNING))
+    logging.getLogger("aiormq").setLevel(max(numeric_level, logging.WARNING))

@@ -1,0 +1,83 @@
+"""`POST /api/publish`: how a backend without an AMQP client publishes an event."""
+
+from __future__ import annotations
+
+import hmac
+import re
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from notifier.broker import BrokerUnavailable
+from notifier.errors import ApiError
+from notifier.events import new_event_id
+from notifier.topics import InvalidTopic, validate_topic
+
+router = APIRouter()
+
+EVENT_ID_RE = re.compile(r"[A-Za-z0-9_\-:.@]{1,128}")
+# The request body holds the data plus the topic, id and JSON punctuation around it.
+BODY_OVERHEAD_BYTES = 1024
+
+
+def check_api_key(request: Request, api_keys: list[str]) -> None:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key:
+        raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <api key>'")
+    # Compare against every key, in constant time, so timing reveals neither a key nor which one matched.
+    matched = False
+    for candidate in api_keys:
+        matched |= hmac.compare_digest(key.encode(), candidate.encode())
+    if not matched:
+        raise ApiError(403, "forbidden", "unknown API key")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "too_large", f"request body is over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "too_large", f"request body is over {limit} bytes")
+    return bytes(body)
+
+
+@router.post("/api/publish", status_code=202)
+async def publish(request: Request) -> JSONResponse:
+    """Publish `{"topic", "data", "id"?}` through the broker; 202 means the broker has the event."""
+    node = request.app.state.node
+    settings = node.settings
+    check_api_key(request, settings.api_keys)
+    body = await read_body(request, settings.max_event_bytes + BODY_OVERHEAD_BYTES)
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(422, "bad_request", "body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise ApiError(422, "bad_request", "body must be a JSON object")
+    unknown = set(payload) - {"topic", "data", "id"}
+    if unknown:
+        raise ApiError(422, "bad_request", f"unknown fields: {sorted(unknown)}")
+    try:
+        topic = validate_topic(payload.get("topic"))
+    except InvalidTopic as error:
+        raise ApiError(422, "invalid_topic", str(error)) from None
+    if "data" not in payload:
+        raise ApiError(422, "bad_request", "'data' is required (any JSON value)")
+    event_id = payload.get("id")
+    if event_id is None:
+        event_id = new_event_id()
+    elif not isinstance(event_id, str) or EVENT_ID_RE.fullmatch(event_id) is None:
+        raise ApiError(422, "bad_request", "'id' must be 1-128 letters, digits or '_-:.@'")
+    data = orjson.dumps(payload["data"])
+    if len(data) > settings.max_event_bytes:
+        raise ApiError(413, "too_large", f"data is over {settings.max_event_bytes} bytes")
+    try:
+        await node.broker.publish(topic, data, event_id)
+    except BrokerUnavailable:
+        raise ApiError(503, "unavailable", "the broker did not confirm the event; retry") from None
+    return JSONResponse({"id": event_id, "topic": topic}, status_code=202)

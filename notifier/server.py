@@ -1,0 +1,82 @@
+"""Running the app under uvicorn, with our own graceful drain and the open-files limit raised."""
+
+from __future__ import annotations
+
+import resource
+import socket
+
+import structlog
+import uvicorn
+
+from notifier.app import create_app
+from notifier.node import Node
+from notifier.settings import Settings
+
+log = structlog.get_logger("notifier.server")
+
+# File descriptors kept for the broker connection, logs and listening sockets.
+RESERVED_FDS = 64
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft open-files limit to the hard limit; return how many connections that leaves room for."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1_048_576
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as error:
+            log.warning("open_files_limit_not_raised", soft=soft, hard=hard, error=str(error))
+    return max(0, soft - RESERVED_FDS)
+
+
+class NotifierServer(uvicorn.Server):
+    """uvicorn's server, but on shutdown the node drains first: it stops consuming, flushes what each
+    client was handed and closes it with 1012, before uvicorn closes whatever is left."""
+
+    def __init__(self, config: uvicorn.Config, node: Node) -> None:
+        super().__init__(config)
+        self._node = node
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # no new connections while draining
+        await self._node.drain()
+        await super().shutdown(sockets)
+
+
+def build_server(settings: Settings) -> NotifierServer:
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws="websockets-sansio",
+        ws_max_size=settings.max_frame_bytes,
+        ws_per_message_deflate=False,  # compressing per receiver would undo encoding each event once
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s) + 1,
+    )
+    return NotifierServer(config, app.state.node)
+
+
+def serve(settings: Settings) -> None:
+    """Run one instance until SIGTERM or SIGINT."""
+    capacity = raise_open_files_limit()
+    log.info(
+        "starting",
+        host=settings.host,
+        port=settings.port,
+        broker=settings.amqp_url.split("@")[-1] if "@" in settings.amqp_url else settings.amqp_url,
+        max_connections=settings.max_connections,
+        open_files_capacity=capacity,
+    )
+    if capacity < settings.max_connections:
+        log.warning(
+            "open_files_below_max_connections", open_files_capacity=capacity, max_connections=settings.max_connections
+        )
+    build_server(settings).run()
