@@ -14,8 +14,11 @@ from notifier.routes import health, publish, websocket
 from notifier.settings import Settings
 
 
-def create_app(settings: Settings, broker: Broker | None = None) -> FastAPI:
-    """Build the ASGI app; the broker connects when the app starts and drains when it stops."""
+def create_app(settings: Settings, broker: Broker | None = None, *, dev: bool = False) -> FastAPI:
+    """Build the ASGI app; the broker connects when the app starts and drains when it stops.
+
+    `dev` adds the development-only routes of `notifier dev` (never on in `notifier serve`).
+    """
     node = Node(settings, broker)
 
     @asynccontextmanager
@@ -32,4 +35,5 @@ def create_app(settings: Settings, broker: Broker | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(publish.router)
     app.include_router(websocket.router)
+    app.state.dev = dev
     return app

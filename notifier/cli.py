@@ -96,7 +96,7 @@ notifier dev: http://{settings.host}:{port}  ({broker}; not for production)
     )
     from notifier.server import serve
 
-    serve(settings)
+    serve(settings, dev=True)
 
 
 def _dev_state(port: int) -> dict[str, str]:

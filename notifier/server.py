@@ -47,8 +47,8 @@ class NotifierServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def build_server(settings: Settings) -> NotifierServer:
-    app = create_app(settings)
+def build_server(settings: Settings, *, dev: bool = False) -> NotifierServer:
+    app = create_app(settings, dev=dev)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -64,7 +64,7 @@ def build_server(settings: Settings) -> NotifierServer:
     return NotifierServer(config, app.state.node)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, *, dev: bool = False) -> None:
     """Run one instance until SIGTERM or SIGINT."""
     capacity = raise_open_files_limit()
     log.info(
@@ -79,4 +79,4 @@ def serve(settings: Settings) -> None:
         log.warning(
             "open_files_below_max_connections", open_files_capacity=capacity, max_connections=settings.max_connections
         )
-    build_server(settings).run()
+    build_server(settings, dev=dev).run()
