@@ -45,6 +45,8 @@ class NotifierServer(uvicorn.Server):
             server.close()  # no new connections while draining
         await self._node.drain()
         await super().shutdown(sockets)
+        # A drained stop is a clean exit: exit 0 instead of uvicorn re-raising the signal (status -15/143).
+        self._captured_signals.clear()
 
 
 def build_server(settings: Settings, *, dev: bool = False) -> NotifierServer:

@@ -16,7 +16,6 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from notifier.app import create_app
 from notifier.auth import mint_token
 from notifier.node import Node
 from notifier.server import NotifierServer
@@ -206,7 +205,10 @@ async def connect() -> AsyncIterator[ConnectClient]:
         query: str = "",
     ) -> Client:
         connection = await websockets.connect(
-            running.ws_url + query, origin=origin, max_size=None, open_timeout=5  # type: ignore[arg-type]
+            running.ws_url + query,
+            origin=origin,
+            max_size=None,
+            open_timeout=5,  # type: ignore[arg-type]
         )
         client = Client(connection)
         opened.append(client)

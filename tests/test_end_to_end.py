@@ -188,7 +188,7 @@ async def test_event_data_passes_through_unchanged(
     server: RunningServer, connect: ConnectClient, publisher: Publisher
 ) -> None:
     alice = await connect(server, "alice")
-    values = ["text with \"quotes\" and ünïcödé", 3.5, None, True, {"nested": {"list": [1, {"a": []}]}}]
+    values = ['text with "quotes" and ünïcödé', 3.5, None, True, {"nested": {"list": [1, {"a": []}]}}]
     for value in values:
         await publisher.publish("user.alice", body=orjson.dumps(value))
     received = [(await alice.expect_event("user.alice"))["data"] for _ in values]
