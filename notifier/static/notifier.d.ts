@@ -1,0 +1,139 @@
+// Types for notifier.js, the notifier browser client (see docs/client.md).
+
+export type ConnectionState = 'connecting' | 'open' | 'reconnecting' | 'closed';
+
+/** One event as published: topic, id (repeats are dropped by the client), publish time in ms, data unchanged. */
+export interface NotifierEvent<T = unknown> {
+  topic: string;
+  id: string;
+  ts: number;
+  data: T;
+}
+
+export interface Welcome {
+  user: string;
+  topics: string[];
+  /** Token expiry, Unix seconds. */
+  expires: number;
+}
+
+export interface Refreshed {
+  expires: number;
+  /** Topics the renewed token no longer grants; the client dropped them. */
+  dropped: string[];
+}
+
+export interface StateDetail {
+  /** Close code of the connection that ended. */
+  code?: number;
+  reason?: string;
+  /** Milliseconds until the next attempt (state `reconnecting`). */
+  delay?: number;
+  /** Why the client stopped (state `closed` after a terminal failure). */
+  error?: NotifierError;
+}
+
+export type EventHandler<T = unknown> = (event: NotifierEvent<T>) => void;
+
+export interface NotifierOptions {
+  /** `wss://host/ws`; `https://…` and page-relative URLs such as `/ws` are accepted too. */
+  url: string;
+  /** A fixed token; it cannot be renewed, so prefer `getToken`. */
+  token?: string;
+  /** Called before every connect and before the token expires; null or '' means "signed out" and stops the client. */
+  getToken?: () => Promise<string | null> | string | null;
+  /** Backoff base in ms (default 500). */
+  minReconnectDelay?: number;
+  /** Backoff cap in ms (default 20000). */
+  maxReconnectDelay?: number;
+  /** Ms between keep-alive pings (default 25000). */
+  pingInterval?: number;
+  /** Ms to wait for a pong before the connection counts as dead (default 10000). */
+  pongTimeout?: number;
+  /** Ms from dialing (including getToken) to `welcome` (default 10000). */
+  connectTimeout?: number;
+  /** Ms to wait for the answer to subscribe, unsubscribe or refresh (default 15000). */
+  requestTimeout?: number;
+  /** Renew the token this many ms before it expires, at most half its remaining life (default 60000). */
+  refreshBefore?: number;
+  /** Consecutive token refusals (close 4001 / 4500) before giving up (default 3). */
+  maxTokenRefusals?: number;
+  /** Topics one client may hold (default 100, the server's default limit). */
+  maxSubscriptions?: number;
+  /** Requests awaiting an answer; past this a request fails at once with `too_many_pending` (default 200). */
+  maxPendingRequests?: number;
+  /** Outgoing frames per second, kept under the server's limit (default 15). */
+  framesPerSecond?: number;
+  /** Outgoing burst (default 30). */
+  framesBurst?: number;
+  /** Recent event ids remembered to drop repeats (default 1000). */
+  dedupeWindow?: number;
+  /** WebSocket implementation (default: the global one). */
+  WebSocket?: typeof WebSocket;
+}
+
+/** Close codes of docs/protocol.md. */
+export declare const CloseCode: Readonly<{
+  NORMAL: 1000;
+  GOING_AWAY: 1001;
+  ABNORMAL: 1006;
+  MESSAGE_TOO_BIG: 1009;
+  SERVER_RESTART: 1012;
+  TRY_AGAIN_LATER: 1013;
+  AUTH_TIMEOUT: 4000;
+  TOKEN_EXPIRED: 4001;
+  SLOW_CLIENT: 4002;
+  SERVER_FULL: 4003;
+  RATE_LIMITED: 4004;
+  INVALID_TOKEN: 4500;
+  PROTOCOL_VIOLATION: 4501;
+  USER_CONNECTION_LIMIT: 4502;
+}>;
+
+/**
+ * An error with a machine-readable code: an `error` frame's code (`forbidden`, `invalid_topic`,
+ * `too_many_subscriptions`, `unavailable`, `invalid_token`, `token_expired`) or one of the client's own
+ * (`timeout`, `closed`, `unsubscribed`, `too_many_pending`, `token_unavailable`, `no_token`, `bad_url`,
+ * `message_too_big`, `protocol_violation`, `user_connection_limit`, `terminal_close`).
+ */
+export declare class NotifierError extends Error {
+  constructor(code: string, message: string, detail?: { topic?: string; closeCode?: number });
+  readonly code: string;
+  /** The topic the error is about, when it is about one. */
+  readonly topic: string | undefined;
+  /** The close code that stopped the client, for errors that stopped it. */
+  readonly closeCode: number | undefined;
+}
+
+/** Exponential backoff with full jitter: uniform in [0, min(max, base * 2^attempt)). */
+export declare function backoffDelay(attempt: number, base: number, max: number, random?: () => number): number;
+
+/** Ms from now until a token expiring at `expiresMs` should be renewed. */
+export declare function refreshDelay(expiresMs: number, nowMs: number, refreshBefore: number): number;
+
+export declare class NotifierClient {
+  constructor(options: NotifierOptions);
+  readonly state: ConnectionState;
+  /** The token's `sub`, once welcomed. */
+  readonly user: string | null;
+  /** The current token's expiry, Unix seconds, once known. */
+  readonly expires: number | null;
+  /** Topics held (confirmed or waiting), the personal topic included once welcomed. */
+  readonly topics: string[];
+
+  on(name: 'state', listener: (state: ConnectionState, detail: StateDetail) => void): () => void;
+  on(name: 'event', listener: EventHandler): () => void;
+  on(name: 'error', listener: (error: NotifierError) => void): () => void;
+  on(name: 'welcome', listener: (welcome: Welcome) => void): () => void;
+  on(name: 'refreshed', listener: (refreshed: Refreshed) => void): () => void;
+  off(name: string, listener: (...args: any[]) => void): void;
+
+  /** Start connecting; the client then stays connected until `close()` or a terminal failure. */
+  connect(): void;
+  /** Resolves on `subscribed`; rejects with a NotifierError carrying the `error` frame's code. */
+  subscribe<T = unknown>(topic: string, handler?: EventHandler<T>): Promise<void>;
+  /** Resolves on `unsubscribed` (at once when not connected). With a handler, only that handler is removed. */
+  unsubscribe<T = unknown>(topic: string, handler?: EventHandler<T>): Promise<void>;
+  /** Close for good; waiting subscribes reject with code `closed`. `connect()` starts again. */
+  close(): void;
+}

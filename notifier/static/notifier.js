@@ -1,0 +1,867 @@
+// notifier browser client: one WebSocket to the notifier service, kept alive, authenticated and subscribed.
+// A dependency-free ES module; docs/protocol.md is the wire contract, docs/client.md the guide.
+
+/**
+ * @typedef {'connecting' | 'open' | 'reconnecting' | 'closed'} ConnectionState
+ *
+ * @typedef {object} NotifierEvent
+ * @property {string} topic  the topic the event was published on
+ * @property {string} id     the event id (repeats are dropped by the client)
+ * @property {number} ts     publish time, milliseconds since the Unix epoch
+ * @property {unknown} data  the published JSON value, unchanged
+ *
+ * @typedef {object} Welcome
+ * @property {string} user       the token's `sub`
+ * @property {string[]} topics   topics the server subscribed at connect (the personal topic `user.<sub>`)
+ * @property {number} expires    the token's `exp`, Unix time in seconds
+ *
+ * @typedef {object} StateDetail
+ * @property {number} [code]     close code of the connection that ended, when there was one
+ * @property {string} [reason]   why the connection ended
+ * @property {number} [delay]    milliseconds until the next attempt (state `reconnecting`)
+ * @property {NotifierError} [error]  why the client stopped (state `closed` after a terminal failure)
+ *
+ * @typedef {(event: NotifierEvent) => void} EventHandler
+ *
+ * @typedef {object} NotifierOptions
+ * @property {string} url  `wss://host/ws`; `https://…` and page-relative URLs such as `/ws` are accepted too
+ * @property {string} [token]  a fixed token (it cannot be renewed: prefer `getToken`)
+ * @property {() => Promise<string | null> | string | null} [getToken]  called before every connect and before
+ *   the token expires; resolving to null or '' means "signed out" and stops the client
+ * @property {number} [minReconnectDelay=500]   backoff base, ms
+ * @property {number} [maxReconnectDelay=20000] backoff cap, ms
+ * @property {number} [pingInterval=25000]      ms between keep-alive pings on an open connection
+ * @property {number} [pongTimeout=10000]       ms to wait for a pong before the connection counts as dead
+ * @property {number} [connectTimeout=10000]    ms from dialing (including getToken) to `welcome`
+ * @property {number} [requestTimeout=15000]    ms to wait for the answer to subscribe, unsubscribe or refresh
+ * @property {number} [refreshBefore=60000]     renew the token this many ms before it expires (at most half
+ *   of its remaining lifetime)
+ * @property {number} [maxTokenRefusals=3]      consecutive token refusals (4001, 4500) before giving up
+ * @property {number} [maxSubscriptions=100]    topics one client may hold (the server's default limit)
+ * @property {number} [maxPendingRequests=200]  requests awaiting an answer; past this a request fails at once
+ * @property {number} [framesPerSecond=15]      outgoing frame rate, kept under the server's limit
+ * @property {number} [framesBurst=30]          outgoing burst, kept under the server's limit
+ * @property {number} [dedupeWindow=1000]       how many recent event ids are remembered to drop repeats
+ * @property {typeof WebSocket} [WebSocket]     WebSocket implementation (default: the global one)
+ */
+
+/** Close codes of docs/protocol.md. */
+export const CloseCode = Object.freeze({
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  ABNORMAL: 1006,
+  MESSAGE_TOO_BIG: 1009,
+  SERVER_RESTART: 1012,
+  TRY_AGAIN_LATER: 1013,
+  AUTH_TIMEOUT: 4000,
+  TOKEN_EXPIRED: 4001,
+  SLOW_CLIENT: 4002,
+  SERVER_FULL: 4003,
+  RATE_LIMITED: 4004,
+  INVALID_TOKEN: 4500,
+  PROTOCOL_VIOLATION: 4501,
+  USER_CONNECTION_LIMIT: 4502,
+});
+
+/** @type {Readonly<Record<number, string>>} error codes the client reports for close codes it stops on */
+const TERMINAL_ERROR_CODES = Object.freeze({
+  [CloseCode.MESSAGE_TOO_BIG]: 'message_too_big',
+  [CloseCode.TOKEN_EXPIRED]: 'token_expired',
+  [CloseCode.INVALID_TOKEN]: 'invalid_token',
+  [CloseCode.PROTOCOL_VIOLATION]: 'protocol_violation',
+  [CloseCode.USER_CONNECTION_LIMIT]: 'user_connection_limit',
+});
+
+/** Close codes after which the server is busy or unwell: wait at least a few backoff steps. */
+const BUSY_CODES = new Set([
+  CloseCode.TRY_AGAIN_LATER,
+  CloseCode.SLOW_CLIENT,
+  CloseCode.SERVER_FULL,
+  CloseCode.RATE_LIMITED,
+]);
+const BUSY_MIN_ATTEMPT = 2;
+
+/** An error with a machine-readable `code`: an `error` frame's code, or one of the client's own. */
+export class NotifierError extends Error {
+  /**
+   * @param {string} code
+   * @param {string} message
+   * @param {{topic?: string, closeCode?: number}} [detail]
+   */
+  constructor(code, message, detail = {}) {
+    super(message);
+    this.name = 'NotifierError';
+    /** @type {string} */
+    this.code = code;
+    /** @type {string | undefined} */
+    this.topic = detail.topic;
+    /** @type {number | undefined} */
+    this.closeCode = detail.closeCode;
+  }
+}
+
+/**
+ * Exponential backoff with full jitter: a uniform delay in [0, min(max, base * 2^attempt)).
+ * @param {number} attempt  0 for the first retry
+ * @param {number} base     ms
+ * @param {number} max      ms
+ * @param {() => number} [random]
+ * @returns {number}
+ */
+export function backoffDelay(attempt, base, max, random = Math.random) {
+  const ceiling = Math.min(max, base * 2 ** Math.min(attempt, 30));
+  return Math.floor(random() * ceiling);
+}
+
+/**
+ * When to renew a token: `refreshBefore` ms ahead of expiry, but never later than half its remaining life.
+ * @param {number} expiresMs  expiry, ms since the epoch
+ * @param {number} nowMs
+ * @param {number} refreshBefore  ms
+ * @returns {number} ms from now
+ */
+export function refreshDelay(expiresMs, nowMs, refreshBefore) {
+  const remaining = expiresMs - nowMs;
+  if (remaining <= 0) return 0;
+  return Math.max(0, remaining - Math.min(refreshBefore, remaining / 2));
+}
+
+const DEFAULTS = Object.freeze({
+  minReconnectDelay: 500,
+  maxReconnectDelay: 20000,
+  pingInterval: 25000,
+  pongTimeout: 10000,
+  connectTimeout: 10000,
+  requestTimeout: 15000,
+  refreshBefore: 60000,
+  maxTokenRefusals: 3,
+  maxSubscriptions: 100,
+  maxPendingRequests: 200,
+  framesPerSecond: 15,
+  framesBurst: 30,
+  dedupeWindow: 1000,
+});
+
+/**
+ * @param {string} url
+ * @returns {string}
+ */
+function webSocketUrl(url) {
+  const base = typeof location !== 'undefined' ? location.href : undefined;
+  const resolved = new URL(url, base);
+  if (resolved.protocol === 'http:') resolved.protocol = 'ws:';
+  else if (resolved.protocol === 'https:') resolved.protocol = 'wss:';
+  if (resolved.protocol !== 'ws:' && resolved.protocol !== 'wss:') {
+    throw new TypeError(`NotifierClient: url must be ws:, wss:, http: or https:, got ${url}`);
+  }
+  return resolved.href;
+}
+
+/** @param {unknown} error */
+function reportListenerError(error) {
+  // A listener that throws must not break the client; report it the way the platform reports uncaught errors.
+  const report = /** @type {any} */ (globalThis).reportError;
+  if (typeof report === 'function') report(error);
+  else console.error(error);
+}
+
+/**
+ * @typedef {object} Subscription
+ * @property {Set<EventHandler>} handlers
+ * @property {boolean} confirmed  the server answered `subscribed` on the current connection
+ * @property {boolean} [auto]  subscribed by the server at connect (the personal topic), not by `subscribe()`
+ * @property {number} [retries]  restore attempts the broker answered `unavailable`
+ * @property {Promise<void>} [ready]  settles when the topic is first confirmed (or refused)
+ * @property {(() => void)} [resolve]
+ * @property {((error: NotifierError) => void)} [reject]
+ *
+ * @typedef {object} PendingRequest
+ * @property {'subscribe' | 'unsubscribe' | 'refresh'} kind
+ * @property {string} [topic]
+ * @property {ReturnType<typeof setTimeout>} timer
+ * @property {(frame: any) => void} [resolve]
+ * @property {(error: NotifierError) => void} [reject]
+ */
+
+/**
+ * A notifier connection that reconnects, renews its token, restores its subscriptions and detects dead links.
+ *
+ * Events: `state` (state, detail), `event` (every event, personal topic included), `error` (NotifierError),
+ * `welcome` (Welcome), `refreshed` ({expires, dropped}).
+ */
+export class NotifierClient {
+  /** @param {NotifierOptions} options */
+  constructor(options) {
+    if (!options || typeof options.url !== 'string') throw new TypeError('NotifierClient: options.url is required');
+    if (!options.token && typeof options.getToken !== 'function') {
+      throw new TypeError('NotifierClient: pass token or getToken');
+    }
+    this._url = options.url;
+    this._token = options.token ?? null;
+    this._getToken = options.getToken ?? null;
+    /** @type {typeof DEFAULTS} */
+    this._opts = { ...DEFAULTS };
+    for (const key of /** @type {(keyof typeof DEFAULTS)[]} */ (Object.keys(DEFAULTS))) {
+      const value = /** @type {any} */ (options)[key];
+      if (value !== undefined) {
+        if (typeof value !== 'number' || !(value >= 0)) throw new TypeError(`NotifierClient: ${key} must be >= 0`);
+        /** @type {any} */ (this._opts)[key] = value;
+      }
+    }
+    this._WebSocket = options.WebSocket ?? /** @type {any} */ (globalThis).WebSocket;
+    if (typeof this._WebSocket !== 'function') throw new TypeError('NotifierClient: no WebSocket implementation');
+
+    /** @type {ConnectionState} */
+    this._state = 'closed';
+    /** @type {Map<string, Set<Function>>} */
+    this._listeners = new Map();
+    /** @type {Map<string, Subscription>} */
+    this._subs = new Map();
+    /** @type {Map<number, PendingRequest>} */
+    this._pending = new Map();
+    /** @type {string[]} frames waiting for the rate limiter; bounded by maxPendingRequests + 2 */
+    this._outbox = [];
+    this._tokens = this._opts.framesBurst;
+    this._tokensAt = Date.now();
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    this._flushTimer = null;
+    /** @type {Set<string>} */
+    this._seen = new Set();
+    /** @type {WebSocket | null} */
+    this._ws = null;
+    this._generation = 0;
+    this._nextId = 1;
+    this._attempt = 0;
+    this._tokenRefusals = 0;
+    /** @type {string | null} */
+    this._user = null;
+    /** @type {number | null} */
+    this._expires = null;
+    /** @type {Record<string, ReturnType<typeof setTimeout> | null>} */
+    this._timers = { reconnect: null, connect: null, ping: null, pong: null, refresh: null };
+    this._onOnline = () => {
+      if (this._state === 'reconnecting' && this._timers.reconnect !== null) {
+        this._clearTimer('reconnect');
+        this._dial();
+      }
+    };
+  }
+
+  /** @returns {ConnectionState} */
+  get state() {
+    return this._state;
+  }
+
+  /** The signed-in user (the token's `sub`) once the server welcomed the connection. */
+  get user() {
+    return this._user;
+  }
+
+  /** The current token's expiry, Unix seconds, once known. */
+  get expires() {
+    return this._expires;
+  }
+
+  /** The topics this client holds (confirmed or waiting to be), personal topic included once welcomed. */
+  get topics() {
+    return [...this._subs.keys()];
+  }
+
+  /**
+   * Listen to `state`, `event`, `error`, `welcome` or `refreshed`; returns a function that removes the listener.
+   * @param {string} name
+   * @param {Function} listener
+   * @returns {() => void}
+   */
+  on(name, listener) {
+    let set = this._listeners.get(name);
+    if (!set) this._listeners.set(name, (set = new Set()));
+    set.add(listener);
+    return () => this.off(name, listener);
+  }
+
+  /**
+   * @param {string} name
+   * @param {Function} listener
+   */
+  off(name, listener) {
+    this._listeners.get(name)?.delete(listener);
+  }
+
+  /** Start connecting (and keep the connection up until `close()` or a terminal failure). */
+  connect() {
+    if (this._state !== 'closed') return;
+    this._attempt = 0;
+    this._tokenRefusals = 0;
+    if (typeof addEventListener === 'function') addEventListener('online', this._onOnline);
+    this._setState('connecting');
+    this._dial();
+  }
+
+  /**
+   * Subscribe to `topic`. Resolves once the server confirmed it (`subscribed`); rejects with a NotifierError
+   * whose `code` is the server's (`forbidden`, `invalid_topic`, `too_many_subscriptions`, `unavailable`) or the
+   * client's (`timeout`, `closed`, `too_many_pending`). While disconnected it waits for the next connection.
+   * The subscription is restored after every reconnect.
+   * @param {string} topic
+   * @param {EventHandler} [handler]  called with each event on this topic
+   * @returns {Promise<void>}
+   */
+  subscribe(topic, handler) {
+    if (typeof topic !== 'string' || topic === '') {
+      return Promise.reject(new NotifierError('invalid_topic', 'topic must be a non-empty string', { topic }));
+    }
+    let sub = this._subs.get(topic);
+    if (sub) {
+      if (handler) sub.handlers.add(handler);
+      sub.auto = false;
+      return sub.confirmed ? Promise.resolve() : /** @type {Promise<void>} */ (sub.ready);
+    }
+    if (this._subs.size >= this._opts.maxSubscriptions) {
+      const message = `at most ${this._opts.maxSubscriptions} subscriptions per client`;
+      return Promise.reject(new NotifierError('too_many_subscriptions', message, { topic }));
+    }
+    sub = { handlers: new Set(handler ? [handler] : []), confirmed: false };
+    sub.ready = new Promise((resolve, reject) => {
+      /** @type {Subscription} */ (sub).resolve = resolve;
+      /** @type {Subscription} */ (sub).reject = reject;
+    });
+    this._subs.set(topic, sub);
+    if (this._state === 'open') this._sendSubscribe(topic);
+    return sub.ready;
+  }
+
+  /**
+   * Stop receiving `topic` (or only stop calling `handler`, when other handlers remain). Resolves once the
+   * server confirmed (`unsubscribed`), at once when not connected.
+   * @param {string} topic
+   * @param {EventHandler} [handler]
+   * @returns {Promise<void>}
+   */
+  unsubscribe(topic, handler) {
+    const sub = this._subs.get(topic);
+    if (sub && handler) {
+      sub.handlers.delete(handler);
+      if (sub.handlers.size > 0) return Promise.resolve();
+    }
+    if (sub) {
+      this._subs.delete(topic);
+      this._cancelRequestsFor(topic);
+      sub.reject?.(new NotifierError('unsubscribed', `unsubscribed from ${topic} before it was confirmed`, { topic }));
+    }
+    if (this._state !== 'open') return Promise.resolve();
+    return this._request('unsubscribe', { topic }).then(() => undefined);
+  }
+
+  /** Close the connection for good and reject whatever still waits; `connect()` starts again. */
+  close() {
+    if (this._state === 'closed') return;
+    this._stop(null);
+  }
+
+  // Internals.
+
+  /**
+   * @param {string} name
+   * @param {...unknown} args
+   */
+  _emit(name, ...args) {
+    const set = this._listeners.get(name);
+    if (!set) return;
+    for (const listener of [...set]) {
+      try {
+        listener(...args);
+      } catch (error) {
+        reportListenerError(error);
+      }
+    }
+  }
+
+  /**
+   * @param {ConnectionState} state
+   * @param {StateDetail} [detail]
+   */
+  _setState(state, detail = {}) {
+    if (this._state === state && state !== 'reconnecting') return;
+    this._state = state;
+    this._emit('state', state, detail);
+  }
+
+  /** @param {string} name */
+  _clearTimer(name) {
+    const timer = this._timers[name];
+    if (timer !== null) clearTimeout(timer);
+    this._timers[name] = null;
+  }
+
+  /**
+   * @param {string} name
+   * @param {number} delay
+   * @param {() => void} callback
+   */
+  _startTimer(name, delay, callback) {
+    this._clearTimer(name);
+    this._timers[name] = setTimeout(() => {
+      this._timers[name] = null;
+      callback();
+    }, delay);
+  }
+
+  /** Fetch a token and open a socket; the current attempt is abandoned if the client closes meanwhile. */
+  async _dial() {
+    const generation = ++this._generation;
+    this._startTimer('connect', this._opts.connectTimeout, () => {
+      this._connectionLost(CloseCode.ABNORMAL, 'no welcome within connectTimeout');
+    });
+    /** @type {string | null} */
+    let token;
+    try {
+      token = this._getToken ? await this._getToken() : this._token;
+    } catch (error) {
+      if (generation !== this._generation) return;
+      const message = error instanceof Error ? error.message : String(error);
+      this._emit('error', new NotifierError('token_unavailable', `getToken failed: ${message}`));
+      this._connectionLost(CloseCode.ABNORMAL, 'getToken failed');
+      return;
+    }
+    if (generation !== this._generation) return;
+    if (!token) {
+      this._stop(new NotifierError('no_token', 'getToken returned no token: not signed in'));
+      return;
+    }
+    let ws;
+    try {
+      ws = new this._WebSocket(webSocketUrl(this._url));
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      this._stop(new NotifierError('bad_url', `cannot open a WebSocket: ${message}`));
+      return;
+    }
+    this._ws = ws;
+    const authFrame = JSON.stringify({ type: 'auth', token });
+    ws.onopen = () => {
+      if (this._ws === ws) ws.send(authFrame);
+    };
+    ws.onmessage = (message) => {
+      if (this._ws === ws) this._onFrame(message.data);
+    };
+    ws.onclose = (closeEvent) => {
+      if (this._ws === ws) this._onClose(closeEvent.code, closeEvent.reason);
+    };
+    ws.onerror = () => {}; // a close event follows and carries what can be known
+  }
+
+  /** @param {unknown} text */
+  _onFrame(text) {
+    /** @type {any} */
+    let frame;
+    try {
+      frame = JSON.parse(String(text));
+    } catch {
+      return; // the server sends JSON only; ignore anything else rather than fail the connection
+    }
+    if (!frame || typeof frame !== 'object') return;
+    switch (frame.type) {
+      case 'welcome':
+        this._onWelcome(frame);
+        break;
+      case 'event':
+        this._onEvent(frame);
+        break;
+      case 'pong':
+        this._clearTimer('pong');
+        break;
+      case 'subscribed':
+      case 'unsubscribed':
+      case 'refreshed':
+        this._settle(frame.id, frame, null);
+        break;
+      case 'error':
+        this._onErrorFrame(frame);
+        break;
+      default:
+        break; // newer servers may add frames; ignoring them keeps old clients working
+    }
+  }
+
+  /** @param {any} frame */
+  _onWelcome(frame) {
+    this._clearTimer('connect');
+    this._attempt = 0;
+    this._tokenRefusals = 0;
+    this._user = typeof frame.user === 'string' ? frame.user : null;
+    const serverTopics = Array.isArray(frame.topics) ? frame.topics.filter((t) => typeof t === 'string') : [];
+    for (const [topic, sub] of this._subs) {
+      if (sub.auto && !serverTopics.includes(topic)) this._subs.delete(topic); // another user's personal topic
+    }
+    for (const topic of serverTopics) {
+      let sub = this._subs.get(topic);
+      if (!sub) {
+        sub = { handlers: new Set(), confirmed: true, auto: true };
+        this._subs.set(topic, sub);
+      }
+      this._confirm(sub);
+    }
+    this._setState('open');
+    this._emit('welcome', { user: this._user, topics: serverTopics, expires: frame.expires });
+    this._scheduleRefresh(frame.expires);
+    this._schedulePing();
+    for (const [topic, sub] of this._subs) {
+      if (!sub.confirmed) this._sendSubscribe(topic);
+    }
+  }
+
+  /** @param {any} frame */
+  _onEvent(frame) {
+    if (typeof frame.topic !== 'string') return;
+    if (typeof frame.id === 'string') {
+      if (this._seen.has(frame.id)) return; // delivery is at least once; a repeat carries the same id
+      this._seen.add(frame.id);
+      if (this._seen.size > this._opts.dedupeWindow) {
+        const oldest = this._seen.values().next().value;
+        if (oldest !== undefined) this._seen.delete(oldest);
+      }
+    }
+    /** @type {NotifierEvent} */
+    const event = { topic: frame.topic, id: frame.id, ts: frame.ts, data: frame.data };
+    this._emit('event', event);
+    const sub = this._subs.get(frame.topic);
+    if (!sub) return;
+    for (const handler of [...sub.handlers]) {
+      try {
+        handler(event);
+      } catch (error) {
+        reportListenerError(error);
+      }
+    }
+  }
+
+  /** @param {any} frame */
+  _onErrorFrame(frame) {
+    const code = typeof frame.code === 'string' ? frame.code : 'error';
+    const message = typeof frame.message === 'string' ? frame.message : code;
+    const error = new NotifierError(code, message, { topic: typeof frame.topic === 'string' ? frame.topic : undefined });
+    if (frame.id === null || frame.id === undefined || !this._pending.has(frame.id)) {
+      this._emit('error', error);
+      return;
+    }
+    this._settle(frame.id, null, error);
+  }
+
+  /**
+   * Answer a pending request by id.
+   * @param {unknown} id
+   * @param {any} frame
+   * @param {NotifierError | null} error
+   */
+  _settle(id, frame, error) {
+    if (typeof id !== 'number') return;
+    const request = this._pending.get(id);
+    if (!request) return;
+    this._pending.delete(id);
+    clearTimeout(request.timer);
+    if (request.kind === 'subscribe') {
+      const sub = this._subs.get(/** @type {string} */ (request.topic));
+      if (!sub) return;
+      const topic = /** @type {string} */ (request.topic);
+      if (!error) {
+        this._confirm(sub);
+      } else if (error.code === 'unavailable' && !sub.reject) {
+        // Restoring after a reconnect and the broker did not confirm the binding yet: keep trying, with backoff.
+        this._emit('error', error);
+        this._retrySubscribe(topic, sub);
+      } else {
+        this._subs.delete(topic);
+        if (sub.reject) sub.reject(error);
+        else this._emit('error', error);
+      }
+      return;
+    }
+    if (error) request.reject?.(error);
+    else request.resolve?.(frame);
+  }
+
+  /** @param {Subscription} sub */
+  _confirm(sub) {
+    sub.confirmed = true;
+    sub.resolve?.();
+    sub.resolve = undefined;
+    sub.reject = undefined;
+  }
+
+  /**
+   * @param {string} topic
+   * @param {Subscription} sub
+   */
+  _retrySubscribe(topic, sub) {
+    const generation = this._generation;
+    sub.retries = (sub.retries ?? 0) + 1;
+    const delay = backoffDelay(sub.retries, this._opts.minReconnectDelay, this._opts.maxReconnectDelay);
+    setTimeout(() => {
+      if (generation === this._generation && this._subs.get(topic) === sub) this._sendSubscribe(topic);
+    }, delay);
+  }
+
+  /** @param {string} topic */
+  _sendSubscribe(topic) {
+    const sub = this._subs.get(topic);
+    if (!sub) return;
+    for (const request of this._pending.values()) {
+      if (request.kind === 'subscribe' && request.topic === topic) return; // already asked on this connection
+    }
+    this._request('subscribe', { topic }).catch((error) => {
+      if (this._subs.get(topic) !== sub) return;
+      this._subs.delete(topic);
+      if (sub.reject) sub.reject(error);
+      else this._emit('error', error);
+    });
+  }
+
+  /** @param {string} topic */
+  _cancelRequestsFor(topic) {
+    for (const [id, request] of this._pending) {
+      if (request.kind === 'subscribe' && request.topic === topic) {
+        clearTimeout(request.timer);
+        this._pending.delete(id);
+      }
+    }
+  }
+
+  /**
+   * Send a request frame and wait for its answer; bounded in number and in time.
+   * Subscribe answers are handled in `_settle`; the returned promise only rejects for client-side failures.
+   * @param {'subscribe' | 'unsubscribe' | 'refresh'} kind
+   * @param {Record<string, unknown>} fields
+   * @returns {Promise<any>}
+   */
+  _request(kind, fields) {
+    if (this._pending.size >= this._opts.maxPendingRequests) {
+      const message = `more than ${this._opts.maxPendingRequests} requests await an answer`;
+      return Promise.reject(new NotifierError('too_many_pending', message, { topic: /** @type {any} */ (fields).topic }));
+    }
+    const id = this._nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        if (!this._pending.delete(id)) return;
+        const error = new NotifierError('timeout', `no answer to ${kind} within ${this._opts.requestTimeout} ms`, {
+          topic: /** @type {any} */ (fields).topic,
+        });
+        if (kind === 'subscribe') {
+          const topic = /** @type {string} */ (fields.topic);
+          const sub = this._subs.get(topic);
+          if (sub) {
+            this._subs.delete(topic);
+            sub.reject?.(error);
+            if (!sub.reject) this._emit('error', error);
+            this._send({ type: 'unsubscribe', topic }); // the server may still bind it later
+          }
+        }
+        reject(error);
+      }, this._opts.requestTimeout);
+      /** @type {PendingRequest} */
+      const request = { kind, topic: /** @type {any} */ (fields).topic, timer, resolve, reject };
+      if (kind === 'subscribe') request.reject = undefined; // settled through the subscription
+      this._pending.set(id, request);
+      this._send({ type: kind, id, ...fields });
+    });
+  }
+
+  /**
+   * Queue one frame behind the outgoing rate limit (a token bucket under the server's frames-per-second limit).
+   * @param {Record<string, unknown>} frame
+   */
+  _send(frame) {
+    if (this._outbox.length > this._opts.maxPendingRequests + 2) return; // cannot happen while requests are bounded
+    this._outbox.push(JSON.stringify(frame));
+    this._flush();
+  }
+
+  _flush() {
+    const ws = this._ws;
+    if (!ws) {
+      this._outbox.length = 0;
+      return;
+    }
+    const now = Date.now();
+    const rate = this._opts.framesPerSecond;
+    this._tokens = Math.min(this._opts.framesBurst, this._tokens + ((now - this._tokensAt) / 1000) * rate);
+    this._tokensAt = now;
+    while (this._outbox.length > 0 && this._tokens >= 1) {
+      this._tokens -= 1;
+      ws.send(/** @type {string} */ (this._outbox.shift()));
+    }
+    if (this._outbox.length > 0 && this._flushTimer === null && rate > 0) {
+      const wait = Math.ceil(((1 - this._tokens) / rate) * 1000);
+      this._flushTimer = setTimeout(() => {
+        this._flushTimer = null;
+        this._flush();
+      }, wait);
+    }
+  }
+
+  _schedulePing() {
+    this._startTimer('ping', this._opts.pingInterval, () => {
+      if (this._state !== 'open') return;
+      this._send({ type: 'ping', id: this._nextId++ });
+      this._startTimer('pong', this._opts.pongTimeout, () => {
+        this._connectionLost(CloseCode.ABNORMAL, `no pong within ${this._opts.pongTimeout} ms`);
+      });
+      this._schedulePing();
+    });
+  }
+
+  /** @param {unknown} expires  Unix seconds */
+  _scheduleRefresh(expires) {
+    this._clearTimer('refresh');
+    if (typeof expires !== 'number') return;
+    this._expires = expires;
+    if (!this._getToken) return; // a fixed token cannot be renewed; the server closes with 4001 when it expires
+    const delay = refreshDelay(expires * 1000, Date.now(), this._opts.refreshBefore);
+    this._startTimer('refresh', delay, () => this._refresh());
+  }
+
+  async _refresh() {
+    const generation = this._generation;
+    const getToken = /** @type {() => Promise<string | null> | string | null} */ (this._getToken);
+    try {
+      const token = await getToken();
+      if (generation !== this._generation || this._state !== 'open') return;
+      if (!token) {
+        this._stop(new NotifierError('no_token', 'getToken returned no token: not signed in'));
+        return;
+      }
+      /** @type {{expires: number, dropped: string[]}} */
+      const answer = await this._request('refresh', { token });
+      if (generation !== this._generation) return;
+      const dropped = Array.isArray(answer.dropped) ? answer.dropped : [];
+      for (const topic of dropped) {
+        const sub = this._subs.get(topic);
+        this._subs.delete(topic);
+        if (sub) {
+          this._emit('error', new NotifierError('forbidden', 'the renewed token no longer grants this topic', { topic }));
+        }
+      }
+      this._emit('refreshed', { expires: answer.expires, dropped });
+      this._scheduleRefresh(answer.expires);
+    } catch (error) {
+      if (generation !== this._generation || this._state !== 'open') return;
+      const failure =
+        error instanceof NotifierError
+          ? error
+          : new NotifierError('token_unavailable', `getToken failed: ${error instanceof Error ? error.message : error}`);
+      this._emit('error', failure);
+      // The old token stays in force: try again in a while, until the server ends the connection with 4001.
+      const remaining = (this._expires ?? 0) * 1000 - Date.now();
+      if (remaining > 1000) this._startTimer('refresh', Math.max(1000, remaining / 2), () => this._refresh());
+    }
+  }
+
+  /**
+   * Forget the current socket (closing it if still open) and decide what to do next.
+   * @param {number} code
+   * @param {string} reason
+   */
+  _connectionLost(code, reason) {
+    const ws = this._ws;
+    if (ws) {
+      this._detach(ws);
+      try {
+        ws.close(4999, reason.slice(0, 100));
+      } catch {
+        // already closing
+      }
+    }
+    this._onClose(code, reason);
+  }
+
+  /** @param {WebSocket} ws */
+  _detach(ws) {
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    if (this._ws === ws) this._ws = null;
+  }
+
+  /**
+   * The connection ended with `code`: reconnect (how soon depends on the code) or stop.
+   * @param {number} code
+   * @param {string} reason
+   */
+  _onClose(code, reason) {
+    if (this._ws) this._detach(this._ws);
+    this._endConnection();
+    if (this._state === 'closed') return;
+
+    const terminal = TERMINAL_ERROR_CODES[code];
+    if (code === CloseCode.TOKEN_EXPIRED || code === CloseCode.INVALID_TOKEN) {
+      this._tokenRefusals += 1;
+      if (!this._getToken || this._tokenRefusals >= this._opts.maxTokenRefusals) {
+        const why = this._getToken ? `refused ${this._tokenRefusals} times in a row` : 'and no getToken to renew it';
+        this._stop(new NotifierError(terminal, `token ${code === 4001 ? 'expired' : 'rejected'} (${code}), ${why}`, {
+          closeCode: code,
+        }));
+        return;
+      }
+    } else if (terminal || (code >= 4500 && code <= 4999)) {
+      const errorCode = terminal ?? 'terminal_close';
+      this._stop(new NotifierError(errorCode, `server closed the connection: ${code} ${reason || ''}`.trim(), {
+        closeCode: code,
+      }));
+      return;
+    }
+
+    if (BUSY_CODES.has(code)) this._attempt = Math.max(this._attempt, BUSY_MIN_ATTEMPT);
+    const delay = backoffDelay(this._attempt, this._opts.minReconnectDelay, this._opts.maxReconnectDelay);
+    this._attempt += 1;
+    this._setState('reconnecting', { code, reason, delay });
+    this._startTimer('reconnect', delay, () => this._dial());
+  }
+
+  /** Everything that belongs to one connection ends with it; subscriptions wait for the next one. */
+  _endConnection() {
+    this._generation += 1;
+    for (const name of ['connect', 'ping', 'pong', 'refresh']) this._clearTimer(name);
+    if (this._flushTimer !== null) clearTimeout(this._flushTimer);
+    this._flushTimer = null;
+    this._outbox.length = 0;
+    for (const request of this._pending.values()) {
+      clearTimeout(request.timer);
+      // An unsubscribe is done once the connection is gone: the next one will not restore the topic.
+      if (request.kind === 'unsubscribe') request.resolve?.({ type: 'unsubscribed', topic: request.topic });
+      else if (request.kind === 'refresh') {
+        request.reject?.(new NotifierError('disconnected', 'connection lost before the refresh answer'));
+      }
+    }
+    this._pending.clear();
+    for (const sub of this._subs.values()) sub.confirmed = false;
+  }
+
+  /**
+   * Stop for good: state `closed`; with an error, emit it and reject everything that waits.
+   * @param {NotifierError | null} error
+   */
+  _stop(error) {
+    const ws = this._ws;
+    if (ws) {
+      this._detach(ws);
+      try {
+        ws.close(CloseCode.NORMAL);
+      } catch {
+        // already closing
+      }
+    }
+    this._endConnection();
+    this._clearTimer('reconnect');
+    if (typeof removeEventListener === 'function') removeEventListener('online', this._onOnline);
+    const rejection = error ?? new NotifierError('closed', 'the client was closed');
+    for (const [topic, sub] of this._subs) {
+      if (sub.reject) {
+        // The caller learns it failed, so it is not restored either; confirmed topics wait for `connect()`.
+        sub.reject(rejection);
+        this._subs.delete(topic);
+      }
+      if (sub.auto) this._subs.delete(topic); // the next connection's welcome says which personal topic applies
+    }
+    this._state = 'closed';
+    if (error) this._emit('error', error);
+    this._emit('state', 'closed', error ? { error, code: error.closeCode } : {});
+  }
+}
