@@ -49,15 +49,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
         overrides["host"] = args.host
     if args.port is not None:
         overrides["port"] = args.port
+    if args.workers is not None:
+        overrides["workers"] = args.workers
     settings = load_settings(args.env_file, **overrides)
     configure_logging(settings.log_format, settings.log_level)
-    from notifier.server import serve
+    from notifier.workers import check_workers, serve_workers
 
     try:
         settings.require_token_key()
+        check_workers(settings)
     except ConfigError as error:
         fail(str(error))
-    serve(settings)
+    serve_workers(settings)
 
 
 def cmd_dev(args: argparse.Namespace) -> None:
@@ -190,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the service against RabbitMQ (production)")
     serve.add_argument("--host", help="listen address (NOTIFIER_HOST)")
     serve.add_argument("--port", type=int, help="listen port (NOTIFIER_PORT)")
+    serve.add_argument(
+        "--workers", type=int, help="processes, each a full instance on the same port (NOTIFIER_WORKERS, default 1)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     dev = commands.add_parser(

@@ -66,8 +66,9 @@ def build_server(settings: Settings, *, dev: bool = False) -> NotifierServer:
     return NotifierServer(config, app.state.node)
 
 
-def serve(settings: Settings, *, dev: bool = False) -> None:
-    """Run one instance until SIGTERM or SIGINT."""
+def serve(settings: Settings, *, dev: bool = False, sock: socket.socket | None = None) -> None:
+    """Run one instance until SIGTERM or SIGINT; on `sock` if given (already bound and listening), else on
+    NOTIFIER_HOST:NOTIFIER_PORT."""
     capacity = raise_open_files_limit()
     log.info(
         "starting",
@@ -81,4 +82,4 @@ def serve(settings: Settings, *, dev: bool = False) -> None:
         log.warning(
             "open_files_below_max_connections", open_files_capacity=capacity, max_connections=settings.max_connections
         )
-    build_server(settings, dev=dev).run()
+    build_server(settings, dev=dev).run(sockets=[sock] if sock is not None else None)

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     client_frames_burst: int = Field(default=40, ge=1)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
 
+    # Processes: each worker is a full instance (own instance id, queue and bindings) on the same port.
+    workers: int = Field(default=1, ge=1, le=64)
+
     # Operations
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
