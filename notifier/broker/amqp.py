@@ -29,6 +29,9 @@ from notifier.settings import Settings
 
 log = structlog.get_logger("notifier.broker")
 
+# Acknowledge with one `multiple` ack per burst of messages, at most this many at a time.
+ACK_BATCH = 64
+
 # What aio-pika and aiormq raise when the connection or channel is gone or the broker refuses.
 _BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, asyncio.TimeoutError)
 
@@ -47,6 +50,10 @@ class AmqpBroker:
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._on_event: EventHandler | None = None
+        self._last_unacked: AbstractIncomingMessage | None = None
+        self._unacked = 0
+        self._ack_flush_scheduled = False
+        self._settling: set[asyncio.Task[None]] = set()
         # Unbinds that failed while disconnected; retried after each reconnect so no stale binding stays.
         self._pending_unbinds: set[str] = set()
 
@@ -102,6 +109,10 @@ class AmqpBroker:
             except _BROKER_ERRORS as error:
                 log.warning("broker_cancel_failed", error=repr(error))
             self._consumer_tag = None
+        self._on_event = None  # messages already sent to us but not handed off go back to the queue
+        self._flush_acks()
+        if self._settling:
+            await asyncio.wait(self._settling, timeout=self._settings.broker_timeout_s)
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -144,6 +155,10 @@ class AmqpBroker:
             raise BrokerUnavailable(f"publish not confirmed: {error!r}") from None
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        on_event = self._on_event
+        if on_event is None:  # stopping: leave it for this queue's next consumer
+            await self._settle(message.nack(requeue=True))
+            return
         timestamp = message.timestamp
         try:
             event = event_from_message(
@@ -162,9 +177,33 @@ class AmqpBroker:
             )
             await self._settle(message.reject(requeue=False))
             return
-        if self._on_event is not None:
-            self._on_event(event)
-        await self._settle(message.ack())
+        on_event(event)
+        self._ack_after_burst(message)
+
+    def _ack_after_burst(self, message: AbstractIncomingMessage) -> None:
+        """Acknowledge handed-off messages with one `multiple` ack per burst rather than one ack each.
+
+        Messages of one read from the socket are processed in the same loop iteration; the flush runs after
+        them. A message handed off but not yet acknowledged when the connection drops is redelivered.
+        """
+        self._last_unacked = message
+        self._unacked += 1
+        if self._unacked >= ACK_BATCH:
+            self._flush_acks()
+        elif not self._ack_flush_scheduled:
+            self._ack_flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self._ack_flush_scheduled = False
+        message = self._last_unacked
+        if message is None:
+            return
+        self._last_unacked = None
+        self._unacked = 0
+        task = asyncio.ensure_future(self._settle(message.ack(multiple=True)))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     async def _settle(self, settlement: Any) -> None:
         try:
