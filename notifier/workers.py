@@ -238,8 +238,7 @@ def _worker_main(
     """A forked worker: one full instance on the shared socket."""
     signal.set_wakeup_fd(-1)
     close_inherited()
-    # Until uvicorn installs its handlers, a stop request ends the worker; uvicorn restores this handler
-    # and re-raises the signal it drained on, which then ends the worker with exit code 0.
+    # Until uvicorn installs its own handlers (which drain), a stop request ends the starting worker at once.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_quietly)
     _stop_with_parent(parent_pid)

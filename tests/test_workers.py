@@ -115,7 +115,7 @@ def start_service(exchange: str, tmp_path: Path) -> Iterator[Any]:
     def start(*args: str) -> Service:
         port = free_port()
         env = {
-            **os.environ,
+            **{key: value for key, value in os.environ.items() if not key.startswith("NOTIFIER_")},
             "NOTIFIER_HOST": "127.0.0.1",
             "NOTIFIER_PORT": str(port),
             "NOTIFIER_EXCHANGE": exchange,
@@ -196,7 +196,12 @@ def test_workers_setting_is_bounded() -> None:
 
 
 def test_more_than_one_worker_needs_rabbitmq(tmp_path: Path) -> None:
-    env = {**os.environ, "NOTIFIER_JWT_SECRET": SECRET, "NOTIFIER_AMQP_URL": "memory://", "NOTIFIER_PORT": "0"}
+    env = {
+        "PATH": os.environ["PATH"],
+        "NOTIFIER_JWT_SECRET": SECRET,
+        "NOTIFIER_AMQP_URL": "memory://",
+        "NOTIFIER_PORT": "0",
+    }
     result = subprocess.run(
         [sys.executable, "-m", "notifier", "serve", "--workers", "2"],
         env=env,
