@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from notifier.broker import Broker
 from notifier.errors import install_error_handlers
 from notifier.node import Node
-from notifier.routes import health, publish, websocket
+from notifier.routes import demo, health, publish, websocket
 from notifier.settings import Settings
 
 
@@ -35,5 +35,7 @@ def create_app(settings: Settings, broker: Broker | None = None, *, dev: bool = 
     app.include_router(health.router)
     app.include_router(publish.router)
     app.include_router(websocket.router)
+    app.include_router(demo.build_router(settings, dev=dev))
+    app.mount("/static", demo.static_files(settings), name="static")
     app.state.dev = dev
     return app

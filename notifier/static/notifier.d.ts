@@ -125,6 +125,8 @@ export declare class NotifierClient {
   on(name: 'event', listener: EventHandler): () => void;
   on(name: 'error', listener: (error: NotifierError) => void): () => void;
   on(name: 'welcome', listener: (welcome: Welcome) => void): () => void;
+  /** The server confirmed a topic: after `subscribe()`, and again for each topic restored after a reconnect. */
+  on(name: 'subscribed', listener: (subscription: { topic: string }) => void): () => void;
   on(name: 'refreshed', listener: (refreshed: Refreshed) => void): () => void;
   off(name: string, listener: (...args: any[]) => void): void;
 

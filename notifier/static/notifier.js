@@ -187,7 +187,8 @@ function reportListenerError(error) {
  * A notifier connection that reconnects, renews its token, restores its subscriptions and detects dead links.
  *
  * Events: `state` (state, detail), `event` (every event, personal topic included), `error` (NotifierError),
- * `welcome` (Welcome), `refreshed` ({expires, dropped}).
+ * `welcome` (Welcome), `subscribed` ({topic}, on every confirmation, restores included),
+ * `refreshed` ({expires, dropped}).
  */
 export class NotifierClient {
   /** @param {NotifierOptions} options */
@@ -268,7 +269,7 @@ export class NotifierClient {
   }
 
   /**
-   * Listen to `state`, `event`, `error`, `welcome` or `refreshed`; returns a function that removes the listener.
+   * Listen to `state`, `event`, `error`, `welcome`, `subscribed` or `refreshed`; returns a function that removes the listener.
    * @param {string} name
    * @param {Function} listener
    * @returns {() => void}
@@ -500,7 +501,7 @@ export class NotifierClient {
         sub = { handlers: new Set(), confirmed: true, auto: true };
         this._subs.set(topic, sub);
       }
-      this._confirm(sub);
+      this._confirm(topic, sub);
     }
     this._setState('open');
     this._emit('welcome', { user: this._user, topics: serverTopics, expires: frame.expires });
@@ -565,7 +566,7 @@ export class NotifierClient {
       if (!sub) return;
       const topic = /** @type {string} */ (request.topic);
       if (!error) {
-        this._confirm(sub);
+        this._confirm(topic, sub);
       } else if (error.code === 'unavailable' && !sub.reject) {
         // Restoring after a reconnect and the broker did not confirm the binding yet: keep trying, with backoff.
         this._emit('error', error);
@@ -581,9 +582,13 @@ export class NotifierClient {
     else request.resolve?.(frame);
   }
 
-  /** @param {Subscription} sub */
-  _confirm(sub) {
+  /**
+   * @param {string} topic
+   * @param {Subscription} sub
+   */
+  _confirm(topic, sub) {
     sub.confirmed = true;
+    this._emit('subscribed', { topic });
     sub.resolve?.();
     sub.resolve = undefined;
     sub.reject = undefined;

@@ -58,6 +58,8 @@ test('every subscription is restored after a reconnect, and events flow again', 
   server.socket.confirmSubscribes();
   await first;
 
+  const confirmed = [];
+  client.on('subscribed', ({ topic }) => confirmed.push(topic));
   server.socket.serverClose(1006);
   assert.equal(client.state, 'reconnecting');
   t.mock.timers.tick(1000);
@@ -68,6 +70,7 @@ test('every subscription is restored after a reconnect, and events flow again', 
   // The personal topic comes with the welcome; everything else is asked for again.
   assert.deepEqual(restored, ['news.sport', 'news.tech', 'user.ada.orders']);
   server.socket.confirmSubscribes();
+  assert.deepEqual(confirmed.sort(), ['news.sport', 'news.tech', 'user.ada', 'user.ada.orders']);
   server.socket.receive({ type: 'event', topic: 'news.tech', id: 'after', ts: 1, data: {} });
   assert.deepEqual(seen, ['news.tech']);
 });

@@ -1,0 +1,127 @@
+"""The browser client at `/static/notifier.js`, the demo page at `/` (setting `demo_page`), and the routes the
+demo page uses in dev mode only: minting a token for any user and publishing an event without an API key."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
+
+from notifier.auth import mint_token
+from notifier.broker import BrokerUnavailable
+from notifier.errors import ApiError
+from notifier.events import new_event_id
+from notifier.settings import Settings
+from notifier.topics import InvalidTopic, is_valid_segment, validate_pattern, validate_topic
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+# Files any frontend may load, from any origin (a module script from another origin needs CORS).
+CLIENT_FILES = frozenset({"notifier.js", "notifier.d.ts"})
+DEV_TOKEN_TTL_S = (10, 24 * 3600)
+BODY_OVERHEAD_BYTES = 1024
+
+
+class NotifierStatic(StaticFiles):
+    """`/static`: the browser client always; the demo page's files only when the demo page is on."""
+
+    def __init__(self, *, demo_page: bool) -> None:
+        super().__init__(directory=STATIC_DIR)
+        self._demo_page = demo_page
+
+    async def get_response(self, path: str, scope: Scope) -> Any:
+        if not self._demo_page and path not in CLIENT_FILES:
+            raise HTTPException(status_code=404)
+        response = await super().get_response(path, scope)
+        if path in CLIENT_FILES:
+            response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
+
+
+def static_files(settings: Settings) -> StaticFiles:
+    return NotifierStatic(demo_page=settings.demo_page)
+
+
+def build_router(settings: Settings, *, dev: bool) -> APIRouter:
+    """The demo page at `/` when `settings.demo_page`; `/dev/token` and `/dev/publish` only when `dev`."""
+    router = APIRouter()
+    if settings.demo_page:
+
+        @router.get("/", include_in_schema=False)
+        async def demo_page() -> FileResponse:
+            return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+        @router.get("/demo/config", include_in_schema=False)
+        async def demo_config(request: Request) -> dict[str, bool]:
+            """Tells the page whether it can mint tokens itself (dev mode) or needs one pasted in."""
+            return {"dev": bool(request.app.state.dev)}
+
+    if dev:
+        router.add_api_route("/dev/token", dev_token, methods=["POST"], include_in_schema=False)
+        router.add_api_route("/dev/publish", dev_publish, methods=["POST"], status_code=202, include_in_schema=False)
+    return router
+
+
+async def _json_object(request: Request, limit: int) -> dict[str, Any]:
+    body = await request.body()
+    if len(body) > limit:
+        raise ApiError(413, "too_large", f"request body is over {limit} bytes")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(422, "bad_request", "body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise ApiError(422, "bad_request", "body must be a JSON object")
+    return payload
+
+
+async def dev_token(request: Request) -> JSONResponse:
+    """Dev mode only: `{"user", "topics"?, "ttl_s"?}` → a token signed with the dev secret."""
+    settings: Settings = request.app.state.node.settings
+    payload = await _json_object(request, 16 * 1024)
+    user = payload.get("user")
+    if not isinstance(user, str) or not is_valid_segment(user):
+        raise ApiError(422, "bad_request", "'user' must be one topic segment: letters, digits, '_', '-', ':', '@'")
+    topics = payload.get("topics", [])
+    if not isinstance(topics, list) or len(topics) > settings.max_token_patterns:
+        raise ApiError(422, "bad_request", f"'topics' must be a list of at most {settings.max_token_patterns} patterns")
+    try:
+        patterns = [validate_pattern(pattern) for pattern in topics]
+    except InvalidTopic as error:
+        raise ApiError(422, "invalid_topic", str(error)) from None
+    ttl_s = payload.get("ttl_s", 3600)
+    low, high = DEV_TOKEN_TTL_S
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not low <= ttl_s <= high:
+        raise ApiError(422, "bad_request", f"'ttl_s' must be a number of seconds from {low} to {high}")
+    if not settings.jwt_secret:
+        raise ApiError(503, "unavailable", "dev tokens need NOTIFIER_JWT_SECRET (notifier dev generates one)")
+    token = mint_token(settings.jwt_secret, user, topics=patterns, ttl_s=ttl_s)
+    return JSONResponse({"token": token, "user": user, "topics": patterns, "expires": int(time.time() + ttl_s)})
+
+
+async def dev_publish(request: Request) -> JSONResponse:
+    """Dev mode only: `{"topic", "data"}` published through the broker, as `POST /api/publish` does."""
+    node = request.app.state.node
+    settings: Settings = node.settings
+    payload = await _json_object(request, settings.max_event_bytes + BODY_OVERHEAD_BYTES)
+    try:
+        topic = validate_topic(payload.get("topic"))
+    except InvalidTopic as error:
+        raise ApiError(422, "invalid_topic", str(error)) from None
+    if "data" not in payload:
+        raise ApiError(422, "bad_request", "'data' is required (any JSON value)")
+    data = orjson.dumps(payload["data"])
+    if len(data) > settings.max_event_bytes:
+        raise ApiError(413, "too_large", f"data is over {settings.max_event_bytes} bytes")
+    event_id = new_event_id()
+    try:
+        await node.broker.publish(topic, data, event_id)
+    except BrokerUnavailable:
+        raise ApiError(503, "unavailable", "the broker did not confirm the event; retry") from None
+    return JSONResponse({"id": event_id, "topic": topic}, status_code=202)
