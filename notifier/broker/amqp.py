@@ -105,7 +105,7 @@ class AmqpBroker:
     async def stop_consuming(self) -> None:
         if self._queue is not None and self._consumer_tag is not None:
             try:
-                await self._queue.cancel(self._consumer_tag)
+                await asyncio.wait_for(self._queue.cancel(self._consumer_tag), self._settings.broker_timeout_s)
             except _BROKER_ERRORS as error:
                 log.warning("broker_cancel_failed", error=repr(error))
             self._consumer_tag = None
@@ -116,8 +116,11 @@ class AmqpBroker:
 
     async def close(self) -> None:
         if self._connection is not None:
-            await self._connection.close()
-            self._connection = None
+            connection, self._connection = self._connection, None
+            try:
+                await asyncio.wait_for(connection.close(), self._settings.broker_timeout_s)
+            except _BROKER_ERRORS as error:
+                log.warning("broker_close_failed", error=repr(error))
 
     async def bind(self, topic: str) -> None:
         queue = self._require_queue()

@@ -1,0 +1,169 @@
+"""Broker faults caused for real: connections closed by RabbitMQ, a cut network, a broker restart, a stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aio_pika
+import httpx
+import pytest
+import websockets
+
+from notifier import closecodes
+from tests.conftest import API_KEY, ConnectClient, Publisher, RunningServer, StartServer
+from tests.faults import CuttableProxy, close_connections_named, rabbitmqctl, wait_until
+
+OUTAGE_S = 30.0
+
+
+async def readyz(running: RunningServer) -> int:
+    async with httpx.AsyncClient(base_url=running.http_url) as http:
+        return (await http.get("/readyz")).status_code
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[CuttableProxy]:
+    line = CuttableProxy()
+    await line.start()
+    yield line
+    await line.stop()
+
+
+async def test_connection_closed_by_rabbitmq_is_restored_with_its_bindings(
+    server: RunningServer, connect: ConnectClient, publisher: Publisher
+) -> None:
+    alice = await connect(server, "alice", topics=["news.*"])
+    await alice.subscribe("news.a")
+    instance_id = server.node.broker.instance_id  # type: ignore[attr-defined]
+
+    assert await asyncio.to_thread(close_connections_named, instance_id) >= 1
+    await wait_until(lambda: not server.node.broker.ready, 5, interval=0.01)
+    assert await readyz(server) == 503
+    await wait_until(lambda: server.node.broker.ready, 20)
+    assert await readyz(server) == 200
+
+    assert await alice.request({"type": "ping", "id": "still-open"}) == {"type": "pong", "id": "still-open"}
+    await publisher.publish("news.a", "after the drop")
+    await publisher.publish("user.alice", "personal too")
+    assert (await alice.expect_event("news.a"))["data"] == "after the drop"
+    assert (await alice.expect_event("user.alice"))["data"] == "personal too"
+    assert (await alice.subscribe("news.b"))["type"] == "subscribed"
+
+
+async def test_no_event_is_lost_across_an_outage(
+    start_server: StartServer, connect: ConnectClient, publisher: Publisher, proxy: CuttableProxy
+) -> None:
+    running = await start_server(
+        amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/", queue_expires_s=OUTAGE_S * 2, broker_timeout_s=2
+    )
+    alice = await connect(running, "alice", topics=["orders.*"])
+    await alice.subscribe("orders.eu")
+
+    proxy.cut()
+    await wait_until(lambda: not running.node.broker.ready, 5, interval=0.01)
+    loop = asyncio.get_running_loop()
+    outage_ends = loop.time() + OUTAGE_S
+    assert await readyz(running) == 503
+    async with httpx.AsyncClient(base_url=running.http_url) as http:
+        refused = await http.post(
+            "/api/publish", json={"topic": "orders.eu", "data": 0}, headers={"Authorization": f"Bearer {API_KEY}"}
+        )
+    assert refused.status_code == 503  # never a 202 for an event that could be lost
+    answer = await alice.request({"type": "subscribe", "topic": "orders.us", "id": "during"})
+    assert (answer["type"], answer["code"]) == ("error", "unavailable")
+
+    published = [f"order-{n}" for n in range(200)]
+    for event_id in published:  # backends keep publishing to RabbitMQ while this instance is cut off
+        await publisher.publish("orders.eu", {"id": event_id}, message_id=event_id)
+    assert await alice.request({"type": "ping"}) == {"type": "pong", "id": None}  # the browser stays connected
+    await asyncio.sleep(max(0.0, outage_ends - loop.time()))
+    assert not running.node.broker.ready
+
+    proxy.restore()
+    received = [(await alice.expect_event("orders.eu", timeout=30))["id"] for _ in published]
+    assert received == published
+    assert await readyz(running) == 200
+
+
+@pytest.mark.broker_restart
+async def test_broker_restart_is_survived(
+    server: RunningServer, connect: ConnectClient, publisher: Publisher, rabbitmq: str, exchange: str
+) -> None:
+    alice = await connect(server, "alice", topics=["news.*"])
+    await alice.subscribe("news.a")
+    await asyncio.to_thread(rabbitmqctl, "stop_app")
+    try:
+        await wait_until(lambda: not server.node.broker.ready, 10)
+        assert await readyz(server) == 503
+    finally:
+        await asyncio.to_thread(rabbitmqctl, "start_app")
+        await asyncio.to_thread(rabbitmqctl, "await_startup")
+    await wait_until(lambda: server.node.broker.ready, 60)
+    assert await readyz(server) == 200
+    assert await alice.request({"type": "ping"}) == {"type": "pong", "id": None}
+
+    connection = await aio_pika.connect(rabbitmq)  # the test's own publisher lost its connection too
+    async with connection:
+        channel = await connection.channel()
+        exchange_ = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        for topic in ("news.a", "user.alice"):
+            await exchange_.publish(aio_pika.Message(b'"back"', content_type="application/json"), routing_key=topic)
+        assert (await alice.expect_event("news.a", timeout=10))["data"] == "back"
+        assert (await alice.expect_event("user.alice", timeout=10))["data"] == "back"
+
+
+async def test_shutdown_loses_nothing_acknowledged(
+    proxy: CuttableProxy, start_server: StartServer, connect: ConnectClient, publisher: Publisher, rabbitmq: str
+) -> None:
+    running = await start_server(
+        amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/", queue_expires_s=60, send_queue_size=10_000
+    )
+    alice = await connect(running, "alice", topics=["burst"])
+    await alice.subscribe("burst")
+    queue_name = running.node.broker.queue_name  # type: ignore[attr-defined]
+    published = [f"e{n}" for n in range(20_000)]
+    # A backlog builds up in the instance's queue while its line to RabbitMQ is cut.
+    proxy.cut()
+    for start in range(0, len(published), 1000):
+        chunk = published[start : start + 1000]
+        await asyncio.gather(*(publisher.publish("burst", event_id, message_id=event_id) for event_id in chunk))
+    proxy.restore()
+
+    # Stop as soon as the instance is working through the backlog.
+    received = [(await alice.expect_event("burst", timeout=30))["id"]]
+    stopping = asyncio.create_task(running.stop())
+    with contextlib.suppress(websockets.ConnectionClosed):
+        while True:
+            received.append((await alice.expect_event("burst"))["id"])
+    assert alice.ws.close_code == closecodes.SHUTDOWN.code
+    await stopping
+
+    left_in_queue: list[str] = []
+    connection = await aio_pika.connect(rabbitmq)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name, passive=True)
+        while (message := await queue.get(fail=False, no_ack=True)) is not None:
+            assert message.message_id is not None
+            left_in_queue.append(message.message_id)
+        await queue.delete(if_unused=False, if_empty=False)
+    # Every event is either delivered before the close or still in the instance's queue, none twice.
+    assert sorted(received + left_in_queue) == sorted(published)
+    assert received == published[: len(received)]
+    print(f"shutdown: {len(received)} delivered before 1012, {len(left_in_queue)} left in the queue")
+
+
+async def test_stop_during_an_outage_is_bounded(
+    proxy: CuttableProxy, start_server: StartServer, connect: ConnectClient
+) -> None:
+    running = await start_server(amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/", broker_timeout_s=1)
+    alice = await connect(running, "alice")
+    proxy.cut()
+    await wait_until(lambda: not running.node.broker.ready, 5, interval=0.01)
+    started = asyncio.get_running_loop().time()
+    stopping = asyncio.create_task(running.stop())
+    await alice.expect_close(closecodes.SHUTDOWN.code)
+    await stopping
+    assert asyncio.get_running_loop().time() - started < running.settings.shutdown_timeout_s + 5
