@@ -154,3 +154,43 @@ async def test_demo_page_in_dev_mode_signs_in_subscribes_and_publishes(exchange_
         await page.screenshot(path=str(SCREENSHOT), animations="disabled")
     finally:
         await dev.stop()
+
+
+async def test_a_long_lived_page_renews_its_token_and_keeps_one_connection(
+    service: NotifierProcess, publisher: Publisher, page: Page
+) -> None:
+    """Tokens of a few seconds, renewed over the open connection by `refresh`; pings answered by the server."""
+    minted: list[str] = []
+
+    def mint_short_token() -> str:
+        minted.append(token_for("alice", ["news.#"], ttl_s=4))
+        return minted[-1]
+
+    await page.expose_function("mintShortToken", mint_short_token)
+    await page.goto(service.base_url + "/")
+    await page.evaluate(
+        """async () => {
+            const { NotifierClient } = await import('/static/notifier.js');
+            const log = (window.clientLog = { welcomes: 0, refreshes: 0, states: [], events: [], errors: [] });
+            const client = new NotifierClient({
+                url: '/ws', getToken: () => window.mintShortToken(), pingInterval: 300, pongTimeout: 1000,
+            });
+            client.on('welcome', () => log.welcomes++);
+            client.on('refreshed', () => log.refreshes++);
+            client.on('state', (state) => log.states.push(state));
+            client.on('error', (error) => log.errors.push(error.code));
+            client.on('event', (event) => log.events.push(event.data));
+            client.connect();
+            await client.subscribe('news.sport');
+        }"""
+    )
+    # exp is whole seconds, so three renewals take about 4 s; without them the server closes with 4001.
+    await page.wait_for_function("window.clientLog.refreshes >= 3", timeout=WAIT_MS)
+    await publisher.publish("news.sport", {"still": "here"})
+    await page.wait_for_function("window.clientLog.events.length === 1", timeout=WAIT_MS)
+    log = await page.evaluate("window.clientLog")
+    assert log["welcomes"] == 1, "one connection throughout"
+    assert log["states"] == ["connecting", "open"]
+    assert log["errors"] == []
+    assert log["events"] == [{"still": "here"}]
+    assert len(minted) >= 4, "getToken was asked before each renewal"
