@@ -111,13 +111,13 @@ class Node:
         return True
 
     async def forget(self, session: Session) -> None:
-        """Release everything a finished session held."""
-        self.sessions.discard(session)
+        """Release everything a finished session held; it leaves `sessions` last, once nothing is held."""
+        for topic in tuple(session.topics):
+            await self.hub.unsubscribe(session, topic)
+        session.topics.clear()
         if session.identity is not None:
             user = session.identity.user
             self._connections_per_user[user] -= 1
             if self._connections_per_user[user] <= 0:
                 del self._connections_per_user[user]
-        for topic in tuple(session.topics):
-            await self.hub.unsubscribe(session, topic)
-        session.topics.clear()
+        self.sessions.discard(session)
