@@ -83,7 +83,9 @@ function start(options) {
   client.on('subscribed', ({ topic }) => chipFor(topic).dataset.status = 'subscribed');
   client.on('event', showNotification);
   client.on('error', (error) => {
-    if (error.topic) showSubscribeError(error);
+    if (!error.topic) return;
+    showSubscribeError(error);
+    if (error.code !== 'unavailable') dropChip(error.topic); // refused or no longer granted: the client let it go
   });
   client.connect();
   $('#sign-in').hidden = true;
@@ -121,9 +123,7 @@ function chipFor(topic) {
     const remove = Object.assign(document.createElement('button'), { type: 'button', textContent: '×' });
     remove.title = `Unsubscribe from ${topic}`;
     remove.addEventListener('click', async () => {
-      chip.remove();
-      chips.delete(topic);
-      refreshTopicList();
+      dropChip(topic);
       await client?.unsubscribe(topic).catch(() => {});
     });
     chip.append(remove);
@@ -132,6 +132,12 @@ function chipFor(topic) {
   $('#subs').append(chip);
   refreshTopicList();
   return chip;
+}
+
+function dropChip(topic) {
+  chips.get(topic)?.remove();
+  chips.delete(topic);
+  refreshTopicList();
 }
 
 function refreshTopicList() {
@@ -158,9 +164,7 @@ $('#subscribe').addEventListener('submit', async (submit) => {
     await client.subscribe(topic);
     input.value = '';
   } catch (error) {
-    chip.remove();
-    chips.delete(topic);
-    refreshTopicList();
+    dropChip(topic);
     showSubscribeError(error);
   }
 });

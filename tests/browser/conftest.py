@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -50,14 +49,14 @@ def free_port() -> int:
 class NotifierProcess:
     """`python -m notifier serve` (or `dev`) as its own process, as it runs in production."""
 
-    def __init__(self, command: str, port: int, exchange: str, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, command: str, port: int, exchange: str, log: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.command = command
         self.port = port
         self.exchange = exchange
         self.extra_args = extra_args
         self.base_url = f"http://127.0.0.1:{port}"
         self._process: subprocess.Popen[bytes] | None = None
-        self._log = Path(tempfile.mkstemp(prefix=f"notifier-{port}-", suffix=".log")[1])
+        self._log = log
 
     def env(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("NOTIFIER_")}
@@ -163,9 +162,9 @@ async def publisher(exchange_name: str) -> AsyncIterator[Publisher]:
 
 
 @pytest.fixture
-async def service(exchange_name: str) -> AsyncIterator[NotifierProcess]:
+async def service(exchange_name: str, tmp_path: Path) -> AsyncIterator[NotifierProcess]:
     """`notifier serve` with the demo page on, on a free loopback port."""
-    process = NotifierProcess("serve", free_port(), exchange_name)
+    process = NotifierProcess("serve", free_port(), exchange_name, tmp_path / "notifier.log")
     await process.start()
     yield process
     process.kill()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, expect
 
+from notifier.cli import dev_state_path
 from tests.browser.conftest import NotifierProcess, Publisher, free_port, token_for
 
 WAIT_MS = 15_000
@@ -123,9 +124,11 @@ async def test_a_page_never_shows_another_users_events(
         await bob_context.close()
 
 
-async def test_demo_page_in_dev_mode_signs_in_subscribes_and_publishes(exchange_name: str, page: Page) -> None:
+async def test_demo_page_in_dev_mode_signs_in_subscribes_and_publishes(
+    exchange_name: str, page: Page, tmp_path: Path
+) -> None:
     """`notifier dev --amqp`: the page mints its own token and publishes through the service. Saves docs/demo.png."""
-    dev = NotifierProcess("dev", free_port(), exchange_name, extra_args=("--amqp",))
+    dev = NotifierProcess("dev", free_port(), exchange_name, tmp_path / "notifier.log", extra_args=("--amqp",))
     await dev.start()
     try:
         await page.goto(dev.base_url + "/")
@@ -154,6 +157,7 @@ async def test_demo_page_in_dev_mode_signs_in_subscribes_and_publishes(exchange_
         await page.screenshot(path=str(SCREENSHOT), animations="disabled")
     finally:
         await dev.stop()
+        dev_state_path(dev.port).unlink(missing_ok=True)  # the secret and API key `notifier dev` left for the CLI
 
 
 async def test_a_long_lived_page_renews_its_token_and_keeps_one_connection(
