@@ -269,7 +269,8 @@ export class NotifierClient {
   }
 
   /**
-   * Listen to `state`, `event`, `error`, `welcome`, `subscribed` or `refreshed`; returns a function that removes the listener.
+   * Listen to `state`, `event`, `error`, `welcome`, `subscribed` or `refreshed`.
+   * Returns a function that removes the listener.
    * @param {string} name
    * @param {Function} listener
    * @returns {() => void}
@@ -316,7 +317,8 @@ export class NotifierClient {
     if (sub) {
       if (handler) sub.handlers.add(handler);
       sub.auto = false;
-      return sub.confirmed ? Promise.resolve() : /** @type {Promise<void>} */ (sub.ready);
+      // A topic held before (or the personal topic) counts as subscribed while it is being restored.
+      return sub.confirmed || !sub.ready ? Promise.resolve() : sub.ready;
     }
     if (this._subs.size >= this._opts.maxSubscriptions) {
       const message = `at most ${this._opts.maxSubscriptions} subscriptions per client`;
