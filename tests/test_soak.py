@@ -6,6 +6,7 @@ back where it started (memory, tasks, sessions) and RabbitMQ holds no stale bind
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import random
@@ -47,10 +48,8 @@ async def churn(url: str, cycles: int, seed: int) -> None:
     async def worker() -> None:
         while not queue.empty():
             n = queue.get_nowait()
-            try:
+            with contextlib.suppress(websockets.ConnectionClosed):  # the aborted ones
                 await one_cycle(url, rng, f"u{n % 500}")
-            except websockets.ConnectionClosed:
-                pass  # the aborted ones
 
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
