@@ -1,0 +1,51 @@
+"""The benchmark's smoke mode runs end to end and loses nothing (no timing is asserted here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("picows")
+pytest.importorskip("socketio")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(300)
+def test_bench_smoke_delivers_every_event_to_every_subscriber(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "latest.md").read_text().count("| notifier |") >= 1
+    report = json.loads((tmp_path / "latest.json").read_text())
+    systems = report["systems"]
+
+    def bursts(name: str) -> list[dict[str, object]]:
+        results = systems[name]["results"]
+        return [result["burst"] for result in results.values() if isinstance(result, dict) and "burst" in result]
+
+    assert bursts("notifier"), systems["notifier"]
+    assert all(burst["delivered"] > 0 for burst in bursts("notifier"))
+    baselines = [name for name in systems if name != "notifier" and any(b["delivered"] > 0 for b in bursts(name))]
+    assert baselines, "no baseline delivered anything"
+
+    for name, entry in systems.items():
+        results = entry["results"]
+        assert "error" not in results, (name, results)
+        for scenario, result in results.items():
+            assert "error" not in result, (name, scenario, result)
+            steps = [*result.get("latency", []), *([result["burst"]] if "burst" in result else [])]
+            for step in steps:
+                # Every event published reached every client subscribed to its topic, exactly once.
+                assert step["complete"], (name, scenario, step)
+                assert step["delivered"] == step["expected"] > 0, (name, scenario, step)
