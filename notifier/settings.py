@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     instance_id: str = Field(default="", max_length=100)
     queue_expires_s: float = Field(default=60.0, gt=0)
     queue_max_length: int = Field(default=100_000, ge=1)
+    dead_letter_max_length: int = Field(default=100_000, ge=1)
     prefetch: int = Field(default=512, ge=1, le=65535)
     broker_timeout_s: float = Field(default=5.0, gt=0)
 

@@ -224,3 +224,16 @@ async def test_amqp_timestamp_becomes_event_ts(
     message = aio_pika.Message(b"1", content_type="application/json", timestamp=stamp)
     await publisher.exchange.publish(message, routing_key="user.alice")
     assert (await alice.expect_event())["ts"] == int(stamp.timestamp() * 1000)
+
+
+async def test_existing_dead_letter_queue_with_other_limits_is_kept(
+    start_server: StartServer, connect: ConnectClient, publisher: Publisher, exchange: str
+) -> None:
+    channel = await publisher.connection.channel()
+    await channel.declare_queue(f"{exchange}.dead", durable=True, arguments={"x-max-length": 7})
+    running = await start_server(dead_letter_max_length=1000)
+    assert running.node.broker.ready
+    alice = await connect(running, "alice")
+    await publisher.publish("user.alice", body=b"not json")
+    await publisher.publish("user.alice", "fine")
+    assert (await alice.expect_event())["data"] == "fine"

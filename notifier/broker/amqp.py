@@ -56,6 +56,7 @@ class AmqpBroker:
         self._settling: set[asyncio.Task[None]] = set()
         # Unbinds that failed while disconnected; retried after each reconnect so no stale binding stays.
         self._pending_unbinds: set[str] = set()
+        self.reconnects = 0
 
     @property
     def ready(self) -> bool:
@@ -71,21 +72,22 @@ class AmqpBroker:
             reconnect_interval=1.0,
             client_properties={"connection_name": f"notifier {self.instance_id}"},
         )
+        try:
+            await self._declare(connection)
+        except BaseException:
+            await connection.close()  # no half-set-up connection reconnecting in the background
+            raise
         self._connection = connection
         connection.reconnect_callbacks.add(self._after_reconnect)
+        log.info("broker_connected", queue=self.queue_name, exchange=settings.exchange)
+
+    async def _declare(self, connection: AbstractRobustConnection) -> None:
+        settings = self._settings
+        await self._declare_dead_letters(connection)
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=settings.prefetch)
         self._channel = channel
         await channel.declare_exchange(settings.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-        dead_exchange = await channel.declare_exchange(
-            settings.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
-        )
-        dead_queue = await channel.declare_queue(
-            settings.dead_letter_exchange,
-            durable=True,
-            arguments={"x-max-length": settings.queue_max_length},
-        )
-        await dead_queue.bind(dead_exchange)
         self._queue = await channel.declare_queue(
             self.queue_name,
             durable=True,
@@ -100,7 +102,23 @@ class AmqpBroker:
         publish_channel = await connection.channel(publisher_confirms=True)
         self._publish_exchange = await publish_channel.get_exchange(settings.exchange, ensure=False)
         self._consumer_tag = await self._queue.consume(self._on_message)
-        log.info("broker_connected", queue=self.queue_name, exchange=settings.exchange)
+
+    async def _declare_dead_letters(self, connection: AbstractRobustConnection) -> None:
+        """Declare the shared dead-letter exchange and queue; if the queue already exists with other
+        arguments (an earlier NOTIFIER_DEAD_LETTER_MAX_LENGTH), keep it as it is rather than fail to start."""
+        name = self._settings.dead_letter_exchange
+        channel = await connection.channel()
+        try:
+            exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=True)
+            queue = await channel.declare_queue(
+                name, durable=True, arguments={"x-max-length": self._settings.dead_letter_max_length}
+            )
+            await queue.bind(exchange)
+        except aiormq.exceptions.ChannelPreconditionFailed as error:
+            log.warning("dead_letter_queue_kept", queue=name, error=str(error))
+        finally:
+            if not channel.is_closed:
+                await channel.close()
 
     async def stop_consuming(self) -> None:
         if self._queue is not None and self._consumer_tag is not None:
@@ -216,7 +234,8 @@ class AmqpBroker:
             log.info("broker_settle_failed", error=repr(error))
 
     async def _after_reconnect(self, *_: object) -> None:
-        log.info("broker_reconnected", queue=self.queue_name)
+        self.reconnects += 1
+        log.info("broker_reconnected", queue=self.queue_name, reconnects=self.reconnects)
         for topic in tuple(self._pending_unbinds):
             await self.unbind(topic)
             if topic not in self._pending_unbinds:
