@@ -187,7 +187,8 @@ def plot(report: dict[str, Any], path: Path) -> bool:
         axis.set_ylabel("publish → client latency, ms (log)")
         axis.set_yscale("log")
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
     figure.suptitle(f"Latency percentiles against load ({report['started']})")
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -456,9 +456,9 @@ def run_system(
         cleanup_amqp(exchange, [])
         return results
     queues: list[str] = []
-    busy = [item for item in scenarios if item.kind != "idle"]
-    idle = [item for item in scenarios if item.kind == "idle"]
-    groups = ([busy] if busy else []) + [[item] for item in idle]  # each idle measurement on a fresh process
+    # Each scenario gets a fresh server process: no backlog, bindings or heap growth carried from the last one.
+    groups = [[item] for item in scenarios] if not smoke else [[item for item in scenarios if item.kind != "idle"]]
+    groups += [[item] for item in scenarios if item.kind == "idle"] if smoke else []
     for group in groups:
         with started(system, exchange, secret, workdir, cpus["server"]) as running:
             queues.append(running.queue_name)
