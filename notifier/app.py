@@ -9,8 +9,9 @@ from fastapi import FastAPI
 
 from notifier.broker import Broker
 from notifier.errors import install_error_handlers
+from notifier.metrics import build_registry
 from notifier.node import Node
-from notifier.routes import demo, health, publish, websocket
+from notifier.routes import demo, health, metrics, publish, websocket
 from notifier.settings import Settings
 
 
@@ -31,8 +32,10 @@ def create_app(settings: Settings, broker: Broker | None = None, *, dev: bool = 
 
     app = FastAPI(title="notifier", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.node = node
+    app.state.metrics_registry = build_registry(node)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(publish.router)
     app.include_router(websocket.router)
     app.include_router(demo.build_router(settings, dev=dev))

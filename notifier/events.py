@@ -21,6 +21,7 @@ class Event:
     id: str
     data: bytes  # the event's data as validated JSON text, spliced into each frame unchanged
     ts_ms: int  # when the event was published, in milliseconds since the Unix epoch
+    stamped: bool = False  # True if `ts_ms` came from the publisher (AMQP timestamp), not from our clock
 
 
 def new_event_id() -> str:
@@ -43,4 +44,10 @@ def event_from_message(topic: str, body: bytes, *, event_id: str | None, ts_ms: 
         orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise UnusableMessage(f"body is not JSON: {error}") from None
-    return Event(topic=topic, id=event_id or new_event_id(), data=body.strip(), ts_ms=ts_ms or now_ms())
+    return Event(
+        topic=topic,
+        id=event_id or new_event_id(),
+        data=body.strip(),
+        ts_ms=ts_ms or now_ms(),
+        stamped=ts_ms is not None,
+    )

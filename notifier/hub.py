@@ -11,7 +11,8 @@ import structlog
 
 from notifier import frames
 from notifier.broker import Broker
-from notifier.events import Event
+from notifier.events import Event, now_ms
+from notifier.metrics import LatencyHistogram
 
 log = structlog.get_logger("notifier.hub")
 
@@ -42,6 +43,7 @@ class Hub:
         self._guards: dict[str, _TopicGuard] = {}
         self.events_in = 0
         self.frames_out = 0
+        self.latency = LatencyHistogram()
 
     @property
     def bound_topics(self) -> frozenset[str]:
@@ -86,6 +88,8 @@ class Hub:
     def deliver(self, event: Event) -> None:
         """Hand `event` to every local subscriber of its topic, without awaiting any of them."""
         self.events_in += 1
+        if event.stamped:
+            self.latency.observe((now_ms() - event.ts_ms) / 1000)
         subscribers = self._subscribers.get(event.topic)
         if not subscribers:
             return

@@ -34,6 +34,8 @@ class Node:
         self.origins = OriginPolicy(settings.allowed_origins)
         self.sessions: set[Session] = set()
         self.closes_by_code: Counter[int] = Counter()
+        self.publish_results: Counter[int] = Counter()
+        self.frames_dropped = 0
         self._connections_per_user: Counter[str] = Counter()
         self._accepting = True
         self._connect_task: asyncio.Task[None] | None = None

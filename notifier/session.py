@@ -100,6 +100,7 @@ class Session:
         self.state = State.CLOSING
         self._close_reason = reason
         if drop_pending:
+            self._node.frames_dropped += len(self._outbox)
             self._outbox.clear()
         for timer in self._timers.values():
             timer.cancel()

@@ -8,8 +8,9 @@ import subprocess
 import aio_pika
 import httpx
 import orjson
+import websockets
 
-from tests.conftest import API_KEY, ConnectClient, Publisher, RunningServer, StartServer, token_for
+from tests.conftest import API_KEY, ConnectClient, Publisher, RunningServer, StartServer, free_port, token_for
 
 
 async def test_welcome_subscribes_personal_topic(server: RunningServer, connect: ConnectClient) -> None:
@@ -237,3 +238,27 @@ async def test_existing_dead_letter_queue_with_other_limits_is_kept(
     await publisher.publish("user.alice", body=b"not json")
     await publisher.publish("user.alice", "fine")
     assert (await alice.expect_event())["data"] == "fine"
+
+
+async def test_restart_after_a_crash_with_a_fixed_instance_id_leaves_no_stale_bindings(
+    start_server: StartServer, connect: ConnectClient, exchange: str
+) -> None:
+    from tests.test_cli import receive_json, running_process, serve_env
+
+    port = free_port()
+    env = serve_env(port, exchange, NOTIFIER_INSTANCE_ID="fixed", NOTIFIER_QUEUE_EXPIRES_S="60")
+    async with running_process(["serve"], env, port) as process:
+        ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws?token={token_for('alice', ['news.*'])}")
+        assert (await receive_json(ws))["type"] == "welcome"
+        await ws.send('{"type": "subscribe", "topic": "news.old"}')
+        assert (await receive_json(ws))["type"] == "subscribed"
+        process.kill()  # a crash: no drain, no unbinding
+        await process.wait()
+    second = await start_server(instance_id="fixed", queue_expires_s=60)
+    await connect(second, "bob")
+    queue = second.node.broker.queue_name  # type: ignore[attr-defined]
+    assert await asyncio.to_thread(bindings_of, exchange) == {queue: {"user.bob"}}
+    await second.stop()
+    connection = await aio_pika.connect(second.settings.amqp_url)
+    async with connection:
+        await (await connection.channel()).queue_delete(queue)

@@ -57,6 +57,7 @@ class AmqpBroker:
         # Unbinds that failed while disconnected; retried after each reconnect so no stale binding stays.
         self._pending_unbinds: set[str] = set()
         self.reconnects = 0
+        self.dead_lettered = 0
 
     @property
     def ready(self) -> bool:
@@ -88,6 +89,9 @@ class AmqpBroker:
         await channel.set_qos(prefetch_count=settings.prefetch)
         self._channel = channel
         await channel.declare_exchange(settings.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        # A queue left by an earlier process with this NOTIFIER_INSTANCE_ID carries bindings and events for
+        # clients that are gone; start from a clean one. (Reconnects within this process keep the queue.)
+        await channel.queue_delete(self.queue_name, if_unused=False, if_empty=False)
         self._queue = await channel.declare_queue(
             self.queue_name,
             durable=True,
@@ -190,6 +194,7 @@ class AmqpBroker:
                 max_bytes=self._settings.max_event_bytes,
             )
         except UnusableMessage as error:
+            self.dead_lettered += 1
             log.warning(
                 "event_dead_lettered",
                 topic=message.routing_key,

@@ -17,6 +17,11 @@ class BrokerUnavailable(Exception):
 
 
 class Broker(Protocol):
+    reconnects: int
+    """How many times the connection was restored after a loss."""
+    dead_lettered: int
+    """Messages refused as unusable (dead-lettered by RabbitMQ)."""
+
     @property
     def ready(self) -> bool:
         """True while the broker connection is up."""

@@ -18,6 +18,8 @@ class MemoryBroker:
         self._bound: set[str] = set()
         self._on_event: EventHandler | None = None
         self._connected = False
+        self.reconnects = 0
+        self.dead_lettered = 0
 
     @property
     def ready(self) -> bool:
@@ -52,6 +54,7 @@ class MemoryBroker:
         try:
             event = event_from_message(topic, data, event_id=event_id, ts_ms=now_ms(), max_bytes=self._max_event_bytes)
         except UnusableMessage as error:
+            self.dead_lettered += 1
             log.warning("event_dropped", topic=topic, event_id=event_id, reason=str(error))
             return
         self._on_event(event)

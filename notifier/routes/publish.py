@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from notifier.broker import BrokerUnavailable
 from notifier.errors import ApiError
 from notifier.events import new_event_id
+from notifier.node import Node
 from notifier.topics import InvalidTopic, validate_topic
 
 router = APIRouter()
@@ -50,6 +51,16 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def publish(request: Request) -> JSONResponse:
     """Publish `{"topic", "data", "id"?}` through the broker; 202 means the broker has the event."""
     node = request.app.state.node
+    try:
+        response = await publish_event(request, node)
+    except ApiError as error:
+        node.publish_results[error.status] += 1
+        raise
+    node.publish_results[response.status_code] += 1
+    return response
+
+
+async def publish_event(request: Request, node: Node) -> JSONResponse:
     settings = node.settings
     check_api_key(request, settings.api_keys)
     body = await read_body(request, settings.max_event_bytes + BODY_OVERHEAD_BYTES)

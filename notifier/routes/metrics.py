@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from notifier.metrics import render
+
+router = APIRouter()
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition of this instance's metrics (see docs/metrics.md)."""
+    return Response(render(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)

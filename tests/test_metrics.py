@@ -1,0 +1,75 @@
+"""`GET /metrics`: drive real traffic, scrape, and check the counters moved by exactly the right amounts."""
+
+from __future__ import annotations
+
+import datetime
+
+import aio_pika
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from notifier import closecodes
+from tests.conftest import API_KEY, ConnectClient, Publisher, RunningServer
+
+
+async def scrape(running: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with httpx.AsyncClient(base_url=running.http_url) as http:
+        response = await http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_count_traffic(server: RunningServer, connect: ConnectClient, publisher: Publisher) -> None:
+    before = await scrape(server)
+    assert value(before, "notifier_broker_connected") == 1
+    assert value(before, "notifier_connections") == 0
+
+    clients = [await connect(server, f"u{n}", topics=["room"]) for n in range(3)]
+    for client in clients:
+        await client.subscribe("room")
+    await publisher.publish("room", {"n": 1})
+    await publisher.publish("room", {"n": 2})
+    stamp = aio_pika.Message(b"3", content_type="application/json", timestamp=datetime.datetime.now(datetime.UTC))
+    await publisher.exchange.publish(stamp, routing_key="user.u0")
+    await publisher.publish("user.u1", body=b"{broken")
+    for client in clients:
+        await client.expect_event("room")
+        await client.expect_event("room")
+    await clients[0].expect_event("user.u0")
+    bad = await connect(server)
+    await bad.send({"type": "auth", "token": "junk"})
+    await bad.expect_close(closecodes.INVALID_TOKEN.code)
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        assert (await http.post("/api/publish", json={"topic": "x", "data": 1}, headers=headers)).status_code == 202
+        assert (await http.post("/api/publish", json={"topic": "x..", "data": 1}, headers=headers)).status_code == 422
+
+    after = await scrape(server)
+    assert value(after, "notifier_connections") == 3
+    assert value(after, "notifier_subscriptions") == 6  # each: personal topic + room
+    assert value(after, "notifier_topics_bound") == 4  # user.u0, user.u1, user.u2, room
+    assert value(after, "notifier_events_consumed_total") - value(before, "notifier_events_consumed_total") == 3
+    assert value(after, "notifier_events_delivered_total") - value(before, "notifier_events_delivered_total") == 7
+    assert value(after, "notifier_events_dead_lettered_total") == 1
+    assert value(after, "notifier_connections_closed_total", code="4500", reason="invalid token") == 1
+    assert value(after, "notifier_publish_requests_total", status="202") == 1
+    assert value(after, "notifier_publish_requests_total", status="422") == 1
+    assert value(after, "notifier_delivery_latency_seconds_count") == 1  # only the stamped event
+    assert value(after, "notifier_delivery_latency_seconds_bucket", le="+Inf") == 1
+
+
+async def test_slow_client_drop_is_counted(server: RunningServer, connect: ConnectClient) -> None:
+    alice = await connect(server, "alice")
+    await alice.send({"type": "ping"})
+    samples = await scrape(server)
+    assert value(samples, "notifier_events_dropped_total") == 0
+    assert value(samples, "notifier_broker_reconnects_total") == 0
