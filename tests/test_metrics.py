@@ -73,3 +73,28 @@ async def test_slow_client_drop_is_counted(server: RunningServer, connect: Conne
     samples = await scrape(server)
     assert value(samples, "notifier_events_dropped_total") == 0
     assert value(samples, "notifier_broker_reconnects_total") == 0
+
+
+async def test_dashboard_and_docs_name_only_real_metrics(server: RunningServer, connect: ConnectClient) -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    client = await connect(server)  # labelled counters appear once they have counted something
+    await client.send({"type": "auth", "token": "junk"})
+    await client.expect_close(closecodes.INVALID_TOKEN.code)
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        assert (await http.post("/api/publish", json={})).status_code == 401
+    exposed = {name for name, _ in await scrape(server)}
+    families = {re.sub(r"_(bucket|count|sum)$", "", name) for name in exposed}
+    dashboard = json.loads(Path("config/grafana-dashboard.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"notifier_[a-z_]+", target["expr"])
+    }
+    assert used, "the dashboard queries nothing"
+    assert used <= exposed | {f"{family}_bucket" for family in families}, used - exposed
+    documented = set(re.findall(r"`(notifier_[a-z_]+)`", Path("docs/metrics.md").read_text()))
+    assert documented == families, documented ^ families
