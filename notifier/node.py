@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
 from starlette.websockets import WebSocket
@@ -39,6 +41,7 @@ class Node:
         self._connections_per_user: Counter[str] = Counter()
         self._accepting = True
         self._connect_task: asyncio.Task[None] | None = None
+        self._stop_deadline = 0.0
 
     @property
     def ready(self) -> bool:
@@ -64,25 +67,37 @@ class Node:
                 delay = min(delay * 2, BROKER_RETRY_MAX_S)
 
     async def drain(self) -> None:
-        """Graceful stop: take no new events or clients, flush what was handed off, close clients with 1012."""
+        """Graceful stop: take no new events or clients, flush what was handed off, close clients with 1012.
+
+        The whole stop, `stop()`'s broker close included, fits in NOTIFIER_SHUTDOWN_TIMEOUT_S.
+        """
         if not self._accepting:
             return
         self._accepting = False
+        self._stop_deadline = time.monotonic() + self.settings.shutdown_timeout_s
         if self._connect_task is not None:
             self._connect_task.cancel()
-        await self.broker.stop_consuming()
+        await self._within_deadline(self.broker.stop_consuming(), "stop_consuming")
         log.info("draining", connections=len(self.sessions))
         for session in tuple(self.sessions):
             session.close(closecodes.SHUTDOWN)
-        deadline = time.monotonic() + self.settings.shutdown_timeout_s
-        while self.sessions and time.monotonic() < deadline:
+        # Keep a moment of the budget for closing the broker connection.
+        flush_deadline = self._stop_deadline - min(1.0, self.settings.shutdown_timeout_s / 4)
+        while self.sessions and time.monotonic() < flush_deadline:
             await asyncio.sleep(0.05)
         if self.sessions:
             log.warning("drain_timeout", connections=len(self.sessions))
 
     async def stop(self) -> None:
         await self.drain()
-        await self.broker.close()
+        await self._within_deadline(self.broker.close(), "broker_close")
+
+    async def _within_deadline(self, step: Coroutine[Any, Any, None], name: str) -> None:
+        remaining = max(0.1, self._stop_deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(step, remaining)
+        except TimeoutError:
+            log.warning("shutdown_step_timed_out", step=name)
 
     # Connections.
 
