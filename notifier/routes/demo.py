@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException
@@ -15,11 +14,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from notifier.auth import mint_token
-from notifier.broker import BrokerUnavailable
 from notifier.errors import ApiError
-from notifier.events import new_event_id
+from notifier.routes.publish import publish_request, read_json_object
 from notifier.settings import Settings
-from notifier.topics import InvalidTopic, is_valid_segment, validate_pattern, validate_topic
+from notifier.topics import InvalidTopic, is_valid_segment, validate_pattern
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # Files any frontend may load, from any origin (a module script from another origin needs CORS).
@@ -68,23 +66,10 @@ def build_router(settings: Settings, *, dev: bool) -> APIRouter:
     return router
 
 
-async def _json_object(request: Request, limit: int) -> dict[str, Any]:
-    body = await request.body()
-    if len(body) > limit:
-        raise ApiError(413, "too_large", f"request body is over {limit} bytes")
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(422, "bad_request", "body is not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise ApiError(422, "bad_request", "body must be a JSON object")
-    return payload
-
-
 async def dev_token(request: Request) -> JSONResponse:
     """Dev mode only: `{"user", "topics"?, "ttl_s"?}` → a token signed with the dev secret."""
     settings: Settings = request.app.state.node.settings
-    payload = await _json_object(request, 16 * 1024)
+    payload = await read_json_object(request, 16 * 1024)
     user = payload.get("user")
     if not isinstance(user, str) or not is_valid_segment(user):
         raise ApiError(422, "bad_request", "'user' must be one topic segment: letters, digits, '_', '-', ':', '@'")
@@ -107,21 +92,4 @@ async def dev_token(request: Request) -> JSONResponse:
 
 async def dev_publish(request: Request) -> JSONResponse:
     """Dev mode only: `{"topic", "data"}` published through the broker, as `POST /api/publish` does."""
-    node = request.app.state.node
-    settings: Settings = node.settings
-    payload = await _json_object(request, settings.max_event_bytes + BODY_OVERHEAD_BYTES)
-    try:
-        topic = validate_topic(payload.get("topic"))
-    except InvalidTopic as error:
-        raise ApiError(422, "invalid_topic", str(error)) from None
-    if "data" not in payload:
-        raise ApiError(422, "bad_request", "'data' is required (any JSON value)")
-    data = orjson.dumps(payload["data"])
-    if len(data) > settings.max_event_bytes:
-        raise ApiError(413, "too_large", f"data is over {settings.max_event_bytes} bytes")
-    event_id = new_event_id()
-    try:
-        await node.broker.publish(topic, data, event_id)
-    except BrokerUnavailable:
-        raise ApiError(503, "unavailable", "the broker did not confirm the event; retry") from None
-    return JSONResponse({"id": event_id, "topic": topic}, status_code=202)
+    return await publish_request(request, request.app.state.node)

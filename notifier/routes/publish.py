@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
@@ -47,29 +48,20 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-@router.post("/api/publish", status_code=202)
-async def publish(request: Request) -> JSONResponse:
-    """Publish `{"topic", "data", "id"?}` through the broker; 202 means the broker has the event."""
-    node = request.app.state.node
-    try:
-        response = await publish_event(request, node)
-    except ApiError as error:
-        node.publish_results[error.status] += 1
-        raise
-    node.publish_results[response.status_code] += 1
-    return response
-
-
-async def publish_event(request: Request, node: Node) -> JSONResponse:
-    settings = node.settings
-    check_api_key(request, settings.api_keys)
-    body = await read_body(request, settings.max_event_bytes + BODY_OVERHEAD_BYTES)
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    """The request body as a JSON object of at most `limit` bytes, or the ApiError that says why not."""
+    body = await read_body(request, limit)
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise ApiError(422, "bad_request", "body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise ApiError(422, "bad_request", "body must be a JSON object")
+    return payload
+
+
+def event_from_request(payload: dict[str, Any], max_event_bytes: int) -> tuple[str, bytes, str]:
+    """Check `{"topic", "data", "id"?}`; return the topic, the data as JSON and the event id."""
     unknown = set(payload) - {"topic", "data", "id"}
     if unknown:
         raise ApiError(422, "bad_request", f"unknown fields: {sorted(unknown)}")
@@ -85,10 +77,36 @@ async def publish_event(request: Request, node: Node) -> JSONResponse:
     elif not isinstance(event_id, str) or EVENT_ID_RE.fullmatch(event_id) is None:
         raise ApiError(422, "bad_request", "'id' must be 1-128 letters, digits or '_-:.@'")
     data = orjson.dumps(payload["data"])
-    if len(data) > settings.max_event_bytes:
-        raise ApiError(413, "too_large", f"data is over {settings.max_event_bytes} bytes")
+    if len(data) > max_event_bytes:
+        raise ApiError(413, "too_large", f"data is over {max_event_bytes} bytes")
+    return topic, data, event_id
+
+
+async def publish_request(request: Request, node: Node) -> JSONResponse:
+    """Read, check and publish one event from a request body; 202 once the broker confirmed it."""
+    max_event_bytes = node.settings.max_event_bytes
+    payload = await read_json_object(request, max_event_bytes + BODY_OVERHEAD_BYTES)
+    topic, data, event_id = event_from_request(payload, max_event_bytes)
     try:
         await node.broker.publish(topic, data, event_id)
     except BrokerUnavailable:
         raise ApiError(503, "unavailable", "the broker did not confirm the event; retry") from None
     return JSONResponse({"id": event_id, "topic": topic}, status_code=202)
+
+
+@router.post("/api/publish", status_code=202)
+async def publish(request: Request) -> JSONResponse:
+    """Publish `{"topic", "data", "id"?}` through the broker; 202 means the broker has the event."""
+    node = request.app.state.node
+    try:
+        response = await publish_event(request, node)
+    except ApiError as error:
+        node.publish_results[error.status] += 1
+        raise
+    node.publish_results[response.status_code] += 1
+    return response
+
+
+async def publish_event(request: Request, node: Node) -> JSONResponse:
+    check_api_key(request, node.settings.api_keys)
+    return await publish_request(request, node)
