@@ -13,6 +13,7 @@ from notifier.metrics import build_registry
 from notifier.node import Node
 from notifier.routes import demo, health, metrics, publish, websocket
 from notifier.settings import Settings
+from notifier.wire import CaptureRawSend
 
 
 def create_app(settings: Settings, broker: Broker | None = None, *, dev: bool = False) -> FastAPI:
@@ -41,4 +42,5 @@ def create_app(settings: Settings, broker: Broker | None = None, *, dev: bool = 
     app.include_router(demo.build_router(settings, dev=dev))
     app.mount("/static", demo.static_files(settings), name="static")
     app.state.dev = dev
+    app.add_middleware(CaptureRawSend)
     return app

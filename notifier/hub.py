@@ -13,12 +13,13 @@ from notifier import frames
 from notifier.broker import Broker
 from notifier.events import Event, now_ms
 from notifier.metrics import LatencyHistogram
+from notifier.wire import Frame
 
 log = structlog.get_logger("notifier.hub")
 
 
 class Subscriber(Protocol):
-    def offer(self, frame: str) -> None:
+    def offer(self, frame: Frame) -> None:
         """Take one encoded frame without waiting; a subscriber that cannot keep up handles it itself."""
 
 
@@ -93,7 +94,7 @@ class Hub:
         subscribers = self._subscribers.get(event.topic)
         if not subscribers:
             return
-        frame = frames.event(event)
+        frame = Frame(frames.event(event))
         for subscriber in subscribers:
             subscriber.offer(frame)
         self.frames_out += len(subscribers)

@@ -10,13 +10,14 @@ import pytest
 from notifier.broker import BrokerUnavailable
 from notifier.broker.memory import MemoryBroker
 from notifier.hub import Hub
+from notifier.wire import Frame
 
 
 class Inbox:
     def __init__(self) -> None:
-        self.frames: list[str] = []
+        self.frames: list[Frame] = []
 
-    def offer(self, frame: str) -> None:
+    def offer(self, frame: Frame) -> None:
         self.frames.append(frame)
 
 
@@ -49,7 +50,8 @@ async def test_event_is_encoded_once_and_shared(hub: Hub) -> None:
     await hub._broker.publish("t", b'{"x": 1}', "id-1")
     frames = [inbox.frames[0] for inbox in inboxes]
     assert all(frame is frames[0] for frame in frames)  # the very same object, not five encodings
-    assert orjson.loads(frames[0])["data"] == {"x": 1}
+    assert orjson.loads(frames[0].text)["data"] == {"x": 1}
+    assert frames[0].wire == b"\x81" + bytes([len(frames[0].text)]) + frames[0].text.encode()
 
 
 async def test_concurrent_subscribe_and_unsubscribe_leave_consistent_bindings(hub: Hub) -> None:
