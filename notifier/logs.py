@@ -6,22 +6,38 @@ import logging
 import re
 import sys
 
+import orjson
 import structlog
 
 # uvicorn logs request paths with their query string, where `?token=` may sit.
 _SECRET_IN_QUERY = re.compile(r"((?:token|access_token|api_key)=)[^&\s\"']+", re.IGNORECASE)
 
 
+# uvicorn's own line for every WebSocket opened and closed; ours (`connection_authenticated`,
+# `connection_closing`) carry the connection id and user instead, and at thousands of connections per second
+# the duplicates cost real CPU.
+_PER_CONNECTION_NOISE = ('"WebSocket ', "connection open", "connection closed")
+
+
 class RedactSecrets(logging.Filter):
-    """Masks `token=...` in any standard-library log record before it is written."""
+    """Masks `token=...` in any standard-library log record before it is written, and drops uvicorn's
+    per-connection lines."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("uvicorn") and record.levelno <= logging.INFO:
+            message = record.msg if isinstance(record.msg, str) else ""
+            if any(part in message for part in _PER_CONNECTION_NOISE):
+                return False
         if record.args:
             record.msg = record.getMessage()
             record.args = None
         if isinstance(record.msg, str):
             record.msg = _SECRET_IN_QUERY.sub(r"\1[redacted]", record.msg)
         return True
+
+
+def _orjson_dumps(value: object, **_: object) -> str:
+    return orjson.dumps(value, default=repr).decode()
 
 
 def _drop_uvicorn_colors(_: object, __: str, event_dict: structlog.typing.EventDict) -> structlog.typing.EventDict:
@@ -32,7 +48,7 @@ def _drop_uvicorn_colors(_: object, __: str, event_dict: structlog.typing.EventD
 def configure_logging(log_format: str, level: str) -> None:
     numeric_level = logging.getLevelName(level.upper())
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_orjson_dumps)
         if log_format == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )

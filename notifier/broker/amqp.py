@@ -32,6 +32,9 @@ log = structlog.get_logger("notifier.broker")
 # Acknowledge with one `multiple` ack per burst of messages, at most this many at a time.
 ACK_BATCH = 64
 
+# Channels used for bind and unbind, so that several can be in flight at once.
+BIND_CHANNELS = 4
+
 # What aio-pika and aiormq raise when the connection or channel is gone or the broker refuses.
 _BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, asyncio.TimeoutError)
 
@@ -56,6 +59,9 @@ class AmqpBroker:
         self._settling: set[asyncio.Task[None]] = set()
         # Unbinds that failed while disconnected; retried after each reconnect so no stale binding stays.
         self._pending_unbinds: set[str] = set()
+        self._bound: set[str] = set()
+        self._bind_channels: list[AbstractRobustChannel] = []
+        self._next_bind_channel = 0
         self.reconnects = 0
         self.dead_lettered = 0
 
@@ -103,6 +109,7 @@ class AmqpBroker:
                 "x-overflow": "drop-head",
             },
         )
+        self._bind_channels = [await connection.channel() for _ in range(BIND_CHANNELS)]
         publish_channel = await connection.channel(publisher_confirms=True)
         self._publish_exchange = await publish_channel.get_exchange(settings.exchange, ensure=False)
         self._consumer_tag = await self._queue.consume(self._on_message)
@@ -145,23 +152,40 @@ class AmqpBroker:
                 log.warning("broker_close_failed", error=repr(error))
 
     async def bind(self, topic: str) -> None:
-        queue = self._require_queue()
+        if not self.ready:
+            raise BrokerUnavailable("not connected to RabbitMQ")
         try:
-            await asyncio.wait_for(queue.bind(self._exchange_name, routing_key=topic), self._settings.broker_timeout_s)
+            await asyncio.wait_for(self._queue_bind(topic), self._settings.broker_timeout_s)
         except _BROKER_ERRORS as error:
             raise BrokerUnavailable(f"cannot bind {topic}: {error!r}") from None
+        self._bound.add(topic)
         self._pending_unbinds.discard(topic)
 
     async def unbind(self, topic: str) -> None:
-        queue = self._require_queue()
+        self._bound.discard(topic)
         try:
-            await asyncio.wait_for(
-                queue.unbind(self._exchange_name, routing_key=topic), self._settings.broker_timeout_s
-            )
-        except _BROKER_ERRORS as error:
+            if not self.ready:
+                raise BrokerUnavailable("not connected to RabbitMQ")
+            await asyncio.wait_for(self._queue_unbind(topic), self._settings.broker_timeout_s)
+        except (*_BROKER_ERRORS, BrokerUnavailable) as error:
             log.warning("broker_unbind_deferred", topic=topic, error=repr(error))
             self._pending_unbinds.add(topic)
-            self._forget_binding(topic)
+
+    async def _queue_bind(self, topic: str) -> None:
+        channel = await self._binding_channel()
+        await channel.queue_bind(self.queue_name, self._exchange_name, routing_key=topic)
+
+    async def _queue_unbind(self, topic: str) -> None:
+        channel = await self._binding_channel()
+        await channel.queue_unbind(self.queue_name, self._exchange_name, routing_key=topic)
+
+    async def _binding_channel(self) -> aiormq.abc.AbstractChannel:
+        """The next of a few channels for bind/unbind: one channel runs one request at a time, and a burst
+        of connecting clients (each binding its personal topic) should not queue behind a single one."""
+        if not self._bind_channels:
+            raise BrokerUnavailable("not connected to RabbitMQ")
+        self._next_bind_channel = (self._next_bind_channel + 1) % len(self._bind_channels)
+        return await self._bind_channels[self._next_bind_channel].get_underlay_channel()
 
     async def publish(self, topic: str, data: bytes, event_id: str) -> None:
         if self._publish_exchange is None or not self.ready:
@@ -239,21 +263,17 @@ class AmqpBroker:
             log.info("broker_settle_failed", error=repr(error))
 
     async def _after_reconnect(self, *_: object) -> None:
+        """Bindings live on the queue, which outlives a short outage; if it expired meanwhile, aio-pika
+        re-declared it empty, so bind every topic again (binding twice is harmless) and finish the unbinds
+        that could not be sent while disconnected."""
         self.reconnects += 1
         log.info("broker_reconnected", queue=self.queue_name, reconnects=self.reconnects)
+        try:
+            for topic in tuple(self._bound):
+                await asyncio.wait_for(self._queue_bind(topic), self._settings.broker_timeout_s)
+        except _BROKER_ERRORS as error:
+            log.warning("broker_rebind_failed", error=repr(error))
         for topic in tuple(self._pending_unbinds):
             await self.unbind(topic)
             if topic not in self._pending_unbinds:
                 log.info("broker_unbind_done", topic=topic)
-
-    def _forget_binding(self, topic: str) -> None:
-        # Keep aio-pika from restoring a binding nobody wants any more (it re-binds what it remembers).
-        bindings: dict[tuple[Any, str], Any] | None = getattr(self._queue, "_bindings", None)
-        if bindings is not None:
-            for key in [key for key in bindings if key[1] == topic]:
-                bindings.pop(key, None)
-
-    def _require_queue(self) -> AbstractQueue:
-        if self._queue is None:
-            raise BrokerUnavailable("not connected to RabbitMQ")
-        return self._queue
