@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import socket
+import time
 
 import structlog
 import uvicorn
@@ -41,10 +42,17 @@ class NotifierServer(uvicorn.Server):
         self._node = node
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        started = time.monotonic()
         for server in self.servers:
             server.close()  # no new connections while draining
         await self._node.drain()
+        drained = time.monotonic()
         await super().shutdown(sockets)
+        log.info(
+            "stopped",
+            drain_s=round(drained - started, 3),
+            server_close_s=round(time.monotonic() - drained, 3),
+        )
         # A drained stop is a clean exit: exit 0 instead of uvicorn re-raising the signal (status -15/143).
         self._captured_signals.clear()
 

@@ -94,9 +94,8 @@ class Session:
         outbox = self._outbox
         if not outbox and self._writer_idle:
             direct = self._direct
-            if direct is not None and direct.can_write_now():
-                direct.write(frame.wire)  # nothing is queued before it, so order is kept
-                return
+            if direct is not None and direct.try_write(frame.wire):
+                return  # nothing was queued before it, so the order is kept
         if len(outbox) >= self._outbox_limit:
             self.close(closecodes.SLOW_CLIENT, drop_pending=True)
             return

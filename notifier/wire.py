@@ -30,20 +30,13 @@ def encode_text_frame(payload: bytes) -> bytes:
 
 
 class Frame:
-    """A server frame: its JSON text, and its wire bytes made on first use and shared by every receiver."""
+    """A server frame: its JSON text and its wire bytes, made once and shared by every receiver."""
 
-    __slots__ = ("_wire", "text")
+    __slots__ = ("text", "wire")
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self._wire: bytes | None = None
-
-    @property
-    def wire(self) -> bytes:
-        wire = self._wire
-        if wire is None:
-            wire = self._wire = encode_text_frame(self.text.encode())
-        return wire
+        self.wire = encode_text_frame(text.encode())
 
 
 class DirectWriter:
@@ -68,9 +61,20 @@ class DirectWriter:
             return None
         return cls(protocol)
 
-    def can_write_now(self) -> bool:
-        """Open, not closing, and the socket buffer is below uvicorn's high-water mark."""
-        return self.writable.is_set() and self.is_open()
+    def try_write(self, data: bytes) -> bool:
+        """Write `data` now if the connection is open and its socket buffer is below uvicorn's high-water
+        mark; say whether it did. (One call per delivery on the hot path, so the checks are inlined.)"""
+        protocol = self._protocol
+        transport = self._transport
+        if (
+            self.writable.is_set()
+            and not protocol.close_sent
+            and self._connection.state is State.OPEN
+            and not transport.is_closing()
+        ):
+            transport.write(data)
+            return True
+        return False
 
     def is_open(self) -> bool:
         protocol = self._protocol

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import logging
 import multiprocessing
 import os
 import signal
@@ -244,6 +245,12 @@ def _worker_main(
     _stop_with_parent(parent_pid)
     structlog.contextvars.bind_contextvars(worker=index)
     serve(settings, sock=sock)
+    # The instance has drained and stopped; leave now rather than wait in interpreter teardown for helper
+    # threads a library may have left behind, which once held a stopped worker for seconds.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _exit_quietly(_: int, __: FrameType | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 
 import jwt
@@ -241,18 +242,34 @@ async def test_slow_client_is_closed_and_others_keep_receiving(
     await fast.subscribe("firehose")
     slow = await connect(running, "slow", topics=["firehose"])
     await slow.subscribe("firehose")
-    # The slow client stops reading: its TCP window fills, then its send queue, and it is closed.
-    slow.ws.transport.pause_reading()
     payload = {"pad": "x" * 60_000}
-    for n in range(1000):  # at most ~60 MB, far above any loopback socket buffer
+
+    async def round_trip(n: int) -> float:
+        """Publish one event and time it to the fast client."""
+        started = time.perf_counter()
         await publisher.publish("firehose", {**payload, "n": n})
         assert (await fast.expect_event("firehose"))["data"]["n"] == n
+        return time.perf_counter() - started
+
+    # Baseline: both clients read.
+    before = [await round_trip(n) for n in range(40)]
+    for _ in range(40):
+        await slow.expect_event("firehose")
+    # The slow client stops reading: its TCP window fills, then its send queue, and it is closed.
+    slow.ws.transport.pause_reading()
+    during = []
+    for n in range(40, 1040):  # at most ~60 MB, far above any loopback socket buffer
+        during.append(await round_trip(n))
         if running.node.closes_by_code[closecodes.SLOW_CLIENT.code]:
             break
     assert running.node.closes_by_code[closecodes.SLOW_CLIENT.code] == 1
-    assert n > 8  # the queue (8 frames) filled only after the socket buffers did
+    assert len(during) > 8  # the queue (8 frames) filled only after the socket buffers did
     slow.ws.transport.resume_reading()
     await slow.expect_close(closecodes.SLOW_CLIENT.code, timeout=10)
+    # The stalled client does not hold the others back: the fast client's latency stays where it was.
+    median_before, median_during = statistics.median(before), statistics.median(during)
+    print(f"fast client median round trip: {median_before * 1000:.1f} ms before, {median_during * 1000:.1f} ms during")
+    assert median_during < 3 * median_before + 0.010
 
 
 async def test_shutdown_closes_clients_with_1012(start_server: StartServer, connect: ConnectClient) -> None:
