@@ -109,14 +109,14 @@ def forge(claims: dict[str, object], key: object = SECRET, algorithm: str = "HS2
     "token",
     [
         "not-a-jwt",
-        forge({"sub": "alice", "exp": time.time() + 60}, key="another-secret-that-is-long-enough-too!!"),
+        forge({"sub": "alice", "exp": time.time() + 3600}, key="another-secret-that-is-long-enough-too!!"),
         forge({"sub": "alice"}),  # no exp
-        forge({"exp": time.time() + 60}),  # no sub
-        forge({"sub": "alice.bob", "exp": time.time() + 60}),  # sub would reach into user.alice.*
-        forge({"sub": "alice", "exp": time.time() + 60, "topics": "news.#"}),
-        forge({"sub": "alice", "exp": time.time() + 60, "topics": ["news..x"]}),
-        forge({"sub": "alice", "exp": time.time() + 60, "nbf": time.time() + 600}),
-        jwt.encode({"sub": "alice", "exp": time.time() + 60}, None, algorithm="none"),  # type: ignore[arg-type]
+        forge({"exp": time.time() + 3600}),  # no sub
+        forge({"sub": "alice.bob", "exp": time.time() + 3600}),  # sub would reach into user.alice.*
+        forge({"sub": "alice", "exp": time.time() + 3600, "topics": "news.#"}),
+        forge({"sub": "alice", "exp": time.time() + 3600, "topics": ["news..x"]}),
+        forge({"sub": "alice", "exp": time.time() + 86400, "nbf": time.time() + 43200}),
+        jwt.encode({"sub": "alice", "exp": time.time() + 3600}, None, algorithm="none"),  # type: ignore[arg-type]
     ],
     ids=["garbage", "wrong-key", "no-exp", "no-sub", "dotted-sub", "topics-not-list", "bad-pattern", "nbf", "none"],
 )
