@@ -47,7 +47,6 @@ class AmqpBroker:
         self.instance_id = settings.instance_id or uuid.uuid4().hex[:12]
         self.queue_name = f"{settings.exchange}.instance.{self.instance_id}"
         self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractRobustChannel | None = None
         self._exchange_name = settings.exchange
         self._publish_exchange: AbstractExchange | None = None
         self._queue: AbstractQueue | None = None
@@ -93,7 +92,6 @@ class AmqpBroker:
         await self._declare_dead_letters(connection)
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=settings.prefetch)
-        self._channel = channel
         await channel.declare_exchange(settings.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
         # A queue left by an earlier process with this NOTIFIER_INSTANCE_ID carries bindings and events for
         # clients that are gone; start from a clean one. (Reconnects within this process keep the queue.)
