@@ -6,7 +6,8 @@
 #     -e NOTIFIER_JWT_SECRET=... -e NOTIFIER_API_KEYS=... -e NOTIFIER_WORKERS=2 notifier
 #
 # Configured entirely by NOTIFIER_* environment variables (config/notifier.env lists them all).
-# NOTIFIER_WORKERS is the number of processes, each a full instance: set it to the cores the container gets.
+# NOTIFIER_WORKERS is the number of processes, each a full instance; "auto" (the default here) is one per core
+# the container may use (its CPU quota or affinity).
 # tests/test_container.py replays this recipe outside Docker: keep the build in one `pip wheel` and the
 # install in one `pip install`, or update the replay with it.
 
@@ -31,7 +32,7 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
 ENV NOTIFIER_HOST=0.0.0.0 \
     NOTIFIER_PORT=8000 \
     NOTIFIER_LOG_FORMAT=json \
-    NOTIFIER_WORKERS=1
+    NOTIFIER_WORKERS=auto
 USER 10001:10001
 EXPOSE 8000
 # SIGTERM starts the graceful drain: clients get close code 1012, and the process exits within

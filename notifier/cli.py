@@ -181,6 +181,15 @@ def cmd_token(args: argparse.Namespace) -> None:
     print(mint_token(secret, args.user, topics=args.topics, ttl_s=args.ttl))
 
 
+def workers_argument(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError('a number of processes, or "auto"') from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="notifier",
@@ -194,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (NOTIFIER_HOST)")
     serve.add_argument("--port", type=int, help="listen port (NOTIFIER_PORT)")
     serve.add_argument(
-        "--workers", type=int, help="processes, each a full instance on the same port (NOTIFIER_WORKERS, default 1)"
+        "--workers",
+        type=workers_argument,
+        help='processes, each a full instance on the same port, or "auto" for one per core (NOTIFIER_WORKERS, '
+        "default 1)",
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -66,7 +66,8 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
 
     # Processes: each worker is a full instance (own instance id, queue and bindings) on the same port.
-    workers: int = Field(default=1, ge=1, le=64)
+    # Processes, each a full instance; "auto" is one per usable core (cgroup CPU quota or CPU affinity).
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 1
 
     # Operations
     log_format: Literal["json", "console"] = "json"

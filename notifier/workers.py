@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -26,6 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 
 import structlog
@@ -35,6 +37,7 @@ from notifier.settings import ConfigError, Settings
 
 log = structlog.get_logger("notifier.workers")
 
+MAX_WORKERS = 64
 RESTART_LIMIT = 5
 RESTART_WINDOW_S = 60.0
 # Beyond the drain (NOTIFIER_SHUTDOWN_TIMEOUT_S): uvicorn's own close and the broker connection's close.
@@ -52,15 +55,34 @@ def shutdown_bound_s(settings: Settings) -> float:
 
 def check_workers(settings: Settings) -> None:
     """Several workers only make sense on RabbitMQ: in-memory brokers are private to each process."""
-    if settings.workers > 1 and settings.uses_memory_broker:
+    if worker_count(settings) > 1 and settings.uses_memory_broker:
         raise ConfigError(
             "NOTIFIER_WORKERS > 1 needs RabbitMQ: with memory:// each worker would have its own broker "
             "and miss the others' events"
         )
 
 
+def usable_cores() -> int:
+    """The cores this process may use: the cgroup v2 CPU quota of its container if it has one, else its CPU
+    affinity; at least 1, at most MAX_WORKERS."""
+    cores = len(os.sched_getaffinity(0))
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    return max(1, min(cores, MAX_WORKERS))
+
+
+def worker_count(settings: Settings) -> int:
+    """NOTIFIER_WORKERS as a number; "auto" is one per usable core (one with the in-memory broker)."""
+    if settings.workers != "auto":
+        return settings.workers
+    return 1 if settings.uses_memory_broker else usable_cores()
+
+
 def serve_workers(settings: Settings) -> None:
-    """Run `settings.workers` instances on NOTIFIER_HOST:NOTIFIER_PORT until SIGTERM or SIGINT."""
+    """Run NOTIFIER_WORKERS instances on NOTIFIER_HOST:NOTIFIER_PORT until SIGTERM or SIGINT."""
+    settings = settings.model_copy(update={"workers": worker_count(settings)})
     check_workers(settings)
     if settings.workers == 1:
         serve(settings)
@@ -122,12 +144,12 @@ class Supervisor:
         log.info(
             "supervisor_started",
             pid=os.getpid(),
-            workers=settings.workers,
+            workers=worker_count(settings),
             host=settings.host,
             port=self._sock.getsockname()[1],
         )
         try:
-            for index in range(settings.workers):
+            for index in range(worker_count(settings)):
                 self._start(index)
             code = self._supervise()
             return self._stop_all() or code

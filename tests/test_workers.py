@@ -292,3 +292,27 @@ async def test_a_worker_that_dies_is_replaced_by_a_new_instance(start_service: A
     bound = shutdown_bound_s(Settings(_env_file=None, shutdown_timeout_s=SHUTDOWN_TIMEOUT_S))  # type: ignore[call-arg]
     assert await asyncio.to_thread(service.process.wait, bound) == 0
     assert not _group_alive(service.process.pid)
+
+
+def test_auto_workers_is_one_per_usable_core() -> None:
+    from notifier.workers import usable_cores, worker_count
+
+    cores = usable_cores()
+    assert 1 <= cores <= len(os.sched_getaffinity(0))
+    assert worker_count(Settings(_env_file=None, workers="auto")) == cores  # type: ignore[call-arg]
+    assert worker_count(Settings(_env_file=None, workers="auto", amqp_url="memory://")) == 1  # type: ignore[call-arg]
+    assert worker_count(Settings(_env_file=None, workers=3)) == 3  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="workers"):
+        Settings(_env_file=None, workers="many")  # type: ignore[call-arg]
+
+
+def test_workers_flag_accepts_auto_and_refuses_words() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "notifier", "serve", "--workers", "many"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert '"auto"' in result.stderr
