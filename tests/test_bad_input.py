@@ -278,3 +278,31 @@ async def test_shutdown_closes_clients_with_1012(start_server: StartServer, conn
     stop = asyncio.create_task(running.stop())
     await client.expect_close(closecodes.SHUTDOWN.code)
     await stop
+
+
+async def test_text_frame_with_invalid_utf8_closes_with_1007(
+    server: RunningServer, publisher: Publisher, bystander: Client
+) -> None:
+    """Built by hand: a well-behaved client library refuses to send such a frame."""
+    import base64
+    import os
+    import struct
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.settings.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    payload, mask = b"\xff\xfe\xfd", os.urandom(4)
+    masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+    writer.write(bytes((0x81, 0x80 | len(payload))) + mask + masked)  # FIN + text, masked as clients must
+    header = await asyncio.wait_for(reader.readexactly(2), 5)
+    assert header[0] & 0x0F == 0x8  # a close frame
+    body = await reader.readexactly(header[1] & 0x7F)
+    assert struct.unpack("!H", body[:2])[0] == 1007
+    writer.close()
+    await assert_bystander_served(bystander, publisher)
