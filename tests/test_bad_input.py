@@ -280,10 +280,15 @@ async def test_shutdown_closes_clients_with_1012(start_server: StartServer, conn
     await stop
 
 
-async def test_text_frame_with_invalid_utf8_closes_with_1007(
-    server: RunningServer, publisher: Publisher, bystander: Client
+@pytest.mark.parametrize(
+    ("payload", "masked", "code"),
+    [(b"\xff\xfe\xfd", True, 1007), (b'{"type": "ping"}', False, 1002)],
+    ids=["invalid-utf8", "unmasked"],
+)
+async def test_frames_the_websocket_layer_refuses_close_with_its_code(
+    server: RunningServer, publisher: Publisher, bystander: Client, payload: bytes, masked: bool, code: int
 ) -> None:
-    """Built by hand: a well-behaved client library refuses to send such a frame."""
+    """Built by hand: a well-behaved client library refuses to send such frames."""
     import base64
     import os
     import struct
@@ -297,12 +302,15 @@ async def test_text_frame_with_invalid_utf8_closes_with_1007(
         ).encode()
     )
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-    payload, mask = b"\xff\xfe\xfd", os.urandom(4)
-    masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
-    writer.write(bytes((0x81, 0x80 | len(payload))) + mask + masked)  # FIN + text, masked as clients must
+    if masked:
+        mask = os.urandom(4)
+        body = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+        writer.write(bytes((0x81, 0x80 | len(payload))) + mask + body)
+    else:
+        writer.write(bytes((0x81, len(payload))) + payload)
     header = await asyncio.wait_for(reader.readexactly(2), 5)
     assert header[0] & 0x0F == 0x8  # a close frame
-    body = await reader.readexactly(header[1] & 0x7F)
-    assert struct.unpack("!H", body[:2])[0] == 1007
+    close = await reader.readexactly(header[1] & 0x7F)
+    assert struct.unpack("!H", close[:2])[0] == code
     writer.close()
     await assert_bystander_served(bystander, publisher)
