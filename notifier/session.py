@@ -4,12 +4,11 @@ its bounded send queue and writer task, its token's expiry. The protocol's rules
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import time
 import uuid
 from collections import deque
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -76,6 +75,7 @@ class Session:
         self._writer_idle = False
         self._direct = DirectWriter.attach(websocket.scope)
         self._close_reason: CloseReason | None = None
+        self._task: asyncio.Task[Any] | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._rate = RateLimiter(self._settings.client_frames_per_s, self._settings.client_frames_burst)
         self._log = log.bind(conn=self.connection_id)
@@ -118,6 +118,8 @@ class Session:
             self._outbox.clear()
         for timer in self._timers.values():
             timer.cancel()
+        # A client that stopped reading never answers the close, and the reader may be waiting on it.
+        self._start_timer("abandon", CLOSE_GRACE_S, self._abandon)
         self._node.closes_by_code[reason.code] += 1
         self._log.info("connection_closing", user=self.user, code=reason.code, reason=reason.reason)
         self._wakeup.set()
@@ -126,6 +128,7 @@ class Session:
 
     async def run(self, token_in_url: str | None) -> None:
         """Serve the connection until it ends; the caller has checked the origin and accepted."""
+        self._task = asyncio.current_task()
         writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.connection_id}")
         try:
             if self._node.at_capacity():
@@ -139,11 +142,15 @@ class Session:
             self.state = State.CLOSING
             for timer in self._timers.values():
                 timer.cancel()
-            await self._node.forget(self)
+            # The reader ends when the client is gone or did not answer our close in time: either way nothing
+            # the writer still holds can reach it. Stop the writer rather than wait on it (this also runs
+            # while the event loop shuts down, where every second of waiting delays the exit).
             if not writer.done():
-                self._wakeup.set()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(writer, CLOSE_GRACE_S)
+                writer.cancel()
+                await asyncio.wait([writer])
+                if self._direct is not None:
+                    self._direct.abort()  # drop unsent bytes instead of keeping them until TCP gives up
+            await self._node.forget(self)
 
     async def _read_loop(self) -> None:
         receive = self._websocket.receive
@@ -258,10 +265,22 @@ class Session:
     def _schedule_expiry(self, expires_at: float) -> None:
         self._start_timer("expiry", max(0.0, expires_at - time.time()), closecodes.TOKEN_EXPIRED)
 
-    def _start_timer(self, name: str, delay_s: float, reason: CloseReason) -> None:
+    def _start_timer(self, name: str, delay_s: float, action: CloseReason | Callable[[], None]) -> None:
+        """After `delay_s`, close with `action` if it is a CloseReason, else call it."""
         self._cancel_timer(name)
         loop = asyncio.get_running_loop()
-        self._timers[name] = loop.call_later(delay_s, self.close, reason)
+        if isinstance(action, CloseReason):
+            self._timers[name] = loop.call_later(delay_s, self.close, action)
+        else:
+            self._timers[name] = loop.call_later(delay_s, action)
+
+    def _abandon(self) -> None:
+        """The close handshake did not finish in time: drop the socket, which ends the reader too."""
+        self._log.info("connection_abandoned", user=self.user)
+        if self._direct is not None:
+            self._direct.abort()
+        elif self._task is not None:
+            self._task.cancel()
 
     def _cancel_timer(self, name: str) -> None:
         timer = self._timers.pop(name, None)

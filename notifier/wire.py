@@ -83,6 +83,9 @@ class DirectWriter:
     def write(self, data: bytes) -> None:
         self._transport.write(data)
 
+    def abort(self) -> None:
+        self._transport.abort()
+
 
 class CaptureRawSend:
     """ASGI middleware that keeps the server's own `send` of each WebSocket in the scope, before any wrapper,

@@ -12,6 +12,7 @@ import websockets
 
 from notifier import closecodes
 from tests.conftest import SECRET, Client, ConnectClient, Publisher, RunningServer, StartServer, token_for
+from tests.faults import wait_until
 
 
 @pytest.fixture
@@ -314,3 +315,21 @@ async def test_frames_the_websocket_layer_refuses_close_with_its_code(
     assert struct.unpack("!H", close[:2])[0] == code
     writer.close()
     await assert_bystander_served(bystander, publisher)
+
+
+async def test_a_client_that_never_reads_again_is_dropped_after_its_close(
+    start_server: StartServer, connect: ConnectClient, publisher: Publisher
+) -> None:
+    running = await start_server(send_queue_size=4)
+    stalled = await connect(running, "stalled", topics=["firehose"])
+    await stalled.subscribe("firehose")
+    stalled.ws.transport.pause_reading()  # and never resumes
+    n = 0
+    while not running.node.closes_by_code[closecodes.SLOW_CLIENT.code]:
+        await publisher.publish("firehose", {"pad": "x" * 60_000, "n": n})
+        n += 1
+        assert n < 1000
+        await asyncio.sleep(0.005)
+    # It cannot take even the close frame; the server lets go of its socket instead of waiting for TCP.
+    connections = running.server.server_state.connections
+    await wait_until(lambda: not running.node.sessions and not connections, 15)

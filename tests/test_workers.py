@@ -290,7 +290,8 @@ async def test_a_worker_that_dies_is_replaced_by_a_new_instance(start_service: A
 
     service.process.send_signal(signal.SIGTERM)
     bound = shutdown_bound_s(Settings(_env_file=None, shutdown_timeout_s=SHUTDOWN_TIMEOUT_S))  # type: ignore[call-arg]
-    assert await asyncio.to_thread(service.process.wait, bound) == 0
+    code = await asyncio.to_thread(service.process.wait, bound)
+    assert code == 0, service.log_path.read_text()
     assert not _group_alive(service.process.pid)
 
 
