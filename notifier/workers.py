@@ -38,6 +38,7 @@ from notifier.settings import ConfigError, Settings
 log = structlog.get_logger("notifier.workers")
 
 MAX_WORKERS = 64
+STOP_POLL_S = 0.1
 RESTART_LIMIT = 5
 RESTART_WINDOW_S = 60.0
 # Beyond the drain (NOTIFIER_SHUTDOWN_TIMEOUT_S): uvicorn's own close and the broker connection's close.
@@ -231,7 +232,9 @@ class Supervisor:
                     _send(process, signal.SIGKILL)
                 break
             sentinels = [process.sentinel for process in self._workers.values() if process.is_alive()]
-            wait([self._wake_read, *sentinels], timeout=remaining)
+            # Also look again every moment: a sentinel can stay silent when a sibling inherited its pipe,
+            # and a stop must not wait out the whole bound for a worker that is already gone.
+            wait([self._wake_read, *sentinels], timeout=min(remaining, STOP_POLL_S))
             self._drain_wakeups()
         code = 0
         for index, process in self._workers.items():
