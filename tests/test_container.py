@@ -17,18 +17,16 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aio_pika
 import httpx
 import pytest
 
 from notifier.settings import Settings
 from notifier.workers import shutdown_bound_s
-from tests.conftest import AMQP_URL, SECRET, free_port
+from tests.conftest import SECRET, free_port
 from tests.dockerfile import DOCKERFILE, Stage, stages
 
 ROOT = DOCKERFILE.parent
@@ -181,9 +179,10 @@ def test_the_image_holds_only_the_wheels_install(installed: Installed) -> None:
     assert not missing, f"files of the package missing from the wheel: {missing}"
 
 
-async def test_the_image_cmd_serves_health_and_readiness_and_stops_on_sigterm(installed: Installed) -> None:
+async def test_the_image_cmd_serves_health_and_readiness_and_stops_on_sigterm(
+    installed: Installed, exchange: str
+) -> None:
     port = free_port()
-    exchange = f"test-{uuid.uuid4().hex[:10]}"
     env = installed.env(
         NOTIFIER_JWT_SECRET=SECRET,
         NOTIFIER_PORT=str(port),
@@ -240,9 +239,3 @@ async def test_the_image_cmd_serves_health_and_readiness_and_stops_on_sigterm(in
         if process.returncode is None:
             process.kill()
             await process.wait()
-        connection = await aio_pika.connect(AMQP_URL)
-        async with connection:
-            channel = await connection.channel()
-            await channel.exchange_delete(exchange)
-            await channel.exchange_delete(f"{exchange}.dead")
-            await channel.queue_delete(f"{exchange}.dead")
