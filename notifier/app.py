@@ -12,8 +12,8 @@ from notifier.errors import install_error_handlers
 from notifier.metrics import build_registry
 from notifier.node import Node
 from notifier.routes import demo, health, metrics, publish, websocket
+from notifier.senders import CaptureRawSend
 from notifier.settings import Settings
-from notifier.wire import CaptureRawSend
 
 
 def create_app(settings: Settings, broker: Broker | None = None, *, dev: bool = False) -> FastAPI:

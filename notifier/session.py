@@ -1,5 +1,6 @@
-"""One WebSocket client: its state machine (awaiting auth -> open -> closing), its subscriptions,
-its bounded send queue and writer task, its token's expiry. The protocol's rules live here."""
+"""One WebSocket client's protocol state machine: awaiting auth -> open -> closing; its subscriptions and its
+token's expiry. The write path (outbox and sender) and every collaborator are passed in, so the state machine
+runs as well against a fake socket and the in-memory broker as against uvicorn and RabbitMQ."""
 
 from __future__ import annotations
 
@@ -7,28 +8,35 @@ import asyncio
 import enum
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import structlog
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnect
 
 from notifier import closecodes, frames
+from notifier.admission import Admission
 from notifier.auth import Identity, TokenRejected
 from notifier.broker import BrokerUnavailable
 from notifier.closecodes import CloseReason
+from notifier.hub import Hub
+from notifier.outbox import Outbox
+from notifier.ratelimit import RateLimiter
+from notifier.senders import Sender
+from notifier.settings import Settings
+from notifier.stats import Stats
 from notifier.topics import InvalidTopic, validate_topic
-from notifier.wire import DirectWriter, Frame
-
-if TYPE_CHECKING:
-    from notifier.node import Node
+from notifier.wire import Frame
 
 log = structlog.get_logger("notifier.session")
 
 # How long a closing connection may take to finish its close handshake before it is dropped.
 CLOSE_GRACE_S = 5.0
-_SEND_ERRORS = (WebSocketDisconnect, RuntimeError, OSError)
+# What `receive` raises once the connection is gone.
+_RECEIVE_ERRORS = (WebSocketDisconnect, RuntimeError, OSError)
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
 class State(enum.Enum):
@@ -37,71 +45,55 @@ class State(enum.Enum):
     CLOSING = "closing"
 
 
-class RateLimiter:
-    """A token bucket over client frames."""
+class Verifier(Protocol):
+    async def verify(self, token: object) -> Identity:
+        """The identity a token speaks for, or TokenRejected saying why not."""
 
-    __slots__ = ("_burst", "_last", "_rate", "_tokens")
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._last = time.monotonic()
+@dataclass(frozen=True)
+class SessionContext:
+    """What a session needs from its instance, and nothing more."""
 
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
+    settings: Settings
+    hub: Hub
+    verifier: Verifier
+    admission: Admission
+    stats: Stats
+    on_finished: Callable[[Session], None]
+    """Called once, after the session released everything it held."""
 
 
 class Session:
     """Serves one WebSocket connection from handshake to close."""
 
-    def __init__(self, node: Node, websocket: WebSocket) -> None:
-        self._node = node
-        self._settings = node.settings
-        self._websocket = websocket
+    def __init__(self, receive: Receive, sender: Sender, context: SessionContext) -> None:
+        self._receive = receive
+        self._sender = sender
+        self._context = context
+        self._settings = settings = context.settings
         self.connection_id = uuid.uuid4().hex[:16]
         self.state = State.AWAITING_AUTH
         self.identity: Identity | None = None
         self.topics: set[str] = set()
-        self._outbox: deque[Frame] = deque()
-        self._outbox_limit = self._settings.send_queue_size
-        self._wakeup = asyncio.Event()
-        self._writer_idle = False
-        self._direct = DirectWriter.attach(websocket.scope)
-        self._close_reason: CloseReason | None = None
-        self._task: asyncio.Task[Any] | None = None
+        self._outbox = Outbox(sender, settings.send_queue_size, self._on_outbox_overflow)
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._rate = RateLimiter(self._settings.client_frames_per_s, self._settings.client_frames_burst)
+        self._rate = RateLimiter(settings.client_frames_per_s, settings.client_frames_burst)
         self._log = log.bind(conn=self.connection_id)
 
     @property
     def user(self) -> str | None:
         return self.identity.user if self.identity else None
 
+    @property
+    def write_path(self) -> str:
+        return self._sender.name
+
     # The hub's side: never waits.
 
     def offer(self, frame: Frame) -> None:
-        """Send a frame now if the socket takes it, else queue it; a full queue means the client is too slow
-        and is closed."""
-        if self.state is State.CLOSING:
-            return
-        outbox = self._outbox
-        if not outbox and self._writer_idle:
-            direct = self._direct
-            if direct is not None and direct.try_write(frame.wire):
-                return  # nothing was queued before it, so the order is kept
-        if len(outbox) >= self._outbox_limit:
-            self.close(closecodes.SLOW_CLIENT, drop_pending=True)
-            return
-        outbox.append(frame)
-        if self._writer_idle:
-            self._wakeup.set()
+        """Send a frame now if the socket takes it, else queue it; a client too slow to take it is closed."""
+        if self.state is not State.CLOSING:
+            self._outbox.offer(frame)
 
     def reply(self, text: str) -> None:
         """Send one of this connection's own frames (welcome, answers, errors)."""
@@ -112,26 +104,27 @@ class Session:
         if self.state is State.CLOSING:
             return
         self.state = State.CLOSING
-        self._close_reason = reason
         if drop_pending:
-            self._node.frames_dropped += len(self._outbox)
-            self._outbox.clear()
+            self._context.stats.frames_dropped += self._outbox.drop_pending()
         for timer in self._timers.values():
             timer.cancel()
         # A client that stopped reading never answers the close, and the reader may be waiting on it.
         self._start_timer("abandon", CLOSE_GRACE_S, self._abandon)
-        self._node.closes_by_code[reason.code] += 1
+        self._context.stats.closes_by_code[reason.code] += 1
         self._log.info("connection_closing", user=self.user, code=reason.code, reason=reason.reason)
-        self._wakeup.set()
+        self._outbox.close_after_pending(reason)
+
+    def _on_outbox_overflow(self) -> None:
+        self.close(closecodes.SLOW_CLIENT, drop_pending=True)
 
     # The connection's life.
 
     async def run(self, token_in_url: str | None) -> None:
         """Serve the connection until it ends; the caller has checked the origin and accepted."""
-        self._task = asyncio.current_task()
-        writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.connection_id}")
+        admission = self._context.admission
+        writer = asyncio.create_task(self._outbox.run(self._is_closing), name=f"writer-{self.connection_id}")
         try:
-            if self._node.at_capacity():
+            if not admission.open_connection():
                 self.close(closecodes.SERVER_FULL)
             elif token_in_url is not None:
                 await self._authenticate(token_in_url, request_id=None)
@@ -148,23 +141,35 @@ class Session:
             if not writer.done():
                 writer.cancel()
                 await asyncio.wait([writer])
-                if self._direct is not None:
-                    self._direct.abort()  # drop unsent bytes instead of keeping them until TCP gives up
-            await self._node.forget(self)
+                self._sender.drop_unsent()
+            admission.close_connection()
+            await self._release()
+
+    def _is_closing(self) -> bool:
+        return self.state is State.CLOSING
+
+    async def _release(self) -> None:
+        """Give back every topic and the user's connection slot; the session is done after this."""
+        hub = self._context.hub
+        for topic in tuple(self.topics):
+            await hub.unsubscribe(self, topic)
+        self.topics.clear()
+        if self.identity is not None:
+            self._context.admission.release_user(self.identity.user)
+        self._context.on_finished(self)
 
     async def _read_loop(self) -> None:
-        receive = self._websocket.receive
+        receive = self._receive
         while True:
             if self.state is State.CLOSING:
                 # We sent (or are sending) a close frame: wait a bounded time for the client's answer.
                 try:
                     message = await asyncio.wait_for(receive(), CLOSE_GRACE_S)
-                except (TimeoutError, *_SEND_ERRORS):
+                except (TimeoutError, *_RECEIVE_ERRORS):
                     return
             else:
                 message = await receive()
-            kind = message["type"]
-            if kind == "websocket.disconnect":
+            if message["type"] == "websocket.disconnect":
                 return
             if self.state is State.CLOSING:
                 continue
@@ -217,25 +222,26 @@ class Session:
     async def _authenticate(self, token: str, request_id: frames.RequestId) -> None:
         self._cancel_timer("auth")
         try:
-            identity = await self._node.verifier.verify(token)
+            identity = await self._context.verifier.verify(token)
         except TokenRejected as rejected:
             self._log.info("auth_rejected", reason=str(rejected))
             self.close(closecodes.TOKEN_EXPIRED if rejected.expired else closecodes.INVALID_TOKEN)
             return
-        if not self._node.admit_user(identity.user):
+        if not self._context.admission.admit_user(identity.user):
             self.close(closecodes.USER_CONNECTION_LIMIT)
             return
-        self.identity = identity  # from here on the node counts this connection against the user
+        self.identity = identity  # from here on the user's slot is released when the session ends
         self._log = self._log.bind(user=identity.user)
         personal = identity.grants.personal_topic
+        hub = self._context.hub
         try:
-            await self._node.hub.subscribe(self, personal)
+            await hub.subscribe(self, personal)
         except BrokerUnavailable as error:
             self._log.warning("personal_topic_unavailable", error=str(error))
             self.close(closecodes.TRY_AGAIN_LATER)
             return
         if self.state is State.CLOSING:  # closed while binding (shutdown, for instance)
-            await self._node.hub.unsubscribe(self, personal)
+            await hub.unsubscribe(self, personal)
             return
         self.topics.add(personal)
         self.state = State.OPEN
@@ -246,7 +252,7 @@ class Session:
     async def _refresh(self, frame: frames.Refresh) -> None:
         assert self.identity is not None
         try:
-            identity = await self._node.verifier.verify(frame.token)
+            identity = await self._context.verifier.verify(frame.token)
         except TokenRejected as rejected:
             code = "token_expired" if rejected.expired else "invalid_token"
             self.reply(frames.error(code, str(rejected), frame.id))
@@ -259,7 +265,7 @@ class Session:
         dropped = sorted(topic for topic in self.topics if not identity.grants.allows(topic))
         for topic in dropped:
             self.topics.discard(topic)
-            await self._node.hub.unsubscribe(self, topic)
+            await self._context.hub.unsubscribe(self, topic)
         self.reply(frames.refreshed(frame.id, identity.expires_at, dropped))
 
     def _schedule_expiry(self, expires_at: float) -> None:
@@ -277,10 +283,7 @@ class Session:
     def _abandon(self) -> None:
         """The close handshake did not finish in time: drop the socket, which ends the reader too."""
         self._log.info("connection_abandoned", user=self.user)
-        if self._direct is not None:
-            self._direct.abort()
-        elif self._task is not None:
-            self._task.cancel()
+        self._sender.abort()
 
     def _cancel_timer(self, name: str) -> None:
         timer = self._timers.pop(name, None)
@@ -307,7 +310,7 @@ class Session:
                 return
             self.topics.add(topic)
             try:
-                await self._node.hub.subscribe(self, topic)
+                await self._context.hub.subscribe(self, topic)
             except BrokerUnavailable:
                 self.topics.discard(topic)
                 self.reply(frames.error("unavailable", "broker unavailable, try again", frame.id, topic=topic))
@@ -326,41 +329,5 @@ class Session:
             return
         if topic in self.topics:
             self.topics.discard(topic)
-            await self._node.hub.unsubscribe(self, topic)
+            await self._context.hub.unsubscribe(self, topic)
         self.reply(frames.subscription("unsubscribed", topic, frame.id))
-
-    # The writer: the only task that sends on the socket.
-
-    async def _write_loop(self) -> None:
-        send = self._websocket.send
-        outbox = self._outbox
-        direct = self._direct
-        try:
-            while True:
-                if outbox:
-                    if direct is None:
-                        await send({"type": "websocket.send", "text": outbox.popleft().text})
-                        continue
-                    if not direct.writable.is_set():
-                        await direct.writable.wait()  # the client reads slowly; its queue fills meanwhile
-                    if not direct.is_open():
-                        self.state = State.CLOSING
-                        return
-                    # Everything waiting goes out in one write: fewer system calls under load.
-                    batch = [outbox.popleft().wire for _ in range(len(outbox))]
-                    direct.write(b"".join(batch))
-                    continue
-                if self._close_reason is not None:
-                    reason = self._close_reason
-                    await send({"type": "websocket.close", "code": reason.code, "reason": reason.reason})
-                    return
-                if self.state is State.CLOSING:
-                    return  # the client went away first
-                self._wakeup.clear()
-                self._writer_idle = True
-                try:
-                    await self._wakeup.wait()
-                finally:
-                    self._writer_idle = False
-        except _SEND_ERRORS:
-            self.state = State.CLOSING

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(default=64 * 1024, ge=256)
     max_event_bytes: int = Field(default=64 * 1024, ge=16)
     send_queue_size: int = Field(default=256, ge=1)
+    # "auto": write frames straight to uvicorn's transport when served by it; "asgi": always ASGI sends.
+    write_path: Literal["auto", "asgi"] = "auto"
     client_frames_per_s: float = Field(default=20.0, gt=0)
     client_frames_burst: int = Field(default=40, ge=1)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)

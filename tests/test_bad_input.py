@@ -261,9 +261,9 @@ async def test_slow_client_is_closed_and_others_keep_receiving(
     during = []
     for n in range(40, 1040):  # at most ~60 MB, far above any loopback socket buffer
         during.append(await round_trip(n))
-        if running.node.closes_by_code[closecodes.SLOW_CLIENT.code]:
+        if running.node.stats.closes_by_code[closecodes.SLOW_CLIENT.code]:
             break
-    assert running.node.closes_by_code[closecodes.SLOW_CLIENT.code] == 1
+    assert running.node.stats.closes_by_code[closecodes.SLOW_CLIENT.code] == 1
     assert len(during) > 8  # the queue (8 frames) filled only after the socket buffers did
     slow.ws.transport.resume_reading()
     await slow.expect_close(closecodes.SLOW_CLIENT.code, timeout=10)
@@ -325,7 +325,7 @@ async def test_a_client_that_never_reads_again_is_dropped_after_its_close(
     await stalled.subscribe("firehose")
     stalled.ws.transport.pause_reading()  # and never resumes
     n = 0
-    while not running.node.closes_by_code[closecodes.SLOW_CLIENT.code]:
+    while not running.node.stats.closes_by_code[closecodes.SLOW_CLIENT.code]:
         await publisher.publish("firehose", {"pad": "x" * 60_000, "n": n})
         n += 1
         assert n < 1000

@@ -158,7 +158,7 @@ async def test_two_instances_bind_only_their_clients_topics_and_deliver_only_to_
     assert (await bob.expect_event("rooms.blue"))["data"] == "blue"
     assert (await bob.expect_event("user.bob"))["data"] == "to bob"
     await alice.expect_silence()
-    assert first.node.hub.events_in == 1  # RabbitMQ routed only alice's event to the first instance
+    assert first.node.stats.events_in == 1  # RabbitMQ routed only alice's event to the first instance
 
     # The last subscriber leaving unbinds the topic at the broker.
     await alice.request({"type": "unsubscribe", "topic": "rooms.red"})
@@ -182,7 +182,7 @@ async def test_many_subscribers_of_one_topic_share_one_binding(
     await publisher.publish("broadcast", {"all": True})
     for client in clients:
         assert (await client.expect_event("broadcast"))["data"] == {"all": True}
-    assert server.node.hub.events_in == 1
+    assert server.node.stats.events_in == 1
 
 
 async def test_event_data_passes_through_unchanged(
