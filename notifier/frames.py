@@ -101,37 +101,37 @@ def parse_client_frame(text: str) -> ClientFrame:
     raise BadFrame("unknown_type", f"unknown frame type {kind[:40]!r}", request_id)
 
 
-def _encode(frame: dict[str, Any]) -> str:
-    return orjson.dumps(frame).decode()
+def _encode(frame: dict[str, Any]) -> bytes:
+    return orjson.dumps(frame)
 
 
-def welcome(user: str, topics: list[str], expires_at: float) -> str:
+def welcome(user: str, topics: list[str], expires_at: float) -> bytes:
     return _encode({"type": "welcome", "user": user, "topics": topics, "expires": int(expires_at)})
 
 
-def refreshed(request_id: RequestId, expires_at: float, dropped: list[str]) -> str:
+def refreshed(request_id: RequestId, expires_at: float, dropped: list[str]) -> bytes:
     return _encode({"type": "refreshed", "id": request_id, "expires": int(expires_at), "dropped": dropped})
 
 
-def subscription(kind: Literal["subscribed", "unsubscribed"], topic: str, request_id: RequestId) -> str:
+def subscription(kind: Literal["subscribed", "unsubscribed"], topic: str, request_id: RequestId) -> bytes:
     return _encode({"type": kind, "topic": topic, "id": request_id})
 
 
-def pong(request_id: RequestId) -> str:
+def pong(request_id: RequestId) -> bytes:
     return _encode({"type": "pong", "id": request_id})
 
 
-def error(code: str, message: str, request_id: RequestId = None, topic: str | None = None) -> str:
+def error(code: str, message: str, request_id: RequestId = None, topic: str | None = None) -> bytes:
     frame: dict[str, Any] = {"type": "error", "id": request_id, "code": code, "message": message}
     if topic is not None:
         frame["topic"] = topic
     return _encode(frame)
 
 
-def event(item: Event) -> str:
-    """Encode an event once; the same string goes to every subscriber.
+def event(item: Event) -> bytes:
+    """Encode an event once; the same bytes go to every subscriber.
 
     The event's data is already validated JSON, so it is spliced in as-is rather than parsed and dumped again.
     """
     head = orjson.dumps({"type": "event", "topic": item.topic, "id": item.id, "ts": item.ts_ms})
-    return (head[:-1] + b',"data":' + item.data + b"}").decode()
+    return head[:-1] + b',"data":' + item.data + b"}"

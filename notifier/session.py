@@ -95,9 +95,9 @@ class Session:
         if self.state is not State.CLOSING:
             self._outbox.offer(frame)
 
-    def reply(self, text: str) -> None:
-        """Send one of this connection's own frames (welcome, answers, errors)."""
-        self.offer(Frame(text))
+    def reply(self, payload: bytes) -> None:
+        """Send one of this connection's own messages (welcome, answers, errors)."""
+        self.offer(Frame(payload))
 
     def close(self, reason: CloseReason, *, drop_pending: bool = False) -> None:
         """Close the connection with `reason`, after sending what is queued unless `drop_pending`."""

@@ -22,10 +22,16 @@ def encode_text_frame(payload: bytes) -> bytes:
 
 
 class Frame:
-    """A server frame: its JSON text and its wire bytes, made once and shared by every receiver."""
+    """A server message as a WebSocket text frame: its JSON payload and its wire bytes, made once and shared by
+    every receiver."""
 
-    __slots__ = ("text", "wire")
+    __slots__ = ("payload", "wire")
 
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.wire = encode_text_frame(text.encode())
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.wire = encode_text_frame(payload)
+
+    @property
+    def text(self) -> str:
+        """The payload as text, for an ASGI `websocket.send` (the fast path never needs it)."""
+        return self.payload.decode()

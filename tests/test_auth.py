@@ -95,7 +95,7 @@ async def test_expired_token_is_flagged_expired() -> None:
 
 async def test_too_many_patterns_are_refused() -> None:
     verifier = TokenVerifier(make_settings(max_token_patterns=2))
-    with pytest.raises(TokenRejected, match="more than 2"):
+    with pytest.raises(TokenRejected, match="at most 2"):
         await verifier.verify(jwt.encode(claims(topics=["a", "b", "c"]), SECRET, algorithm="HS256"))
 
 
