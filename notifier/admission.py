@@ -39,5 +39,10 @@ class Admission:
         if self._per_user[user] <= 0:
             del self._per_user[user]
 
+    @property
+    def users(self) -> int:
+        """Users with at least one authenticated connection."""
+        return len(self._per_user)
+
     def connections_of(self, user: str) -> int:
         return self._per_user.get(user, 0)

@@ -10,6 +10,7 @@ import orjson
 from notifier.events import Event
 
 MAX_ID_LENGTH = 64
+MAX_SESSION_ID_LENGTH = 128
 
 RequestId = str | int | None
 
@@ -25,9 +26,18 @@ class BadFrame(Exception):
 
 
 @dataclass(frozen=True)
+class Resume:
+    """The session a reconnecting client had, and how many of its event frames it received."""
+
+    session: str
+    received: int
+
+
+@dataclass(frozen=True)
 class Auth:
     token: str
     id: RequestId = None
+    resume: Resume | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,21 @@ def _string_field(raw: dict[str, Any], name: str, request_id: RequestId) -> str:
     return value
 
 
+def _resume_field(raw: dict[str, Any], request_id: RequestId) -> Resume | None:
+    value = raw.get("resume")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadFrame("bad_request", "'resume' must be an object", request_id)
+    session = value.get("session")
+    received = value.get("received")
+    if not isinstance(session, str) or not 0 < len(session) <= MAX_SESSION_ID_LENGTH:
+        raise BadFrame("bad_request", f"'resume.session' must be a string of 1-{MAX_SESSION_ID_LENGTH}", request_id)
+    if isinstance(received, bool) or not isinstance(received, int) or not 0 <= received < 2**53:
+        raise BadFrame("bad_request", "'resume.received' must be a count of events (an integer >= 0)", request_id)
+    return Resume(session, received)
+
+
 def parse_client_frame(text: str) -> ClientFrame:
     """Parse one client text frame, or raise BadFrame with the error code to answer."""
     try:
@@ -93,7 +118,7 @@ def parse_client_frame(text: str) -> ClientFrame:
     if kind == "ping":
         return Ping(request_id)
     if kind == "auth":
-        return Auth(_string_field(raw, "token", request_id), request_id)
+        return Auth(_string_field(raw, "token", request_id), request_id, _resume_field(raw, request_id))
     if kind == "refresh":
         return Refresh(_string_field(raw, "token", request_id), request_id)
     if not isinstance(kind, str):
@@ -105,8 +130,26 @@ def _encode(frame: dict[str, Any]) -> bytes:
     return orjson.dumps(frame)
 
 
-def welcome(user: str, topics: list[str], expires_at: float) -> bytes:
-    return _encode({"type": "welcome", "user": user, "topics": topics, "expires": int(expires_at)})
+def welcome(
+    user: str,
+    topics: list[str],
+    expires_at: float,
+    session: str,
+    *,
+    recovered: bool = False,
+    dropped: list[str] | None = None,
+) -> bytes:
+    frame: dict[str, Any] = {
+        "type": "welcome",
+        "user": user,
+        "topics": topics,
+        "expires": int(expires_at),
+        "session": session,
+        "recovered": recovered,
+    }
+    if dropped is not None:
+        frame["dropped"] = dropped
+    return _encode(frame)
 
 
 def refreshed(request_id: RequestId, expires_at: float, dropped: list[str]) -> bytes:

@@ -71,6 +71,15 @@ class Hub:
                 raise
             self._bound.add(topic)
 
+    def transfer(self, old: Subscriber, new: Subscriber, topic: str) -> None:
+        """Hand `old`'s subscription to `topic` to `new`, at once and without touching the binding: no event is
+        routed to neither, none to both."""
+        subscribers = self._subscribers.get(topic)
+        if subscribers is None or old not in subscribers:
+            raise KeyError(f"{topic} is not held by the subscriber handing it over")
+        subscribers.discard(old)
+        subscribers.add(new)
+
     async def unsubscribe(self, subscriber: Subscriber, topic: str) -> None:
         """Remove `subscriber` from `topic`; unbinds the topic when its last local subscriber leaves."""
         subscribers = self._subscribers.get(topic)
@@ -93,7 +102,7 @@ class Hub:
         subscribers = self._subscribers.get(event.topic)
         if not subscribers:
             return
-        frame = Frame(frames.event(event))
+        frame = Frame(frames.event(event), event)
         for subscriber in subscribers:
             subscriber.offer(frame)
         stats.frames_out += len(subscribers)

@@ -34,6 +34,11 @@ class NodeCollector(Collector):
             "Subscriptions held by open connections",
             value=sum(len(session.topics) for session in node.sessions),
         )
+        yield GaugeMetricFamily(
+            "notifier_sessions_parked",
+            "Sessions whose connection dropped, kept for a resume",
+            value=node.directory.parked_count,
+        )
         yield GaugeMetricFamily("notifier_topics_bound", "Topics bound at the broker", value=len(hub.bound_topics))
         yield GaugeMetricFamily(
             "notifier_broker_connected", "1 while the broker connection is up", value=int(node.broker.ready)

@@ -15,6 +15,7 @@ from notifier import closecodes
 from notifier.admission import Admission
 from notifier.auth import TokenVerifier
 from notifier.broker import Broker, create_broker
+from notifier.directory import SessionDirectory
 from notifier.hub import Hub
 from notifier.origins import OriginPolicy
 from notifier.senders import FastPathReport, choose_sender
@@ -41,12 +42,16 @@ class Node:
             max_connections=settings.max_connections, max_connections_per_user=settings.max_connections_per_user
         )
         self.sessions: set[Session] = set()
+        self.directory = SessionDirectory(
+            self.broker.instance_id, window_s=settings.resume_window_s, max_parked=settings.max_parked_sessions
+        )
         self._session_context = SessionContext(
             settings=settings,
             hub=self.hub,
             verifier=self.verifier,
             admission=self.admission,
             stats=self.stats,
+            directory=self.directory,
             on_finished=self.sessions.discard,
         )
         self._fast_path_report = FastPathReport()
@@ -101,6 +106,8 @@ class Node:
 
     async def stop(self) -> None:
         await self.drain()
+        self.directory.end_all_parked()
+        await self._within_deadline(self.directory.wait_released(), "release_parked_sessions")
         await self._within_deadline(self.broker.close(), "broker_close")
 
     async def _within_deadline(self, step: Coroutine[Any, Any, None], name: str) -> None:

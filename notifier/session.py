@@ -1,6 +1,7 @@
-"""One WebSocket client's protocol state machine: awaiting auth -> open -> closing; its subscriptions and its
-token's expiry. The write path (outbox and sender) and every collaborator are passed in, so the state machine
-runs as well against a fake socket and the in-memory broker as against uvicorn and RabbitMQ."""
+"""One client session's protocol state machine: awaiting auth -> open -> closing -> parked or ended; its
+subscriptions, its recent event frames (for a resume) and its token's expiry. The write path (outbox and
+sender) and every collaborator are passed in, so the state machine runs as well against a fake socket and the
+in-memory broker as against uvicorn and RabbitMQ."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 import enum
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,6 +21,8 @@ from notifier.admission import Admission
 from notifier.auth import Identity, TokenRejected
 from notifier.broker import BrokerUnavailable
 from notifier.closecodes import CloseReason
+from notifier.directory import SessionDirectory
+from notifier.history import History
 from notifier.hub import Hub
 from notifier.outbox import Outbox
 from notifier.ratelimit import RateLimiter
@@ -43,6 +46,13 @@ class State(enum.Enum):
     AWAITING_AUTH = "awaiting_auth"
     OPEN = "open"
     CLOSING = "closing"
+    PARKED = "parked"  # the connection ended without a goodbye: events keep collecting for a resume
+    HANDED_OVER = "handed_over"  # a new connection resumed it; it holds nothing any more
+    ENDED = "ended"
+
+
+# A client that closes with this code said goodbye: its session ends instead of waiting for a resume.
+GOODBYE_CODE = 1000
 
 
 class Verifier(Protocol):
@@ -59,8 +69,9 @@ class SessionContext:
     verifier: Verifier
     admission: Admission
     stats: Stats
+    directory: SessionDirectory
     on_finished: Callable[[Session], None]
-    """Called once, after the session released everything it held."""
+    """Called once, when the session's connection is over (it may stay parked after that)."""
 
 
 class Session:
@@ -74,7 +85,13 @@ class Session:
         self.connection_id = uuid.uuid4().hex[:16]
         self.state = State.AWAITING_AUTH
         self.identity: Identity | None = None
+        self.session_id: str | None = None  # given with the welcome
         self.topics: set[str] = set()
+        self.history = History(window_s=settings.resume_window_s, max_events=settings.resume_max_events)
+        self._holds_user_slot = False
+        self._dropped_on_resume: Session | None = None  # a resumed session whose leftover topics are released
+        self._close_reason: CloseReason | None = None
+        self._client_close_code: int | None = None
         self._outbox = Outbox(sender, settings.send_queue_size, self._on_outbox_overflow)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._rate = RateLimiter(settings.client_frames_per_s, settings.client_frames_burst)
@@ -91,19 +108,32 @@ class Session:
     # The hub's side: never waits.
 
     def offer(self, frame: Frame) -> None:
-        """Send a frame now if the socket takes it, else queue it; a client too slow to take it is closed."""
-        if self.state is not State.CLOSING:
+        """Take one event frame from the hub: send it now if the socket takes it, else queue it (a client too slow
+        to take it is closed); keep it for a resume; while parked, only keep it."""
+        state = self.state
+        if state is State.OPEN:
+            self.history.record(frame)
             self._outbox.offer(frame)
+        elif state is State.CLOSING or state is State.AWAITING_AUTH:
+            self.history.record(frame)  # sent after the welcome, or replayed if the session is resumed
+        elif state is State.PARKED:
+            if self.history.full:
+                self._log.info("parked_session_overflowed", user=self.user)
+                self._context.directory.end(self)  # it missed more than it can hold: never recoverable
+            else:
+                self.history.record(frame)
 
     def reply(self, payload: bytes) -> None:
         """Send one of this connection's own messages (welcome, answers, errors)."""
-        self.offer(Frame(payload))
+        if self._is_live():
+            self._outbox.offer(Frame(payload))
 
     def close(self, reason: CloseReason, *, drop_pending: bool = False) -> None:
         """Close the connection with `reason`, after sending what is queued unless `drop_pending`."""
-        if self.state is State.CLOSING:
+        if not self._is_live():
             return
         self.state = State.CLOSING
+        self._close_reason = reason
         if drop_pending:
             self._context.stats.frames_dropped += self._outbox.drop_pending()
         for timer in self._timers.values():
@@ -132,7 +162,8 @@ class Session:
                 self._start_timer("auth", self._settings.auth_timeout_s, closecodes.AUTH_TIMEOUT)
             await self._read_loop()
         finally:
-            self.state = State.CLOSING
+            if self._is_live():
+                self.state = State.CLOSING
             for timer in self._timers.values():
                 timer.cancel()
             # The reader ends when the client is gone or did not answer our close in time: either way nothing
@@ -143,25 +174,75 @@ class Session:
                 await asyncio.wait([writer])
                 self._sender.drop_unsent()
             admission.close_connection()
+            await self._after_connection()
+
+    async def _after_connection(self) -> None:
+        """The connection is over: park the session for a resume, or end it."""
+        context = self._context
+        if self.state is State.HANDED_OVER:
+            context.on_finished(self)  # a new connection holds its topics now
+        elif self._parkable():
+            self.state = State.PARKED
+            self._release_user_slot()
+            context.on_finished(self)
+            context.directory.park(self)
+            self._log.info("session_parked", user=self.user)
+        else:
+            context.directory.forget(self)
+            self.state = State.ENDED
             await self._release()
+            context.on_finished(self)
+
+    def _is_live(self) -> bool:
+        return self.state is State.OPEN or self.state is State.AWAITING_AUTH
 
     def _is_closing(self) -> bool:
-        return self.state is State.CLOSING
+        return not self._is_live()
+
+    def _parkable(self) -> bool:
+        if self.session_id is None or self._settings.resume_window_s <= 0:
+            return False  # never welcomed, or resume is off
+        if self._close_reason is not None:
+            return self._close_reason.reconnect
+        return self._client_close_code != GOODBYE_CODE
+
+    def expire(self) -> Coroutine[Any, Any, None] | None:
+        """The directory ends this parked session: its window passed, it overflowed, or the instance stops."""
+        if self.state is not State.PARKED:
+            return None
+        self.state = State.ENDED
+        self._log.info("parked_session_ended", user=self.user)
+        return self._release()
+
+    def hand_over(self) -> None:
+        """A new connection resumes this session: stop holding anything, and drop a connection that still looks
+        open (a half-open TCP connection nobody noticed yet)."""
+        was = self.state
+        self.state = State.HANDED_OVER
+        self._context.directory.forget(self)
+        for timer in self._timers.values():
+            timer.cancel()
+        self._release_user_slot()
+        if was is not State.PARKED:
+            self._sender.abort()
+
+    def _release_user_slot(self) -> None:
+        if self._holds_user_slot and self.identity is not None:
+            self._holds_user_slot = False
+            self._context.admission.release_user(self.identity.user)
 
     async def _release(self) -> None:
-        """Give back every topic and the user's connection slot; the session is done after this."""
+        """Give back every topic and the user's connection slot."""
         hub = self._context.hub
         for topic in tuple(self.topics):
             await hub.unsubscribe(self, topic)
         self.topics.clear()
-        if self.identity is not None:
-            self._context.admission.release_user(self.identity.user)
-        self._context.on_finished(self)
+        self._release_user_slot()
 
     async def _read_loop(self) -> None:
         receive = self._receive
         while True:
-            if self.state is State.CLOSING:
+            if not self._is_live():
                 # We sent (or are sending) a close frame: wait a bounded time for the client's answer.
                 try:
                     message = await asyncio.wait_for(receive(), CLOSE_GRACE_S)
@@ -170,8 +251,9 @@ class Session:
             else:
                 message = await receive()
             if message["type"] == "websocket.disconnect":
+                self._client_close_code = message.get("code")
                 return
-            if self.state is State.CLOSING:
+            if not self._is_live():
                 continue
             await self._on_message(message)
 
@@ -202,7 +284,7 @@ class Session:
     async def _on_frame(self, frame: frames.ClientFrame) -> None:
         if self.state is State.AWAITING_AUTH:
             if isinstance(frame, frames.Auth):
-                await self._authenticate(frame.token, request_id=frame.id)
+                await self._authenticate(frame.token, request_id=frame.id, resume=frame.resume)
             else:
                 self.close(closecodes.PROTOCOL_VIOLATION)
             return
@@ -219,35 +301,107 @@ class Session:
 
     # Authentication and token lifetime.
 
-    async def _authenticate(self, token: str, request_id: frames.RequestId) -> None:
+    async def _authenticate(
+        self, token: str, request_id: frames.RequestId, resume: frames.Resume | None = None
+    ) -> None:
         self._cancel_timer("auth")
+        context = self._context
         try:
-            identity = await self._context.verifier.verify(token)
+            identity = await context.verifier.verify(token)
         except TokenRejected as rejected:
             self._log.info("auth_rejected", reason=str(rejected))
             self.close(closecodes.TOKEN_EXPIRED if rejected.expired else closecodes.INVALID_TOKEN)
             return
-        if not self._context.admission.admit_user(identity.user):
+        if self.state is not State.AWAITING_AUTH:
+            return  # closed while verifying
+        if resume is not None and self._resume(identity, resume):
+            await self._release_dropped_topics()
+            return
+        if not context.admission.admit_user(identity.user):
             self.close(closecodes.USER_CONNECTION_LIMIT)
             return
-        self.identity = identity  # from here on the user's slot is released when the session ends
+        self.identity = identity
+        self._holds_user_slot = True
         self._log = self._log.bind(user=identity.user)
         personal = identity.grants.personal_topic
-        hub = self._context.hub
         try:
-            await hub.subscribe(self, personal)
+            await context.hub.subscribe(self, personal)
         except BrokerUnavailable as error:
             self._log.warning("personal_topic_unavailable", error=str(error))
             self.close(closecodes.TRY_AGAIN_LATER)
             return
-        if self.state is State.CLOSING:  # closed while binding (shutdown, for instance)
-            await hub.unsubscribe(self, personal)
+        if self.state is not State.AWAITING_AUTH:  # closed while binding (shutdown, for instance)
+            await context.hub.unsubscribe(self, personal)
             return
         self.topics.add(personal)
+        self._go_live(identity, [personal], recovered=False)
+        # Events of the personal topic that arrived between the bind and the welcome follow it.
+        for frame in self.history.after(0) or ():
+            self._outbox.offer(frame)
+
+    def _go_live(
+        self, identity: Identity, topics: list[str], *, recovered: bool, dropped: list[str] | None = None
+    ) -> None:
+        directory = self._context.directory
+        self.session_id = directory.new_id()
+        directory.register(self)
         self.state = State.OPEN
         self._schedule_expiry(identity.expires_at)
-        self._log.info("connection_authenticated")
-        self.reply(frames.welcome(identity.user, [personal], identity.expires_at))
+        self._log.info("connection_authenticated", recovered=recovered)
+        welcome = frames.welcome(
+            identity.user, topics, identity.expires_at, self.session_id, recovered=recovered, dropped=dropped
+        )
+        self._outbox.offer(Frame(welcome))
+
+    def _resume(self, identity: Identity, resume: frames.Resume) -> bool:
+        """Take over the session the client had, if it is here, the same user's and still whole; all or nothing.
+
+        Runs without awaiting: no event can slip between the replay and the live ones that follow it."""
+        context = self._context
+        old = context.directory.find(resume.session)
+        if not isinstance(old, Session) or old is self or old.user != identity.user:
+            return False  # unknown here, or someone else's: a fresh session, and nothing of theirs is shown
+        replay = old.history.after(resume.received)
+        if replay is None:
+            if old.state is State.PARKED:
+                context.directory.end(old)  # the client can never get it back whole
+            return False
+        old.hand_over()
+        if not context.admission.admit_user(identity.user):
+            self._adopt_nothing_from(old)
+            self.close(closecodes.USER_CONNECTION_LIMIT)
+            return True
+        self.identity = identity
+        self._holds_user_slot = True
+        self._log = self._log.bind(user=identity.user)
+        kept = {topic for topic in old.topics if identity.grants.allows(topic)}
+        hub = context.hub
+        for topic in kept:
+            hub.transfer(old, self, topic)
+        old.topics -= kept  # what the new token no longer grants, released after the welcome
+        self.topics = kept
+        self.history = History(
+            window_s=self._settings.resume_window_s, max_events=self._settings.resume_max_events, sent=resume.received
+        )
+        personal = identity.grants.personal_topic
+        topics = [personal, *sorted(kept - {personal})]
+        self._dropped_on_resume = old
+        self._go_live(identity, topics, recovered=True, dropped=sorted(old.topics))
+        for frame in replay:
+            if frame.event is not None and frame.event.topic in kept:
+                self.offer(frame)
+        self._log.info("session_resumed", replayed=len(replay), received=resume.received)
+        return True
+
+    def _adopt_nothing_from(self, old: Session) -> None:
+        """A resume that cannot go on: the old session's topics are released all the same."""
+        self._dropped_on_resume = old
+
+    async def _release_dropped_topics(self) -> None:
+        old = self._dropped_on_resume
+        self._dropped_on_resume = None
+        if old is not None:
+            await old._release()
 
     async def _refresh(self, frame: frames.Refresh) -> None:
         assert self.identity is not None
@@ -315,7 +469,7 @@ class Session:
                 self.topics.discard(topic)
                 self.reply(frames.error("unavailable", "broker unavailable, try again", frame.id, topic=topic))
                 return
-            if self.state is State.CLOSING:
+            if self.state is not State.OPEN:
                 return
         self._log.debug("subscribed", topic=topic)
         self.reply(frames.subscription("subscribed", topic, frame.id))

@@ -6,6 +6,11 @@ receiver: the hub builds them once and each session's sender writes them (see no
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from notifier.events import Event
+
 _TEXT_OPCODE_FIN = 0x81
 
 
@@ -25,11 +30,12 @@ class Frame:
     """A server message as a WebSocket text frame: its JSON payload and its wire bytes, made once and shared by
     every receiver."""
 
-    __slots__ = ("payload", "wire")
+    __slots__ = ("event", "payload", "wire")
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes, event: Event | None = None) -> None:
         self.payload = payload
         self.wire = encode_text_frame(payload)
+        self.event = event  # the event an event frame carries (its topic and id); None for other messages
 
     @property
     def text(self) -> str:

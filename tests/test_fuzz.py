@@ -79,7 +79,10 @@ async def fuzz_one_connection(running_url: str, seed: int) -> tuple[int, int]:
 async def test_fuzzed_frames_get_answers_and_leak_nothing(
     start_server: StartServer, connect: ConnectClient, publisher: Publisher
 ) -> None:
-    running = await start_server(client_frames_per_s=1000, client_frames_burst=1000, auth_timeout_s=5)
+    # A short resume window: sessions cut by a reconnect-range close are parked, and must be gone after it.
+    running = await start_server(
+        client_frames_per_s=1000, client_frames_burst=1000, auth_timeout_s=5, resume_window_s=0.5
+    )
     bystander = await connect(running, "bystander")
     tasks_before = len(asyncio.all_tasks())
 
@@ -98,10 +101,11 @@ async def test_fuzzed_frames_get_answers_and_leak_nothing(
 
     assert total_sent >= TARGET_FRAMES
     assert total_answers >= total_sent  # every frame got a reply or ended in a documented close
-    for _ in range(100):  # sessions finish their close handshakes
-        if len(running.node.sessions) == 1:
+    for _ in range(100):  # sessions finish their close handshakes, parked ones their window
+        if len(running.node.sessions) == 1 and running.node.directory.parked_count == 0:
             break
         await asyncio.sleep(0.05)
+    assert running.node.directory.parked_count == 0
     assert running.node.sessions == {next(iter(running.node.sessions))}
     assert running.node.hub.bound_topics == {"user.bystander"}
     assert len(asyncio.all_tasks()) <= tasks_before + 2
