@@ -102,7 +102,7 @@ class Hub:
         subscribers = self._subscribers.get(event.topic)
         if not subscribers:
             return
-        frame = Frame(frames.event(event), event)
+        frame = Frame(frames.event(event), event.topic, event.id)
         for subscriber in subscribers:
             subscriber.offer(frame)
         stats.frames_out += len(subscribers)

@@ -388,7 +388,7 @@ class Session:
         self._dropped_on_resume = old
         self._go_live(identity, topics, recovered=True, dropped=sorted(old.topics))
         for frame in replay:
-            if frame.event is not None and frame.event.topic in kept:
+            if frame.topic in kept:
                 self.offer(frame)
         self._log.info("session_resumed", replayed=len(replay), received=resume.received)
         return True

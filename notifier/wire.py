@@ -6,11 +6,6 @@ receiver: the hub builds them once and each session's sender writes them (see no
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from notifier.events import Event
-
 _TEXT_OPCODE_FIN = 0x81
 
 
@@ -30,12 +25,14 @@ class Frame:
     """A server message as a WebSocket text frame: its JSON payload and its wire bytes, made once and shared by
     every receiver."""
 
-    __slots__ = ("event", "payload", "wire")
+    __slots__ = ("event_id", "payload", "topic", "wire")
 
-    def __init__(self, payload: bytes, event: Event | None = None) -> None:
+    def __init__(self, payload: bytes, topic: str | None = None, event_id: str | None = None) -> None:
         self.payload = payload
         self.wire = encode_text_frame(payload)
-        self.event = event  # the event an event frame carries (its topic and id); None for other messages
+        # An event frame's topic and event id (for a resume); None for the server's other messages.
+        self.topic = topic
+        self.event_id = event_id
 
     @property
     def text(self) -> str:
