@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, RunningServer, StartServer, free_port
+from tests.support import API_KEY, RunningServer, StartServer, free_port
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
