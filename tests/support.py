@@ -74,9 +74,11 @@ _VHOST_COMMANDS = {"list_bindings", "list_queues", "list_exchanges", "list_conne
 def rabbitmqctl(*args: str, timeout: float = 60) -> str:
     """Run `rabbitmqctl -q ...` on the local node; `list_*` commands look only at the vhost under test."""
     vhost = ["-p", amqp_vhost()] if args and args[0] in _VHOST_COMMANDS else []
-    return subprocess.run(
-        ["rabbitmqctl", "-q", *vhost, *args], check=True, capture_output=True, text=True, timeout=timeout
-    ).stdout
+    command = ["rabbitmqctl", "-q", *vhost, *args]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited with {result.returncode}: {result.stderr.strip()}")
+    return result.stdout
 
 
 def rabbitmqctl_rows(*args: str, timeout: float = 60) -> list[list[str]]:
