@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -61,17 +64,26 @@ class NetworkInUnitTest(Exception):
 
 
 NETWORK_ATTEMPTS = pytest.StashKey[list[str]]()
+CHILD_NETWORK_LOG = pytest.StashKey[Path]()
+UNIT_GUARD_DIR = Path(__file__).parent / "unit_guard"
 
 
 @pytest.fixture(autouse=True)
-def unit_tests_open_no_sockets(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+def unit_tests_open_no_sockets(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Refuse connect, bind, sendto and name look-ups in `unit` tests (loopback too): the tier runs anywhere.
 
-    Each refusal is also recorded: a test that caught the error still fails (see pytest_runtest_makereport).
+    Python processes the test starts with this environment are refused too (unit_guard/sitecustomize.py). Each
+    refusal is recorded, so a test whose code caught the error still fails (see pytest_runtest_makereport).
     """
     if request.node.get_closest_marker("unit") is None:
+        yield
         return
     attempts = request.node.stash.setdefault(NETWORK_ATTEMPTS, [])
+    handle, name = tempfile.mkstemp(prefix="unit-network-", suffix=".log")
+    os.close(handle)
+    child_log = request.node.stash[CHILD_NETWORK_LOG] = Path(name)
+    monkeypatch.setenv("UNIT_TEST_NETWORK_LOG", name)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(UNIT_GUARD_DIR), os.environ.get("PYTHONPATH")])))
 
     def refuse(what: str) -> Any:
         def guard(*args: Any, **kwargs: Any) -> Any:
@@ -87,6 +99,8 @@ def unit_tests_open_no_sockets(request: pytest.FixtureRequest, monkeypatch: pyte
     for method in ("connect", "connect_ex", "bind", "sendto"):
         monkeypatch.setattr(socket.socket, method, refuse(method))
     monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
+    yield
+    child_log.unlink(missing_ok=True)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -95,6 +109,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
     attempts = item.stash.get(NETWORK_ATTEMPTS, [])
+    child_log = item.stash.get(CHILD_NETWORK_LOG, None)
+    if report.when == "call" and child_log is not None and child_log.exists():
+        attempts.extend(child_log.read_text().splitlines())
     if report.when == "call" and report.passed and attempts:
         report.outcome = "failed"
         report.longrepr = f"{item.nodeid} is a unit test but tried the network: {'; '.join(attempts)}"

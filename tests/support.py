@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -36,6 +37,7 @@ SECRET = "test-secret-that-is-long-enough-for-hs256!"
 API_KEY = "test-api-key"
 RECEIVE_TIMEOUT_S = 5.0
 PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def amqp_vhost(url: str = AMQP_URL) -> str:
