@@ -11,8 +11,7 @@ import pytest
 import websockets
 
 from notifier import closecodes
-from tests.conftest import SECRET, Client, ConnectClient, Publisher, RunningServer, StartServer, token_for
-from tests.faults import wait_until
+from tests.support import SECRET, Client, ConnectClient, Publisher, RunningServer, StartServer, token_for, wait_until
 
 # Socket-level tests run over both write paths: uvicorn's transport and plain ASGI sends.
 WRITE_PATHS = ["auto", "asgi"]

@@ -7,9 +7,10 @@ import asyncio
 import random
 
 import orjson
+import pytest
 import websockets
 
-from tests.conftest import ConnectClient, Publisher, StartServer, token_for
+from tests.support import ConnectClient, Publisher, StartServer, token_for
 
 FRAMES_PER_CONNECTION = 250
 CONNECTIONS = 16
@@ -33,7 +34,7 @@ def random_frame(rng: random.Random) -> str | bytes:
     if kind == 4:
         return orjson.dumps({"type": rng.choice([None, 1, [], {}, "x" * 100, "SUBSCRIBE"])}).decode()
     if kind == 5:
-        field = rng.choice([None, 3, 2.5, [], {"a": 1}, "", "a..b", "#", "user.other", "ok.topic"])
+        field: object = rng.choice([None, 3, 2.5, [], {"a": 1}, "", "a..b", "#", "user.other", "ok.topic"])
         return orjson.dumps({"type": rng.choice(["subscribe", "unsubscribe"]), "topic": field, "id": 1}).decode()
     if kind == 6:
         return orjson.dumps({"type": "ping", "id": rng.choice([True, 1.5, [1], "x" * 70, 2**60, -3, "ok"])}).decode()
@@ -76,6 +77,7 @@ async def fuzz_one_connection(running_url: str, seed: int) -> tuple[int, int]:
     return sent, answers
 
 
+@pytest.mark.slow  # a storm: thousands of frames over ~190 connections
 async def test_fuzzed_frames_get_answers_and_leak_nothing(
     start_server: StartServer, connect: ConnectClient, publisher: Publisher
 ) -> None:

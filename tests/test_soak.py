@@ -12,11 +12,10 @@ import os
 import random
 
 import orjson
+import pytest
 import websockets
 
-from tests.conftest import ConnectClient, Publisher, StartServer, token_for
-from tests.faults import wait_until
-from tests.test_end_to_end import bindings_of
+from tests.support import ConnectClient, Publisher, StartServer, bindings_of, token_for, wait_until
 
 CYCLES = int(os.environ.get("NOTIFIER_SOAK_CYCLES", "3000"))
 CONCURRENCY = 40
@@ -54,6 +53,7 @@ async def churn(url: str, cycles: int, seed: int) -> None:
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
 
+@pytest.mark.slow  # a soak: thousands of connect / subscribe / disconnect cycles
 async def test_churn_leaves_nothing_behind(
     start_server: StartServer, connect: ConnectClient, publisher: Publisher, exchange: str
 ) -> None:
