@@ -12,7 +12,7 @@ import pytest
 from notifier.broker import Broker, BrokerUnavailable, create_broker
 from notifier.events import Event
 from notifier.settings import Settings
-from tests.conftest import SECRET, make_settings
+from tests.support import SECRET, make_settings
 
 pytestmark = pytest.mark.asyncio
 

@@ -45,7 +45,7 @@ async def test_connection_closed_by_rabbitmq_is_restored_with_its_bindings(
 ) -> None:
     alice = await connect(server, "alice", topics=["news.*"])
     await alice.subscribe("news.a")
-    instance_id = server.node.broker.instance_id  # type: ignore[attr-defined]
+    instance_id = server.node.broker.instance_id
 
     broker = server.node.broker
     assert await asyncio.to_thread(close_connections_named, instance_id) >= 1

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from notifier import closecodes
-from tests.conftest import Client, ConnectClient, Publisher, RunningServer, StartServer, token_for
-from tests.faults import wait_until
+from tests.support import Client, ConnectClient, Publisher, RunningServer, StartServer, token_for, wait_until
 
 pytestmark = pytest.mark.rabbitmq
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from notifier import closecodes
-from tests.conftest import ConnectClient, Publisher, StartServer
+from tests.support import ConnectClient, Publisher, StartServer
 
 WRITE_PATHS = [("auto", "transport"), ("asgi", "asgi")]
 
