@@ -74,9 +74,13 @@ class SessionDirectory:
         self.forget(session)
         release = session.expire()
         if release is not None:
-            task = asyncio.ensure_future(release)
-            self._releasing.add(task)
-            task.add_done_callback(self._releasing.discard)
+            self.release_later(release)
+
+    def release_later(self, release: Coroutine[Any, Any, None]) -> None:
+        """Run a session's release (its unbinds) in the background; `wait_released` waits for it."""
+        task = asyncio.ensure_future(release)
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     def end_all_parked(self) -> None:
         """End every parked session now (the instance is stopping)."""

@@ -52,6 +52,7 @@ class Node:
             admission=self.admission,
             stats=self.stats,
             directory=self.directory,
+            remote_sessions=None,
             on_finished=self.sessions.discard,
         )
         self._fast_path_report = FastPathReport()

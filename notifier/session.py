@@ -55,6 +55,16 @@ class State(enum.Enum):
 GOODBYE_CODE = 1000
 
 
+class RemoteSessions(Protocol):
+    """Sessions held by other instances (see notifier/handover.py)."""
+
+    def holder(self, session_id: str) -> str | None: ...
+
+    async def topics_of(self, session_id: str, user: str) -> list[str] | None: ...
+
+    async def take(self, session_id: str, user: str, received: int) -> list[Frame] | None: ...
+
+
 class Verifier(Protocol):
     async def verify(self, token: object) -> Identity:
         """The identity a token speaks for, or TokenRejected saying why not."""
@@ -70,6 +80,8 @@ class SessionContext:
     admission: Admission
     stats: Stats
     directory: SessionDirectory
+    remote_sessions: RemoteSessions | None
+    """How to resume a session another instance holds; None with a single instance."""
     on_finished: Callable[[Session], None]
     """Called once, when the session's connection is over (it may stay parked after that)."""
 
@@ -314,9 +326,14 @@ class Session:
             return
         if self.state is not State.AWAITING_AUTH:
             return  # closed while verifying
-        if resume is not None and self._resume(identity, resume):
-            await self._release_dropped_topics()
-            return
+        if resume is not None:
+            if self._resume(identity, resume):
+                await self._release_dropped_topics()
+                return
+            remote = context.remote_sessions
+            if remote is not None and remote.holder(resume.session) is not None:
+                await self._resume_from(remote, identity, resume)
+                return
         if not context.admission.admit_user(identity.user):
             self.close(closecodes.USER_CONNECTION_LIMIT)
             return
@@ -392,6 +409,79 @@ class Session:
                 self.offer(frame)
         self._log.info("session_resumed", replayed=len(replay), received=resume.received)
         return True
+
+    async def _resume_from(self, remote: RemoteSessions, identity: Identity, resume: frames.Resume) -> None:
+        """Resume a session another instance holds: bind its topics first (this session keeps their events from
+        the bind on), then take its events after the client's count, then merge both by event id."""
+        context = self._context
+        held = await remote.topics_of(resume.session, identity.user)
+        if not self._is_awaiting_auth():
+            return
+        if not context.admission.admit_user(identity.user):
+            self.close(closecodes.USER_CONNECTION_LIMIT)
+            return
+        self.identity = identity
+        self._holds_user_slot = True
+        self._log = self._log.bind(user=identity.user)
+        personal = identity.grants.personal_topic
+        others = sorted({topic for topic in held or () if identity.grants.allows(topic)} - {personal})
+        dropped = sorted(topic for topic in held or () if topic != personal and not identity.grants.allows(topic))
+        try:
+            for topic in [personal, *others]:
+                self.topics.add(topic)
+                await context.hub.subscribe(self, topic)
+        except BrokerUnavailable as error:
+            self.topics.discard(topic)
+            self._log.warning("resume_topics_unavailable", error=str(error))
+            self.close(closecodes.TRY_AGAIN_LATER)
+            return
+        if not self._is_awaiting_auth():
+            return
+        handed = await remote.take(resume.session, identity.user, resume.received) if held is not None else None
+        if not self._is_awaiting_auth():
+            return
+        collected = self.history.after(0)  # what reached this session since its binds
+        if handed is None or collected is None:
+            await self._start_fresh_after_failed_resume(identity, personal, collected or [])
+            return
+        handed_ids = {frame.event_id for frame in handed}
+        self.history = History(
+            window_s=self._settings.resume_window_s, max_events=self._settings.resume_max_events, sent=resume.received
+        )
+        self._go_live(identity, [personal, *others], recovered=True, dropped=dropped)
+        live = set(self.topics)
+        for frame in handed:
+            if frame.topic in live:
+                self.offer(frame)
+        for frame in collected:
+            if frame.event_id not in handed_ids:
+                self.offer(frame)
+        self._log.info("session_resumed_from_another_instance", replayed=len(handed), received=resume.received)
+
+    async def _start_fresh_after_failed_resume(self, identity: Identity, personal: str, collected: list[Frame]) -> None:
+        """The other instance could not hand the session over whole: a fresh session with the personal topic."""
+        for topic in tuple(self.topics - {personal}):
+            self.topics.discard(topic)
+            await self._context.hub.unsubscribe(self, topic)
+        if not self._is_awaiting_auth():
+            return
+        self.history = History(window_s=self._settings.resume_window_s, max_events=self._settings.resume_max_events)
+        self._go_live(identity, [personal], recovered=False)
+        for frame in collected:
+            if frame.topic == personal:
+                self.offer(frame)
+
+    def _is_awaiting_auth(self) -> bool:
+        return self.state is State.AWAITING_AUTH
+
+    def frames_after(self, received: int) -> list[Frame] | None:
+        """The event frames after the client's `received`-th, or None if they are not all held."""
+        return self.history.after(received)
+
+    def hand_over_to_another_instance(self) -> None:
+        """Another instance resumed this session: let go of it and release what it holds."""
+        self.hand_over()
+        self._context.directory.release_later(self._release())
 
     def _adopt_nothing_from(self, old: Session) -> None:
         """A resume that cannot go on: the old session's topics are released all the same."""

@@ -15,6 +15,7 @@ from notifier.admission import Admission
 from notifier.auth import TokenVerifier, mint_token
 from notifier.broker.memory import MemoryBroker
 from notifier.directory import SessionDirectory
+from notifier.handover import SessionHandOver
 from notifier.hub import Hub
 from notifier.senders import AsgiSender
 from notifier.session import Session, SessionContext
@@ -75,10 +76,35 @@ class FakeSocket:
         return code
 
 
+class FakeControlPlane:
+    """Instances in one process asking each other directly: the hand-over logic without a broker."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, dict[str, Any]] = {}
+        self.asked: list[tuple[str, str]] = []
+
+    def for_instance(self, instance_id: str) -> Any:
+        plane = self
+        handlers = self.handlers.setdefault(instance_id, {})
+
+        class View:
+            def on(self, kind: str, handler: Any) -> None:
+                handlers[kind] = handler
+
+            async def ask(self, target: str, kind: str, args: dict[str, Any], *, timeout: float) -> Any:
+                plane.asked.append((target, kind))
+                handler = plane.handlers.get(target, {}).get(kind)
+                if handler is None:
+                    return None  # no such instance: no answer within the bound
+                return await asyncio.wait_for(handler(args), timeout)
+
+        return View()
+
+
 class Instance:
     """What a node passes its sessions, built on the in-memory broker."""
 
-    def __init__(self, **overrides: Any) -> None:
+    def __init__(self, instance_id: str = "one", control: FakeControlPlane | None = None, **overrides: Any) -> None:
         values: dict[str, Any] = {"jwt_secret": SECRET, "amqp_url": "memory://"} | overrides
         self.settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
         self.broker = MemoryBroker(max_event_bytes=self.settings.max_event_bytes)
@@ -90,8 +116,11 @@ class Instance:
         )
         self.finished: list[Session] = []
         self.directory = SessionDirectory(
-            "test", window_s=self.settings.resume_window_s, max_parked=self.settings.max_parked_sessions
+            instance_id, window_s=self.settings.resume_window_s, max_parked=self.settings.max_parked_sessions
         )
+        self.handover = None
+        if control is not None:
+            self.handover = SessionHandOver(control.for_instance(instance_id), self.directory, timeout_s=1.0)
         self.context = SessionContext(
             settings=self.settings,
             hub=self.hub,
@@ -99,6 +128,7 @@ class Instance:
             admission=self.admission,
             stats=self.stats,
             directory=self.directory,
+            remote_sessions=self.handover,
             on_finished=self.finished.append,
         )
         self.runs: list[asyncio.Task[None]] = []
@@ -417,3 +447,86 @@ async def test_a_bad_resume_field_before_auth_is_a_protocol_violation(instance: 
     _, socket = instance.connect()
     socket.client_sends({"type": "auth", "token": token("alice"), "resume": {"session": 7, "received": -1}})
     assert await socket.closed_with() == closecodes.PROTOCOL_VIOLATION.code
+
+
+# Session resume: from another instance, over a control plane.
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[Instance, Instance]]:
+    """Two instances on one in-memory "exchange": an event published reaches both if both bind its topic."""
+    control = FakeControlPlane()
+    first, second = Instance("first", control), Instance("second", control)
+    for node in (first, second):
+        await node.broker.connect(node.hub.deliver)
+    yield first, second
+    for node in (first, second):
+        for task in node.runs:
+            task.cancel()
+        await asyncio.gather(*node.runs, return_exceptions=True)
+
+
+async def publish_to_both(pair: tuple[Instance, Instance], topic: str, data: Any) -> None:
+    for node in pair:
+        await node.publish(topic, data)
+
+
+async def test_a_session_is_resumed_on_another_instance_with_what_it_missed(pair: tuple[Instance, Instance]) -> None:
+    first, second = pair
+    session, socket = await signed_in(first, "alice", topics=["news"])
+    socket.client_sends({"type": "subscribe", "topic": "news"})
+    await socket.next_frame("subscribed")
+    await publish_to_both(pair, "news", 0)
+    await received_events(socket, 1)
+    socket.client_leaves(1006)
+    await asyncio.wait_for(first.runs[-1], 2)
+    for n in (1, 2):
+        await publish_to_both(pair, "news", n)
+    assert session.session_id is not None
+    _, new_socket, welcome = await resumed(second, "alice", session.session_id, 1, topics=["news"])
+    assert (welcome["recovered"], welcome["topics"]) == (True, ["user.alice", "news"])
+    assert await received_events(new_socket, 2) == [1, 2]
+    await publish_to_both(pair, "news", 3)
+    assert await received_events(new_socket, 3) == [1, 2, 3]
+    await asyncio.sleep(0.05)
+    assert first.broker.bound_topics == set()  # the holder let go of it
+    assert first.directory.parked_count == 0
+    assert second.broker.bound_topics == {"user.alice", "news"}
+
+
+async def test_events_during_the_hand_over_come_once_each(pair: tuple[Instance, Instance]) -> None:
+    first, second = pair
+    session_id, received = await dropped_after(first, "bob", 2)
+    original_take = second.handover.take  # type: ignore[union-attr]
+
+    async def take_while_events_arrive(*args: Any) -> Any:
+        # Between the new instance's binds and the hand-over, events reach both instances.
+        await publish_to_both(pair, "user.bob", 2)
+        await publish_to_both(pair, "user.bob", 3)
+        return await original_take(*args)
+
+    second.handover.take = take_while_events_arrive  # type: ignore[union-attr,method-assign]
+    _, socket, welcome = await resumed(second, "bob", session_id, received)
+    assert welcome["recovered"] is True
+    assert await received_events(socket, 2) == [2, 3]
+    await socket_stays_quiet(socket, 2)
+
+
+async def test_a_holder_that_does_not_answer_gives_recovered_false(pair: tuple[Instance, Instance]) -> None:
+    first, second = pair
+    session_id, _ = await dropped_after(first, "carol", 1)
+    _, socket, welcome = await resumed(second, "carol", session_id.replace("first.", "gone."), 1)
+    assert (welcome["recovered"], welcome["topics"]) == (False, ["user.carol"])
+    await socket_stays_quiet(socket, 0)
+
+
+async def test_another_users_token_cannot_take_a_session_from_another_instance(
+    pair: tuple[Instance, Instance],
+) -> None:
+    first, second = pair
+    session_id, _ = await dropped_after(first, "dave", 0)
+    await publish_to_both(pair, "user.dave", "private")
+    _, socket, welcome = await resumed(second, "mallory", session_id, 0)
+    assert (welcome["recovered"], welcome["user"]) == (False, "mallory")
+    await socket_stays_quiet(socket, 0)
+    assert first.directory.parked_count == 1  # still there for dave
