@@ -17,7 +17,7 @@ from notifier.auth import TokenVerifier
 from notifier.broker import Broker, create_broker
 from notifier.hub import Hub
 from notifier.origins import OriginPolicy
-from notifier.session import Session
+from notifier.session import Session, State
 from notifier.settings import Settings
 
 log = structlog.get_logger("notifier.node")
@@ -116,6 +116,10 @@ class Node:
         session = Session(self, websocket)
         self.sessions.add(session)
         await session.run(websocket.query_params.get("token"))
+
+    def sessions_of(self, user: str) -> list[Session]:
+        """The open, authenticated connections of `user` on this instance."""
+        return [session for session in self.sessions if session.user == user and session.state is State.OPEN]
 
     def at_capacity(self) -> bool:
         return len(self.sessions) > self.settings.max_connections

@@ -329,6 +329,16 @@ class Session:
             await self._node.hub.unsubscribe(self, topic)
         self.reply(frames.subscription("unsubscribed", topic, frame.id))
 
+    async def drop_topic_by_server(self, topic: str) -> bool:
+        """The server API took `topic` from this connection: no further event of it reaches the client, which
+        is told with an `unsubscribed` frame (reason "server"). Returns whether the connection held it."""
+        if self.state is not State.OPEN or topic not in self.topics:
+            return False
+        self.topics.discard(topic)
+        await self._node.hub.unsubscribe(self, topic)  # leaves the fan-out before its first await
+        self.reply(frames.unsubscribed_by_server(topic))
+        return True
+
     # The writer: the only task that sends on the socket.
 
     async def _write_loop(self) -> None:
