@@ -146,6 +146,7 @@ async def exchange_name() -> AsyncIterator[str]:
         exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
         await exchange.delete()
         await channel.exchange_delete(f"{name}.dead")
+        await channel.exchange_delete(f"{name}.control")
         await channel.queue_delete(f"{name}.dead")
 
 
