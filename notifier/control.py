@@ -31,7 +31,6 @@ import structlog
 from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
-    AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
@@ -58,6 +57,8 @@ CONTROL_PREFETCH = 64
 # A peer not heard from for this many heartbeats is taken for gone.
 PEER_HEARTBEATS_TO_EXPIRE = 3
 RETRY_MAX_S = 10.0
+# A stop must fit in NOTIFIER_SHUTDOWN_TIMEOUT_S even with a broker in trouble: the goodbye is short.
+STOP_BYE_TIMEOUT_S = 0.5
 
 _BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, asyncio.TimeoutError)
 
@@ -242,10 +243,10 @@ class AmqpControlPlane:
         self.exchange_name = f"{settings.exchange}.control"
         self.queue_name = f"{self.exchange_name}.{instance_id}"
         self._runner = CommandRunner()
-        self._channel: AbstractRobustChannel | None = None
         self._publish_exchange: AbstractExchange | None = None
         self._reply_exchange: AbstractExchange | None = None
-        self._queue: AbstractQueue | None = None
+        # Held here: the robust connection keeps its channels only weakly, and restores only those still alive.
+        self._channel: AbstractRobustChannel | None = None
         self._collectors: dict[str, _Collector] = {}
         self._peers: dict[str, float] = {}  # instance id -> when it was last heard from (monotonic)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -327,27 +328,25 @@ class AmqpControlPlane:
             with contextlib.suppress(*_BROKER_ERRORS):
                 await channel.close()
             raise
-        self._channel, self._queue = channel, queue
+        self._channel = channel
         self._publish_exchange, self._reply_exchange = exchange, channel.default_exchange
         self._declared = True
         log.info("control_plane_started", queue=self.queue_name, exchange=self.exchange_name)
         await self._announce("hello", "all")
 
     async def stop(self) -> None:
+        """Say `bye` (best effort, at most STOP_BYE_TIMEOUT_S) and stop handling commands. The channel and its
+        auto-deleted queue go with the broker connection, which the node closes right after."""
         if self._background is not None:
             self._background.cancel()
             await asyncio.wait([self._background])
             self._background = None
         if self.ready:
-            # Best effort and short: a stop must fit in NOTIFIER_SHUTDOWN_TIMEOUT_S even with a broker in trouble.
-            await self._announce("bye", "all", timeout=min(1.0, self._settings.broker_timeout_s))
+            await self._announce("bye", "all", timeout=min(STOP_BYE_TIMEOUT_S, self._settings.broker_timeout_s))
+        self._declared = False
+        self._channel = self._publish_exchange = self._reply_exchange = None
         for task in tuple(self._tasks):
             task.cancel()
-        channel, self._channel = self._channel, None
-        self._declared = False
-        if channel is not None and not channel.is_closed:
-            with contextlib.suppress(*_BROKER_ERRORS):
-                await asyncio.wait_for(channel.close(), min(1.0, self._settings.broker_timeout_s))
 
     async def _announce(self, kind: str, routing_key: str, timeout: float | None = None) -> None:
         """Tell the other instances this one is alive (`hello`) or leaving (`bye`); best effort."""
