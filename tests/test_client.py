@@ -124,6 +124,20 @@ async def test_a_retry_after_a_lost_answer_does_not_notify_twice(server: Running
     await alice.expect_silence(0.5)
 
 
+async def test_the_sync_client_retries_with_the_same_id_too(server: RunningServer, connect: ConnectClient) -> None:
+    alice = await connect(server, "alice")
+    async with LosesFirstAnswer(server.settings.port) as relay:
+
+        def publish() -> list[str]:
+            with Client(f"http://127.0.0.1:{relay.port}", api_key=API_KEY, retries=2) as notifier:
+                return notifier.publish_many([{"topic": "user.alice", "data": n} for n in range(2)])
+
+        ids = await asyncio.to_thread(publish)
+    assert relay.connections == 2
+    assert [(await alice.expect_event())["id"] for _ in range(2)] == ids
+    await alice.expect_silence(0.5)
+
+
 async def test_an_unreachable_server_raises_a_connection_error() -> None:
     async with AsyncClient(f"http://127.0.0.1:{free_port()}", api_key=API_KEY, retries=1, timeout=1) as notifier:
         with pytest.raises(NotifierConnectionError):
