@@ -56,6 +56,8 @@ SEEN_COMMANDS_MAX = 10_000
 CONTROL_PREFETCH = 64
 # A peer not heard from for this many heartbeats is taken for gone.
 PEER_HEARTBEATS_TO_EXPIRE = 3
+# Instances remembered at most (a bound against messages with made-up sender ids).
+MAX_PEERS = 1024
 RETRY_MAX_S = 10.0
 # A stop must fit in NOTIFIER_SHUTDOWN_TIMEOUT_S even with a broker in trouble: the goodbye is short.
 STOP_BYE_TIMEOUT_S = 0.5
@@ -297,6 +299,7 @@ class AmqpControlPlane:
                 log.warning("control_start_failed", error=repr(error), retry_in_s=delay)
                 delay = min(delay * 2, RETRY_MAX_S)
         while True:
+            self.live_instances()  # forget the peers that went quiet
             await self._announce("hello", "all")
             await asyncio.sleep(self._settings.control_heartbeat_s)
 
@@ -438,7 +441,10 @@ class AmqpControlPlane:
                     self._peers.pop(sender, None)
                 else:
                     known = sender in self._peers
-                    self._peers[sender] = time.monotonic()
+                    if not known and len(self._peers) >= MAX_PEERS:
+                        self.live_instances()  # forget the quiet ones to make room
+                    if known or len(self._peers) < MAX_PEERS:
+                        self._peers[sender] = time.monotonic()
                     if message.type == "hello" and not known:
                         # A newcomer learns of this instance at once rather than at the next heartbeat.
                         await self._announce("hello", f"instance.{sender}")
