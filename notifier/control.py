@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -427,9 +427,13 @@ class AmqpControlPlane:
     # Receiving.
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        # Each command runs in its own task, so a slow one does not hold up presence replies behind it;
-        # the acknowledgement after it keeps at most CONTROL_PREFETCH in hand.
-        task = asyncio.create_task(self._handle(message))
+        # Each command runs in its own task, so a slow one does not hold up presence replies behind it; the
+        # tasks start in the order the commands arrived, and the acknowledgement after each keeps at most
+        # CONTROL_PREFETCH in hand.
+        self._spawn(self._handle(message))
+
+    def _spawn(self, step: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(step)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -447,7 +451,7 @@ class AmqpControlPlane:
                         self._peers[sender] = time.monotonic()
                     if message.type == "hello" and not known:
                         # A newcomer learns of this instance at once rather than at the next heartbeat.
-                        await self._announce("hello", f"instance.{sender}")
+                        self._spawn(self._announce("hello", f"instance.{sender}"))
             if message.type == "command":
                 await self._on_command(message)
             elif message.type == "reply":

@@ -335,8 +335,10 @@ class Session:
         if self.state is not State.OPEN or topic not in self.topics:
             return False
         self.topics.discard(topic)
-        await self._node.hub.unsubscribe(self, topic)  # leaves the fan-out before its first await
         self.reply(frames.unsubscribed_by_server(topic))
+        # Leaves the fan-out before its first await, so no event comes between the frame and the removal,
+        # and a disconnect right behind this command finds the frame already queued.
+        await self._node.hub.unsubscribe(self, topic)
         return True
 
     # The writer: the only task that sends on the socket.

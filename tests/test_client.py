@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +149,19 @@ async def test_an_unreachable_server_raises_a_connection_error() -> None:
 def test_client_needs_an_api_key() -> None:
     with pytest.raises(ValueError, match="api_key"):
         Client("http://127.0.0.1:1", api_key="")
+
+
+async def test_the_readme_example_runs_as_written(server: RunningServer, connect: ConnectClient) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Publish from a backend", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match is not None
+    example = match.group(1).replace("http://notifier:8000", server.http_url)
+    user42 = await connect(server, "42", topics=["team.7.*"])
+    assert (await user42.subscribe("team.7.news"))["type"] == "subscribed"
+    await asyncio.to_thread(exec, example, {"API_KEY": API_KEY})
+    assert (await user42.expect_event("user.42"))["id"] == "order-1234-shipped"
+    assert [(await user42.expect_event("team.7.news"))["data"] for _ in range(3)] == [0, 1, 2]
+    assert (await user42.receive())["reason"] == "server"
+    await user42.expect_close(4503)
+    assert user42.ws.close_reason == "session revoked"
