@@ -37,6 +37,7 @@ RATE_LIMITED = CloseReason(4004, "too many frames")
 INVALID_TOKEN = CloseReason(4500, "invalid token")
 PROTOCOL_VIOLATION = CloseReason(4501, "protocol violation")
 USER_CONNECTION_LIMIT = CloseReason(4502, "too many connections for this user")
+DISCONNECTED = CloseReason(4503, "disconnected by the server")
 
 ALL = (
     SHUTDOWN,
@@ -50,4 +51,5 @@ ALL = (
     INVALID_TOKEN,
     PROTOCOL_VIOLATION,
     USER_CONNECTION_LIMIT,
+    DISCONNECTED,
 )

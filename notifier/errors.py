@@ -9,17 +9,23 @@ from starlette.exceptions import HTTPException
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    """An error a caller caused or must know of; answered with `status` and `{"error": code, "message", ...}`.
+
+    `details` adds fields to the body (for instance the `index` of a bad event in a batch)."""
+
+    def __init__(self, status: int, code: str, message: str, **details: object) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.details = details
 
 
 def install_error_handlers(app: FastAPI) -> None:
     async def api_error(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, ApiError)
-        return JSONResponse({"error": error.code, "message": error.message}, status_code=error.status)
+        body = {"error": error.code, "message": error.message, **error.details}
+        return JSONResponse(body, status_code=error.status)
 
     async def http_error(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, HTTPException)

@@ -160,6 +160,11 @@ def subscription(kind: Literal["subscribed", "unsubscribed"], topic: str, reques
     return _encode({"type": kind, "topic": topic, "id": request_id})
 
 
+def unsubscribed_by_server(topic: str) -> bytes:
+    """The server API took the topic from this connection (no request of the client's, so `id` is null)."""
+    return _encode({"type": "unsubscribed", "topic": topic, "id": None, "reason": "server"})
+
+
 def pong(request_id: RequestId) -> bytes:
     return _encode({"type": "pong", "id": request_id})
 

@@ -19,7 +19,7 @@ from notifier.directory import SessionDirectory
 from notifier.hub import Hub
 from notifier.origins import OriginPolicy
 from notifier.senders import FastPathReport, choose_sender
-from notifier.session import Session, SessionContext
+from notifier.session import Session, SessionContext, State
 from notifier.settings import Settings
 from notifier.stats import Stats
 
@@ -140,3 +140,7 @@ class Node:
         session = Session(websocket.receive, sender, self._session_context)
         self.sessions.add(session)
         await session.run(websocket.query_params.get("token"))
+
+    def sessions_of(self, user: str) -> list[Session]:
+        """The open, authenticated connections of `user` on this instance."""
+        return [session for session in self.sessions if session.user == user and session.state is State.OPEN]

@@ -575,3 +575,15 @@ class Session:
             self.topics.discard(topic)
             await self._context.hub.unsubscribe(self, topic)
         self.reply(frames.subscription("unsubscribed", topic, frame.id))
+
+    async def drop_topic_by_server(self, topic: str) -> bool:
+        """The server API took `topic` from this connection: no further event of it reaches the client, which
+        is told with an `unsubscribed` frame (reason "server"). Returns whether the connection held it."""
+        if self.state is not State.OPEN or topic not in self.topics:
+            return False
+        self.topics.discard(topic)
+        self.reply(frames.unsubscribed_by_server(topic))
+        # Leaves the fan-out before its first await, so no event comes between the frame and the removal,
+        # and a disconnect right behind this command finds the frame already queued.
+        await self._context.hub.unsubscribe(self, topic)
+        return True

@@ -49,8 +49,20 @@ class Settings(BaseSettings):
     jwt_leeway_s: float = Field(default=0.0, ge=0)
     max_token_patterns: int = Field(default=32, ge=0)
 
-    # HTTP publish API
+    # HTTP server API (publish, disconnect, unsubscribe, presence)
     api_keys: CommaList = []
+    max_publish_batch: int = Field(default=1000, ge=1, le=100_000)
+    max_publish_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # An event id published by this instance within the window is not published again (per instance).
+    publish_dedupe_window_s: float = Field(default=300.0, ge=0)
+    publish_dedupe_max_ids: int = Field(default=100_000, ge=0)
+
+    # Control plane between instances (exchange "<exchange>.control")
+    control_reply_timeout_s: float = Field(default=0.5, gt=0, le=30)
+    control_heartbeat_s: float = Field(default=2.0, gt=0)
+    control_command_ttl_s: float = Field(default=30.0, gt=0)
+    control_queue_max_length: int = Field(default=10_000, ge=1)
+    control_max_pending: int = Field(default=1_000, ge=1)
 
     # Browser connections
     allowed_origins: CommaList = []

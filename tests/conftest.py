@@ -142,6 +142,7 @@ async def exchange(rabbitmq: str) -> AsyncIterator[str]:
         channel = await connection.channel()
         await channel.exchange_delete(name)
         await channel.exchange_delete(f"{name}.dead")
+        await channel.exchange_delete(f"{name}.control")
         await channel.queue_delete(f"{name}.dead")
 
 

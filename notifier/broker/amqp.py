@@ -69,6 +69,11 @@ class AmqpBroker:
         connection = self._connection
         return connection is not None and not connection.is_closed and connection.connected.is_set()
 
+    @property
+    def connection(self) -> AbstractRobustConnection | None:
+        """The robust connection, once connected; the control plane opens its channels on it."""
+        return self._connection
+
     async def connect(self, on_event: EventHandler) -> None:
         settings = self._settings
         self._on_event = on_event

@@ -1,4 +1,4 @@
-"""`POST /api/publish`: how a backend without an AMQP client publishes an event."""
+"""`POST /api/publish`: how a backend without an AMQP client publishes an event, or a batch of them."""
 
 from __future__ import annotations
 
@@ -14,6 +14,16 @@ from notifier.broker import BrokerUnavailable
 from notifier.errors import ApiError
 from notifier.events import new_event_id
 from notifier.node import Node
+from notifier.publisher import EventPublisher, OutgoingEvent
+from notifier.routes.schemas import (
+    API_KEY_SECURITY,
+    PublishBatch,
+    Published,
+    PublishedBatch,
+    PublishEvent,
+    errors,
+    json_body,
+)
 from notifier.topics import InvalidTopic, validate_topic
 
 router = APIRouter()
@@ -82,21 +92,64 @@ def event_from_request(payload: dict[str, Any], max_event_bytes: int) -> tuple[s
     return topic, data, event_id
 
 
+def events_from_request(payload: dict[str, Any], max_events: int, max_event_bytes: int) -> list[OutgoingEvent]:
+    """Check `{"events": [...]}`: every event valid and ids distinct, or the ApiError naming the first bad one."""
+    unknown = set(payload) - {"events"}
+    if unknown:
+        raise ApiError(422, "bad_request", f"unknown fields: {sorted(unknown)}")
+    items = payload["events"]
+    if not isinstance(items, list) or not items:
+        raise ApiError(422, "bad_request", "'events' must be a non-empty list of events")
+    if len(items) > max_events:
+        raise ApiError(422, "too_many_events", f"at most {max_events} events per request, got {len(items)}")
+    events: list[OutgoingEvent] = []
+    positions: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ApiError(422, "bad_request", f"events[{index}]: must be an object", index=index)
+        try:
+            topic, data, event_id = event_from_request(item, max_event_bytes)
+        except ApiError as error:
+            raise ApiError(422, error.code, f"events[{index}]: {error.message}", index=index) from None
+        if event_id in positions:
+            message = f"events[{index}]: id {event_id!r} repeats events[{positions[event_id]}]"
+            raise ApiError(422, "duplicate_id", message, index=index)
+        positions[event_id] = index
+        events.append(OutgoingEvent(topic, data, event_id))
+    return events
+
+
 async def publish_request(request: Request, node: Node) -> JSONResponse:
-    """Read, check and publish one event from a request body; 202 once the broker confirmed it."""
-    max_event_bytes = node.settings.max_event_bytes
-    payload = await read_json_object(request, max_event_bytes + BODY_OVERHEAD_BYTES)
-    topic, data, event_id = event_from_request(payload, max_event_bytes)
+    """Read, check and publish one event or a batch from a request body; 202 once the broker confirmed all."""
+    settings = node.settings
+    publisher: EventPublisher = request.app.state.publisher
+    limit = max(settings.max_publish_body_bytes, settings.max_event_bytes + BODY_OVERHEAD_BYTES)
+    payload = await read_json_object(request, limit)
+    if "events" in payload:
+        events = events_from_request(payload, settings.max_publish_batch, settings.max_event_bytes)
+    else:
+        events = [OutgoingEvent(*event_from_request(payload, settings.max_event_bytes))]
     try:
-        await node.broker.publish(topic, data, event_id)
+        await publisher.publish(events)
     except BrokerUnavailable:
-        raise ApiError(503, "unavailable", "the broker did not confirm the event; retry") from None
-    return JSONResponse({"id": event_id, "topic": topic}, status_code=202)
+        raise ApiError(503, "unavailable", "the broker did not confirm every event; retry with the same ids") from None
+    if "events" in payload:
+        return JSONResponse({"ids": [event.id for event in events]}, status_code=202)
+    return JSONResponse({"id": events[0].id, "topic": events[0].topic}, status_code=202)
 
 
-@router.post("/api/publish", status_code=202)
+@router.post(
+    "/api/publish",
+    status_code=202,
+    summary="Publish one event, or a batch of events",
+    response_model=Published | PublishedBatch,
+    responses=errors(401, 403, 413, 422, 503),
+    openapi_extra={**json_body(PublishEvent, PublishBatch), **API_KEY_SECURITY},
+)
 async def publish(request: Request) -> JSONResponse:
-    """Publish `{"topic", "data", "id"?}` through the broker; 202 means the broker has the event."""
+    """Publish `{"topic", "data", "id"?}` or `{"events": [...]}` through RabbitMQ; 202 means RabbitMQ has
+    every event. A batch is checked whole first: one bad event answers 422 with its `index`, and none is
+    published. An `id` this instance published within NOTIFIER_PUBLISH_DEDUPE_WINDOW_S is not published again."""
     node = request.app.state.node
     try:
         response = await publish_event(request, node)

@@ -82,6 +82,7 @@ function start(options) {
   });
   client.on('subscribed', ({ topic }) => chipFor(topic).dataset.status = 'subscribed');
   client.on('event', showNotification);
+  client.on('unsubscribed', ({ topic }) => dropChip(topic)); // the server took it away
   client.on('error', (error) => {
     if (!error.topic) return;
     showSubscribeError(error);

@@ -88,13 +88,14 @@ export declare const CloseCode: Readonly<{
   INVALID_TOKEN: 4500;
   PROTOCOL_VIOLATION: 4501;
   USER_CONNECTION_LIMIT: 4502;
+  DISCONNECTED: 4503;
 }>;
 
 /**
  * An error with a machine-readable code: an `error` frame's code (`forbidden`, `invalid_topic`,
  * `too_many_subscriptions`, `unavailable`, `invalid_token`, `token_expired`) or one of the client's own
  * (`timeout`, `closed`, `unsubscribed`, `too_many_pending`, `token_unavailable`, `no_token`, `bad_url`,
- * `message_too_big`, `protocol_violation`, `user_connection_limit`, `terminal_close`).
+ * `message_too_big`, `protocol_violation`, `user_connection_limit`, `disconnected`, `terminal_close`).
  */
 export declare class NotifierError extends Error {
   constructor(code: string, message: string, detail?: { topic?: string; closeCode?: number });
@@ -128,6 +129,8 @@ export declare class NotifierClient {
   /** The server confirmed a topic: after `subscribe()`, and again for each topic restored after a reconnect. */
   on(name: 'subscribed', listener: (subscription: { topic: string }) => void): () => void;
   on(name: 'refreshed', listener: (refreshed: Refreshed) => void): () => void;
+  /** The server took a topic away (its backend asked it to); the topic is dropped and not restored. */
+  on(name: 'unsubscribed', listener: (unsubscribed: { topic: string; reason: 'server' }) => void): () => void;
   off(name: string, listener: (...args: any[]) => void): void;
 
   /** Start connecting; the client then stays connected until `close()` or a terminal failure. */

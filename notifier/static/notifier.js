@@ -61,6 +61,7 @@ export const CloseCode = Object.freeze({
   INVALID_TOKEN: 4500,
   PROTOCOL_VIOLATION: 4501,
   USER_CONNECTION_LIMIT: 4502,
+  DISCONNECTED: 4503,
 });
 
 /** @type {Readonly<Record<number, string>>} error codes the client reports for close codes it stops on */
@@ -70,6 +71,7 @@ const TERMINAL_ERROR_CODES = Object.freeze({
   [CloseCode.INVALID_TOKEN]: 'invalid_token',
   [CloseCode.PROTOCOL_VIOLATION]: 'protocol_violation',
   [CloseCode.USER_CONNECTION_LIMIT]: 'user_connection_limit',
+  [CloseCode.DISCONNECTED]: 'disconnected',
 });
 
 /** Close codes after which the server is busy or unwell: wait at least a few backoff steps. */
@@ -188,7 +190,7 @@ function reportListenerError(error) {
  *
  * Events: `state` (state, detail), `event` (every event, personal topic included), `error` (NotifierError),
  * `welcome` (Welcome), `subscribed` ({topic}, on every confirmation, restores included),
- * `refreshed` ({expires, dropped}).
+ * `unsubscribed` ({topic, reason: 'server'}, when the server took a topic away), `refreshed` ({expires, dropped}).
  */
 export class NotifierClient {
   /** @param {NotifierOptions} options */
@@ -474,8 +476,11 @@ export class NotifierClient {
       case 'pong':
         this._clearTimer('pong');
         break;
-      case 'subscribed':
       case 'unsubscribed':
+        if (frame.reason === 'server') this._onServerUnsubscribe(frame);
+        else this._settle(frame.id, frame, null);
+        break;
+      case 'subscribed':
       case 'refreshed':
         this._settle(frame.id, frame, null);
         break;
@@ -537,6 +542,21 @@ export class NotifierClient {
         reportListenerError(error);
       }
     }
+  }
+
+  /**
+   * The server took a topic from this connection (its backend asked it to): drop it for good, so it is not
+   * restored after a reconnect, and tell the page.
+   * @param {any} frame
+   */
+  _onServerUnsubscribe(frame) {
+    if (typeof frame.topic !== 'string') return;
+    const topic = frame.topic;
+    const sub = this._subs.get(topic);
+    this._subs.delete(topic);
+    this._cancelRequestsFor(topic);
+    sub?.reject?.(new NotifierError('unsubscribed', `the server unsubscribed this client from ${topic}`, { topic }));
+    this._emit('unsubscribed', { topic, reason: 'server' });
   }
 
   /** @param {any} frame */

@@ -17,7 +17,7 @@ import aio_pika
 import httpx
 import orjson
 import pytest
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, Locator, Page, async_playwright, expect
 
 from notifier.auth import mint_token
 from tests.support import AMQP_URL, free_port
@@ -139,6 +139,7 @@ async def exchange_name(rabbitmq: str) -> AsyncIterator[str]:
         exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
         await exchange.delete()
         await channel.exchange_delete(f"{name}.dead")
+        await channel.exchange_delete(f"{name}.control")
         await channel.queue_delete(f"{name}.dead")
 
 
@@ -172,3 +173,20 @@ async def browser() -> AsyncIterator[Browser]:
 
 def token_for(user: str, topics: list[str] | None = None, ttl_s: float = 600) -> str:
     return mint_token(SECRET, user, topics=topics, ttl_s=ttl_s)
+
+
+async def sign_in_with_token(page: Page, base_url: str, token: str) -> None:
+    await page.goto(base_url + "/")
+    await page.fill("#token", token)
+    await page.click("#connect")
+    await expect(page.locator("#state")).to_have_attribute("data-state", "open")
+
+
+async def subscribe(page: Page, topic: str) -> None:
+    await page.fill("#topic", topic)
+    await page.press("#topic", "Enter")
+    await expect(page.locator(f'.sub[data-topic="{topic}"]')).to_have_attribute("data-status", "subscribed")
+
+
+def notes(page: Page, topic: str) -> Locator:
+    return page.locator(f'#feed .note[data-topic="{topic}"]')

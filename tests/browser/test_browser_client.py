@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Locator, Page, expect
+from playwright.async_api import Browser, Page, expect
 
 from notifier.cli import dev_state_path
-from tests.browser.conftest import NotifierProcess, Publisher, token_for
+from tests.browser.conftest import NotifierProcess, Publisher, notes, sign_in_with_token, subscribe, token_for
 from tests.support import free_port
 
 WAIT_MS = 15_000
@@ -31,23 +31,6 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
     page = await context.new_page()
     yield page
     await context.close()
-
-
-async def sign_in_with_token(page: Page, base_url: str, token: str) -> None:
-    await page.goto(base_url + "/")
-    await page.fill("#token", token)
-    await page.click("#connect")
-    await expect(page.locator("#state")).to_have_attribute("data-state", "open")
-
-
-async def subscribe(page: Page, topic: str) -> None:
-    await page.fill("#topic", topic)
-    await page.press("#topic", "Enter")
-    await expect(page.locator(f'.sub[data-topic="{topic}"]')).to_have_attribute("data-status", "subscribed")
-
-
-def notes(page: Page, topic: str) -> Locator:
-    return page.locator(f'#feed .note[data-topic="{topic}"]')
 
 
 async def test_page_subscribes_and_shows_an_event_published_to_rabbitmq(

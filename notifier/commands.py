@@ -1,0 +1,79 @@
+"""The server API's commands to every instance, and what an instance does with them to its own connections:
+close a user's connections, take a topic from them, count them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from notifier import closecodes
+from notifier.closecodes import CloseReason
+from notifier.control import BadControlMessage, CommandArgs, ControlPlane
+from notifier.topics import InvalidTopic, is_valid_segment, validate_topic
+
+if TYPE_CHECKING:
+    from notifier.node import Node
+
+DISCONNECT = "disconnect"
+UNSUBSCRIBE = "unsubscribe"
+PRESENCE = "presence"
+
+# A WebSocket close reason is at most 123 bytes; ours stay well under it.
+MAX_REASON_BYTES = 100
+
+
+def check_user(value: object) -> str:
+    """A user id as tokens carry it in `sub`: one topic segment."""
+    if not isinstance(value, str) or not is_valid_segment(value):
+        raise ValueError("'user' must be a user id: 1-255 letters, digits or '_-:@' (no '.')")
+    return value
+
+
+def check_reason(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value.encode()) > MAX_REASON_BYTES:
+        raise ValueError(f"'reason' must be a non-empty string of at most {MAX_REASON_BYTES} bytes")
+    return value
+
+
+def check_topic(value: object) -> str:
+    try:
+        return validate_topic(value)
+    except InvalidTopic as error:
+        raise ValueError(str(error)) from None
+
+
+def _checked(check: Any, args: CommandArgs, name: str) -> Any:
+    try:
+        return check(args.get(name))
+    except ValueError as error:
+        raise BadControlMessage(str(error)) from None
+
+
+def install(control: ControlPlane, node: Node) -> None:
+    """Let `control` run the server API's commands on `node`'s connections."""
+
+    async def disconnect(args: CommandArgs) -> dict[str, Any]:
+        user = _checked(check_user, args, "user")
+        reason = _checked(check_reason, args, "reason")
+        close = CloseReason(closecodes.DISCONNECTED.code, reason) if reason else closecodes.DISCONNECTED
+        sessions = node.sessions_of(user)
+        for session in sessions:
+            session.close(close)
+        return {"closed": len(sessions)}
+
+    async def unsubscribe(args: CommandArgs) -> dict[str, Any]:
+        user = _checked(check_user, args, "user")
+        topic = _checked(check_topic, args, "topic")
+        dropped = 0
+        for session in node.sessions_of(user):
+            dropped += await session.drop_topic_by_server(topic)
+        return {"unsubscribed": dropped}
+
+    async def presence(args: CommandArgs) -> dict[str, Any]:
+        user = _checked(check_user, args, "user")
+        return {"connections": len(node.sessions_of(user))}
+
+    control.on(DISCONNECT, disconnect)
+    control.on(UNSUBSCRIBE, unsubscribe)
+    control.on(PRESENCE, presence)
