@@ -28,6 +28,8 @@ def create_app(settings: Settings, broker: Broker | None = None, *, dev: bool = 
     # The control plane rides on the broker's connection and acts on the node's connections.
     control = create_control_plane(settings, node.broker)
     commands.install(control, node)
+    if not settings.uses_memory_broker:  # with one in-process instance there is nobody to hand sessions to
+        node.attach_control(control)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -4,6 +4,7 @@ their start, connection limits and graceful drain."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -16,6 +17,7 @@ from notifier.admission import Admission
 from notifier.auth import TokenVerifier
 from notifier.broker import Broker, create_broker
 from notifier.directory import SessionDirectory
+from notifier.handover import ControlPlane, SessionHandOver
 from notifier.hub import Hub
 from notifier.origins import OriginPolicy
 from notifier.senders import FastPathReport, choose_sender
@@ -55,6 +57,7 @@ class Node:
             remote_sessions=None,
             on_finished=self.sessions.discard,
         )
+        self._hand_over: SessionHandOver | None = None
         self._fast_path_report = FastPathReport()
         self._accepting = True
         self._connect_task: asyncio.Task[None] | None = None
@@ -94,7 +97,11 @@ class Node:
         self._stop_deadline = time.monotonic() + self.settings.shutdown_timeout_s
         if self._connect_task is not None:
             self._connect_task.cancel()
-        await self._within_deadline(self.broker.stop_consuming(), "stop_consuming")
+        # With other instances to hand sessions to, keep taking events while clients reconnect elsewhere: their
+        # parked sessions collect them and are handed over. Otherwise take no more events from the start.
+        hand_over = self._hand_over is not None and self.settings.resume_window_s > 0
+        if not hand_over:
+            await self._within_deadline(self.broker.stop_consuming(), "stop_consuming")
         log.info("draining", connections=len(self.sessions))
         for session in tuple(self.sessions):
             session.close(closecodes.SHUTDOWN)
@@ -104,6 +111,17 @@ class Node:
             await asyncio.sleep(0.05)
         if self.sessions:
             log.warning("drain_timeout", connections=len(self.sessions))
+        if hand_over:
+            parked = self.directory.parked_count
+            while self.directory.parked_count and time.monotonic() < flush_deadline:
+                await asyncio.sleep(0.05)
+            log.info("sessions_handed_over", parked=parked, left=self.directory.parked_count)
+            await self._within_deadline(self.broker.stop_consuming(), "stop_consuming")
+
+    def attach_control(self, control: ControlPlane) -> None:
+        """Resume sessions held by other instances, and hand ours over, through `control`."""
+        self._hand_over = SessionHandOver(control, self.directory, timeout_s=self.settings.control_reply_timeout_s)
+        self._session_context = dataclasses.replace(self._session_context, remote_sessions=self._hand_over)
 
     async def stop(self) -> None:
         await self.drain()
