@@ -925,6 +925,8 @@ export class NotifierClient {
     /** @type {{session: string, received: number} | null} what the pending auth frame asked to resume */
     this._resumeAsked = null;
     this._welcomedBefore = false;
+    /** @type {Resync['reason'] | null} a resync the page is owed and has not been told yet */
+    this._resyncReason = null;
     /** @type {SessionStore | null} */
     this._store = null;
     this._storeKey = '';
@@ -1051,8 +1053,43 @@ export class NotifierClient {
     }
     const welcomedBefore = this._welcomedBefore;
     this._welcomedBefore = true;
-    if (resume.recovered || !(welcomedBefore || resume.asked)) return;
-    this._emit('resync', { reason: resume.asked ? 'not_recovered' : 'no_session' });
+    if (!resume.recovered && (welcomedBefore || resume.asked)) {
+      this._resyncReason ??= resume.asked ? 'not_recovered' : 'no_session';
+    }
+    // A resync not yet told stays owed, even when this connection recovered the session that came after it.
+    if (this._resyncReason !== null) this._resyncWhenRestored();
+  }
+
+  /**
+   * Emit `resync` once every topic being subscribed again is confirmed or refused, so that what the page
+   * fetches in answer is followed by every later event; at the latest after `requestTimeout`.
+   */
+  _resyncWhenRestored() {
+    const generation = this._generation;
+    const waiting = [...this._subs].filter(([, sub]) => !sub.confirmed);
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    let timer = null;
+    const check = (/** @type {boolean} */ deadline) => {
+      if (generation !== this._generation || this._resyncReason === null) {
+        stop(); // connection lost or client closed: the next welcome decides again
+        return;
+      }
+      if (!deadline && !waiting.every(([topic, sub]) => sub.confirmed || this._subs.get(topic) !== sub)) return;
+      stop();
+      const reason = this._resyncReason;
+      this._resyncReason = null;
+      this._emit('resync', { reason });
+    };
+    const onChange = () => check(false);
+    const offSubscribed = this.on('subscribed', onChange);
+    const offError = this.on('error', onChange);
+    const stop = () => {
+      offSubscribed();
+      offError();
+      if (timer !== null) clearTimeout(timer);
+    };
+    timer = setTimeout(() => check(true), this._opts.requestTimeout);
+    check(false);
   }
 
   /** One more event frame received in this session (repeats included: the server counts what it sent). */
@@ -1082,6 +1119,7 @@ export class NotifierClient {
     this._session = null;
     this._received = 0;
     this._resumeAsked = null;
+    this._resyncReason = null; // connect() again tells the page at its welcome
     this._persistSession();
     if (typeof removeEventListener === 'function') removeEventListener('pagehide', this._onPageHide);
   }
