@@ -108,9 +108,10 @@ test('after recovered true the count goes on from the resumed count, across seve
   event(socket, 'd'); // replayed
   event(socket, 'e'); // live
   socket = await drop(t, server);
-  socket.open();
-  assert.deepEqual(socket.sent[0].resume, { session: 's2', received: 5 }, 'the new id, the count carried on');
-  socket.receive({ type: 'welcome', user: 'ada', topics: ['user.ada'], expires: 1_800_000_000, session: 's3', recovered: true });
+  welcome(socket, { session: 's3', recovered: true });
+  assert.deepEqual(socket.sentOfType('auth'), [
+    { type: 'auth', token: 'tok', resume: { session: 's2', received: 5 } }, // the new id, the count carried on
+  ]);
   assert.deepEqual(seen, ['a', 'b', 'c', 'd', 'e'], 'replayed events reach the page like live ones');
   assert.deepEqual(resyncs, [], 'nothing was missed');
 });
@@ -228,7 +229,7 @@ test('recovered false: a restore left unanswered delays the resync by requestTim
   assert.deepEqual(resyncs, [{ reason: 'not_recovered' }]);
 });
 
-test('a resync owed when the connection drops again is told after the next welcome, even a recovered one', async (t) => {
+test('a resync still owed at the next drop is told after the next welcome, even a recovered one', async (t) => {
   const { client, server } = await connectedClient(t);
   const resyncs = [];
   client.on('resync', (r) => resyncs.push(r));
