@@ -176,6 +176,15 @@ function webSocketUrl(url) {
   return resolved.href;
 }
 
+/**
+ * The strings of a frame's list field (none when it is not a list).
+ * @param {unknown} value
+ * @returns {string[]}
+ */
+function strings(value) {
+  return Array.isArray(value) ? value.filter((item) => typeof item === 'string') : [];
+}
+
 /** @param {unknown} error */
 function reportListenerError(error) {
   // A listener that throws must not break the client; report it the way the platform reports uncaught errors.
@@ -273,6 +282,22 @@ export class NotifierClient {
         this._dial();
       }
     };
+    // Session resume: see `_initResume` and the methods after it.
+    /** @type {string | null} the session of the last welcome */
+    this._session = null;
+    /** event frames received in that session, over all its resumes */
+    this._received = 0;
+    /** @type {{session: string, received: number} | null} what the pending auth frame asked to resume */
+    this._resumeAsked = null;
+    this._welcomedBefore = false;
+    /** @type {Resync['reason'] | null} a resync the page is owed and has not been told yet */
+    this._resyncReason = null;
+    /** @type {SessionStore | null} where the session outlives the page (`persistSession`) */
+    this._store = null;
+    this._storeKey = '';
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    this._persistTimer = null;
+    this._onPageHide = () => this._persistSession();
     this._initResume(options.persistSession);
   }
 
@@ -915,24 +940,10 @@ export class NotifierClient {
   // replays what it missed when the client comes back with the session id and how many events it received.
 
   /**
+   * Open the store of `persistSession` and take up the session a previous page kept there.
    * @param {boolean | SessionStore | undefined} persist
    */
   _initResume(persist) {
-    /** @type {string | null} the session of the last welcome */
-    this._session = null;
-    /** event frames received in that session, over all its resumes */
-    this._received = 0;
-    /** @type {{session: string, received: number} | null} what the pending auth frame asked to resume */
-    this._resumeAsked = null;
-    this._welcomedBefore = false;
-    /** @type {Resync['reason'] | null} a resync the page is owed and has not been told yet */
-    this._resyncReason = null;
-    /** @type {SessionStore | null} */
-    this._store = null;
-    this._storeKey = '';
-    /** @type {ReturnType<typeof setTimeout> | null} */
-    this._persistTimer = null;
-    this._onPageHide = () => this._persistSession();
     if (persist === undefined || persist === false) return;
     if (persist === true) {
       try {
@@ -1005,7 +1016,7 @@ export class NotifierClient {
     const asked = this._resumeAsked !== null;
     const recovered = frame.recovered === true && asked; // a recovery of nothing asked for is not one
     this._resumeAsked = null;
-    const listed = Array.isArray(frame.topics) ? frame.topics.filter((t) => typeof t === 'string') : [];
+    const listed = strings(frame.topics);
     const session = typeof frame.session === 'string' && frame.session !== '' ? frame.session : null;
     this._session = session;
     if (!recovered) this._received = 0; // a fresh session counts from its first event
@@ -1015,7 +1026,7 @@ export class NotifierClient {
     }
     if (!recovered) return { topics: listed, recovered, asked, dropped: [], lost: [], unwanted: [] };
 
-    const dropped = Array.isArray(frame.dropped) ? frame.dropped.filter((t) => typeof t === 'string') : [];
+    const dropped = strings(frame.dropped);
     /** @type {[string, Subscription][]} */
     const lost = [];
     for (const topic of dropped) {
