@@ -185,6 +185,15 @@ function strings(value) {
   return Array.isArray(value) ? value.filter((item) => typeof item === 'string') : [];
 }
 
+/**
+ * @param {unknown} value
+ * @returns {value is SessionStore}
+ */
+function isSessionStore(value) {
+  const store = /** @type {any} */ (value);
+  return Boolean(store) && ['getItem', 'setItem', 'removeItem'].every((name) => typeof store[name] === 'function');
+}
+
 /** @param {unknown} error */
 function reportListenerError(error) {
   // A listener that throws must not break the client; report it the way the platform reports uncaught errors.
@@ -951,11 +960,12 @@ export class NotifierClient {
       } catch {
         this._store = null;
       }
-    } else if (persist && typeof persist.getItem === 'function' && typeof persist.setItem === 'function') {
+    } else if (isSessionStore(persist)) {
       this._store = persist;
     } else {
       throw new TypeError('NotifierClient: persistSession must be a boolean or a Storage-like object');
     }
+    if (!this._store) return; // no sessionStorage here: sessions live as long as the page
     let url = this._url;
     try {
       url = webSocketUrl(this._url);

@@ -389,10 +389,37 @@ test('a terminal close forgets the session too', async (t) => {
   assert.equal(storage.saved(), null);
 });
 
+test('persistSession without a usable storage: the client works, sessions last as long as the page', async (t) => {
+  const full = new MemoryStorage();
+  full.setItem = () => {
+    throw new Error('QuotaExceededError');
+  };
+  for (const persistSession of [true, full]) {
+    // No sessionStorage in Node: `true` finds none.
+    const { client, server, errors } = await connectedClient(t, { persistSession });
+    client.connect();
+    await flush();
+    welcome(server.socket, { session: 's1' });
+    event(server.socket, 'a');
+    t.mock.timers.tick(1000);
+    const socket = await drop(t, server);
+    socket.open();
+    assert.deepEqual(socket.sent[0].resume, { session: 's1', received: 1 });
+    assert.deepEqual(errors, []);
+    client.close();
+    t.mock.timers.reset();
+  }
+});
+
 test('persistSession rejects something that is not a storage', async () => {
   const { NotifierClient } = await import('../../notifier/static/notifier.js');
   assert.throws(
     () => new NotifierClient({ url: 'ws://x.test/ws', token: 't', WebSocket: class {}, persistSession: 'yes' }),
+    /persistSession/,
+  );
+  const partial = { getItem: () => null, setItem: () => {} };
+  assert.throws(
+    () => new NotifierClient({ url: 'ws://x.test/ws', token: 't', WebSocket: class {}, persistSession: partial }),
     /persistSession/,
   );
 });
