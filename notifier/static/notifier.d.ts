@@ -15,6 +15,25 @@ export interface Welcome {
   topics: string[];
   /** Token expiry, Unix seconds. */
   expires: number;
+  /** This session's id, sent back to resume it after a drop (null from a server without sessions). */
+  session: string | null;
+  /** The session was resumed: its subscriptions are restored and the events missed meanwhile follow. */
+  recovered: boolean;
+  /** On a recovery, restored topics the current token no longer grants; the client dropped them. */
+  dropped: string[];
+}
+
+/** Events may have been missed: fetch the page's state anew. */
+export interface Resync {
+  /** `not_recovered`: the server could not resume the session; `no_session`: there was none to resume. */
+  reason: 'not_recovered' | 'no_session';
+}
+
+/** The part of the Web Storage API the client uses to keep its session across a page reload. */
+export interface SessionStore {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+  removeItem(key: string): void;
 }
 
 export interface Refreshed {
@@ -31,6 +50,8 @@ export interface StateDetail {
   delay?: number;
   /** Why the client stopped (state `closed` after a terminal failure). */
   error?: NotifierError;
+  /** State `open`: true when the session was resumed and nothing was missed. */
+  recovered?: boolean;
 }
 
 export type EventHandler<T = unknown> = (event: NotifierEvent<T>) => void;
@@ -68,6 +89,11 @@ export interface NotifierOptions {
   framesBurst?: number;
   /** Recent event ids remembered to drop repeats (default 1000). */
   dedupeWindow?: number;
+  /**
+   * Keep the session id and its event count in `sessionStorage` (true) or in the given store, so a reloaded
+   * page resumes the session (default false).
+   */
+  persistSession?: boolean | SessionStore;
   /** WebSocket implementation (default: the global one). */
   WebSocket?: typeof WebSocket;
 }
@@ -131,6 +157,11 @@ export declare class NotifierClient {
   on(name: 'refreshed', listener: (refreshed: Refreshed) => void): () => void;
   /** The server took a topic away (its backend asked it to); the topic is dropped and not restored. */
   on(name: 'unsubscribed', listener: (unsubscribed: { topic: string; reason: 'server' }) => void): () => void;
+  /**
+   * A (re)connection could not resume the session: events may have been missed. Emitted once the topics
+   * subscribed again are confirmed or refused, so state fetched in answer is followed by every later event.
+   */
+  on(name: 'resync', listener: (resync: Resync) => void): () => void;
   off(name: string, listener: (...args: any[]) => void): void;
 
   /** Start connecting; the client then stays connected until `close()` or a terminal failure. */
@@ -139,6 +170,6 @@ export declare class NotifierClient {
   subscribe<T = unknown>(topic: string, handler?: EventHandler<T>): Promise<void>;
   /** Resolves on `unsubscribed` (at once when not connected). With a handler, only that handler is removed. */
   unsubscribe<T = unknown>(topic: string, handler?: EventHandler<T>): Promise<void>;
-  /** Close for good; waiting subscribes reject with code `closed`. `connect()` starts again. */
+  /** Close for good with 1000, which ends the session; waiting subscribes reject with `closed`. */
   close(): void;
 }

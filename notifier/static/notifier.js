@@ -14,14 +14,26 @@
  * @property {string} user       the token's `sub`
  * @property {string[]} topics   topics the server subscribed at connect (the personal topic `user.<sub>`)
  * @property {number} expires    the token's `exp`, Unix time in seconds
+ * @property {string | null} session  this session's id, kept to resume it after a drop
+ * @property {boolean} recovered  the server resumed the session: subscriptions restored, missed events follow
+ * @property {string[]} dropped   on a recovery, restored topics the current token no longer grants
  *
  * @typedef {object} StateDetail
  * @property {number} [code]     close code of the connection that ended, when there was one
  * @property {string} [reason]   why the connection ended
  * @property {number} [delay]    milliseconds until the next attempt (state `reconnecting`)
  * @property {NotifierError} [error]  why the client stopped (state `closed` after a terminal failure)
+ * @property {boolean} [recovered]  state `open`: the session was resumed and nothing was missed
  *
  * @typedef {(event: NotifierEvent) => void} EventHandler
+ *
+ * @typedef {object} SessionStore  the part of the Web Storage API the client uses to keep its session
+ * @property {(key: string) => string | null} getItem
+ * @property {(key: string, value: string) => void} setItem
+ * @property {(key: string) => void} removeItem
+ *
+ * @typedef {object} Resync
+ * @property {'not_recovered' | 'no_session'} reason  the server refused the resume, or there was none to ask
  *
  * @typedef {object} NotifierOptions
  * @property {string} url  `wss://host/ws`; `https://…` and page-relative URLs such as `/ws` are accepted too
@@ -42,6 +54,8 @@
  * @property {number} [framesPerSecond=15]      outgoing frame rate, kept under the server's limit
  * @property {number} [framesBurst=30]          outgoing burst, kept under the server's limit
  * @property {number} [dedupeWindow=1000]       how many recent event ids are remembered to drop repeats
+ * @property {boolean | SessionStore} [persistSession=false]  keep the session in `sessionStorage` (or this store)
+ *   so a reloaded page resumes it
  * @property {typeof WebSocket} [WebSocket]     WebSocket implementation (default: the global one)
  */
 
@@ -144,6 +158,11 @@ const DEFAULTS = Object.freeze({
   dedupeWindow: 1000,
 });
 
+/** How often, at most, a persisted session's event count is written to storage (also on `pagehide`). */
+const PERSIST_INTERVAL_MS = 1000;
+/** Longest stored session id the client accepts back from storage; anything else there is ignored. */
+const MAX_SESSION_ID_LENGTH = 256;
+
 /**
  * @param {string} url
  * @returns {string}
@@ -157,6 +176,24 @@ function webSocketUrl(url) {
     throw new TypeError(`NotifierClient: url must be ws:, wss:, http: or https:, got ${url}`);
   }
   return resolved.href;
+}
+
+/**
+ * The strings of a frame's list field (none when it is not a list).
+ * @param {unknown} value
+ * @returns {string[]}
+ */
+function strings(value) {
+  return Array.isArray(value) ? value.filter((item) => typeof item === 'string') : [];
+}
+
+/**
+ * @param {unknown} value
+ * @returns {value is SessionStore}
+ */
+function isSessionStore(value) {
+  const store = /** @type {any} */ (value);
+  return Boolean(store) && ['getItem', 'setItem', 'removeItem'].every((name) => typeof store[name] === 'function');
 }
 
 /** @param {unknown} error */
@@ -177,6 +214,14 @@ function reportListenerError(error) {
  * @property {(() => void)} [resolve]
  * @property {((error: NotifierError) => void)} [reject]
  *
+ * @typedef {object} ResumeOutcome  what a welcome said about the session
+ * @property {string[]} topics     the server's subscriptions the client keeps
+ * @property {boolean} recovered
+ * @property {boolean} asked       the auth frame asked to resume a session
+ * @property {string[]} dropped    restored topics the token no longer grants
+ * @property {[string, Subscription][]} lost  the page's subscriptions among them, already forgotten
+ * @property {string[]} unwanted   restored topics the page no longer holds
+ *
  * @typedef {object} PendingRequest
  * @property {'subscribe' | 'unsubscribe' | 'refresh'} kind
  * @property {string} [topic]
@@ -190,7 +235,8 @@ function reportListenerError(error) {
  *
  * Events: `state` (state, detail), `event` (every event, personal topic included), `error` (NotifierError),
  * `welcome` (Welcome), `subscribed` ({topic}, on every confirmation, restores included),
- * `unsubscribed` ({topic, reason: 'server'}, when the server took a topic away), `refreshed` ({expires, dropped}).
+ * `unsubscribed` ({topic, reason: 'server'}, when the server took a topic away), `refreshed` ({expires, dropped}),
+ * `resync` (Resync: events may have been missed, refetch state).
  */
 export class NotifierClient {
   /** @param {NotifierOptions} options */
@@ -248,6 +294,23 @@ export class NotifierClient {
         this._dial();
       }
     };
+    // Session resume: see `_initResume` and the methods after it.
+    /** @type {string | null} the session of the last welcome */
+    this._session = null;
+    /** event frames received in that session, over all its resumes */
+    this._received = 0;
+    /** @type {{session: string, received: number} | null} what the pending auth frame asked to resume */
+    this._resumeAsked = null;
+    this._welcomedBefore = false;
+    /** @type {Resync['reason'] | null} a resync the page is owed and has not been told yet */
+    this._resyncReason = null;
+    /** @type {SessionStore | null} where the session outlives the page (`persistSession`) */
+    this._store = null;
+    this._storeKey = '';
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    this._persistTimer = null;
+    this._onPageHide = () => this._persistSession();
+    this._initResume(options.persistSession);
   }
 
   /** @returns {ConnectionState} */
@@ -271,7 +334,7 @@ export class NotifierClient {
   }
 
   /**
-   * Listen to `state`, `event`, `error`, `welcome`, `subscribed` or `refreshed`.
+   * Listen to `state`, `event`, `error`, `welcome`, `subscribed`, `refreshed` or `resync`.
    * Returns a function that removes the listener.
    * @param {string} name
    * @param {Function} listener
@@ -443,7 +506,7 @@ export class NotifierClient {
       return;
     }
     this._ws = ws;
-    const authFrame = JSON.stringify({ type: 'auth', token });
+    const authFrame = JSON.stringify(this._authFrame(token));
     ws.onopen = () => {
       if (this._ws === ws) ws.send(authFrame);
     };
@@ -498,7 +561,8 @@ export class NotifierClient {
     this._attempt = 0;
     this._tokenRefusals = 0;
     this._user = typeof frame.user === 'string' ? frame.user : null;
-    const serverTopics = Array.isArray(frame.topics) ? frame.topics.filter((t) => typeof t === 'string') : [];
+    const resume = this._applyResume(frame);
+    const serverTopics = resume.topics;
     for (const [topic, sub] of this._subs) {
       if (sub.auto && !serverTopics.includes(topic)) this._subs.delete(topic); // another user's personal topic
     }
@@ -510,17 +574,26 @@ export class NotifierClient {
       }
       this._confirm(topic, sub);
     }
-    this._setState('open');
-    this._emit('welcome', { user: this._user, topics: serverTopics, expires: frame.expires });
+    this._setState('open', { recovered: resume.recovered });
+    this._emit('welcome', {
+      user: this._user,
+      topics: serverTopics,
+      expires: frame.expires,
+      session: this._session,
+      recovered: resume.recovered,
+      dropped: resume.dropped,
+    });
     this._scheduleRefresh(frame.expires);
     this._schedulePing();
     for (const [topic, sub] of this._subs) {
       if (!sub.confirmed) this._sendSubscribe(topic);
     }
+    this._afterResume(resume);
   }
 
   /** @param {any} frame */
   _onEvent(frame) {
+    this._countReceived();
     if (typeof frame.topic !== 'string') return;
     if (typeof frame.id === 'string') {
       if (this._seen.has(frame.id)) return; // delivery is at least once; a repeat carries the same id
@@ -878,6 +951,7 @@ export class NotifierClient {
     this._endConnection();
     this._clearTimer('reconnect');
     if (typeof removeEventListener === 'function') removeEventListener('online', this._onOnline);
+    this._forgetSession(); // closed with 1000 (or terminally): the server ends the session
     const rejection = error ?? new NotifierError('closed', 'the client was closed');
     for (const [topic, sub] of this._subs) {
       if (sub.reject) {
@@ -890,5 +964,205 @@ export class NotifierClient {
     this._state = 'closed';
     if (error) this._emit('error', error);
     this._emit('state', 'closed', error ? { error, code: error.closeCode } : {});
+  }
+
+  // Session resume (docs/protocol.md, "Resuming a session"): the server keeps a dropped session for a while and
+  // replays what it missed when the client comes back with the session id and how many events it received.
+
+  /**
+   * Open the store of `persistSession` and take up the session a previous page kept there.
+   * @param {boolean | SessionStore | undefined} persist
+   */
+  _initResume(persist) {
+    if (persist === undefined || persist === false) return;
+    if (persist === true) {
+      try {
+        this._store = /** @type {any} */ (globalThis).sessionStorage ?? null; // may throw in sandboxed frames
+      } catch {
+        this._store = null;
+      }
+    } else if (isSessionStore(persist)) {
+      this._store = persist;
+    } else {
+      throw new TypeError('NotifierClient: persistSession must be a boolean or a Storage-like object');
+    }
+    if (!this._store) return; // no sessionStorage here: sessions live as long as the page
+    let url = this._url;
+    try {
+      url = webSocketUrl(this._url);
+    } catch {
+      // a bad URL stops the client at connect; the raw string is as good a key until then
+    }
+    this._storeKey = `notifier.session ${url}`;
+    this._loadSession();
+  }
+
+  /** Take up the session a previous page stored; anything malformed there is removed and ignored. */
+  _loadSession() {
+    const store = /** @type {SessionStore} */ (this._store);
+    try {
+      const text = store.getItem(this._storeKey);
+      if (text === null) return;
+      const saved = JSON.parse(text);
+      const session = saved?.session;
+      const received = saved?.received;
+      const valid =
+        typeof session === 'string' &&
+        session.length > 0 &&
+        session.length <= MAX_SESSION_ID_LENGTH &&
+        Number.isSafeInteger(received) &&
+        received >= 0;
+      if (valid) {
+        this._session = session;
+        this._received = received;
+      } else {
+        store.removeItem(this._storeKey);
+      }
+    } catch {
+      // unreadable storage or JSON: start without a session (a stale or foreign one is refused by the server)
+    }
+  }
+
+  /**
+   * The first frame of a connection: `auth`, with `resume` when there is a session to resume.
+   * @param {string} token
+   * @returns {Record<string, unknown>}
+   */
+  _authFrame(token) {
+    if (this._session === null) {
+      this._resumeAsked = null;
+      return { type: 'auth', token };
+    }
+    this._resumeAsked = { session: this._session, received: this._received };
+    return { type: 'auth', token, resume: { ...this._resumeAsked } };
+  }
+
+  /**
+   * Take the welcome's session fields; on a recovery, drop the topics the server no longer grants and keep out
+   * of the restored ones those the page let go of meanwhile.
+   * @param {any} frame
+   * @returns {ResumeOutcome}
+   */
+  _applyResume(frame) {
+    const asked = this._resumeAsked !== null;
+    const recovered = frame.recovered === true && asked; // a recovery of nothing asked for is not one
+    this._resumeAsked = null;
+    const listed = strings(frame.topics);
+    const session = typeof frame.session === 'string' && frame.session !== '' ? frame.session : null;
+    this._session = session;
+    if (!recovered) this._received = 0; // a fresh session counts from its first event
+    this._persistSession();
+    if (session !== null && this._store && typeof addEventListener === 'function') {
+      addEventListener('pagehide', this._onPageHide);
+    }
+    if (!recovered) return { topics: listed, recovered, asked, dropped: [], lost: [], unwanted: [] };
+
+    const dropped = strings(frame.dropped);
+    /** @type {[string, Subscription][]} */
+    const lost = [];
+    for (const topic of dropped) {
+      const sub = this._subs.get(topic);
+      if (!sub) continue;
+      this._subs.delete(topic); // before the welcome resubscribes what is left unconfirmed
+      this._cancelRequestsFor(topic);
+      lost.push([topic, sub]);
+    }
+    const personal = this._user === null ? null : `user.${this._user}`;
+    /** @type {string[]} */
+    const topics = [];
+    /** @type {string[]} */
+    const unwanted = [];
+    for (const topic of listed) {
+      if (this._subs.has(topic) || topic === personal) topics.push(topic);
+      else unwanted.push(topic); // unsubscribed while disconnected: the server still had it
+    }
+    return { topics, recovered, asked, dropped, lost, unwanted };
+  }
+
+  /**
+   * After the welcome: report dropped topics, let go of unwanted restored ones, and tell the page when events
+   * may have been missed.
+   * @param {ResumeOutcome} resume
+   */
+  _afterResume(resume) {
+    for (const [topic, sub] of resume.lost) {
+      const error = new NotifierError('forbidden', 'the current token no longer grants this topic', { topic });
+      if (sub.reject) sub.reject(error);
+      else this._emit('error', error);
+    }
+    for (const topic of resume.unwanted) {
+      this._request('unsubscribe', { topic }).catch(() => {}); // a later connection will not restore it anyway
+    }
+    const welcomedBefore = this._welcomedBefore;
+    this._welcomedBefore = true;
+    if (!resume.recovered && (welcomedBefore || resume.asked)) {
+      this._resyncReason ??= resume.asked ? 'not_recovered' : 'no_session';
+    }
+    // A resync not yet told stays owed, even when this connection recovered the session that came after it.
+    if (this._resyncReason !== null) this._resyncWhenRestored();
+  }
+
+  /**
+   * Emit `resync` once every topic being subscribed again is confirmed or refused, so that what the page
+   * fetches in answer is followed by every later event; at the latest after `requestTimeout`.
+   */
+  _resyncWhenRestored() {
+    const generation = this._generation;
+    const waiting = [...this._subs].filter(([, sub]) => !sub.confirmed);
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    let timer = null;
+    const check = (/** @type {boolean} */ deadline) => {
+      if (generation !== this._generation || this._resyncReason === null) {
+        stop(); // connection lost or client closed: the next welcome decides again
+        return;
+      }
+      if (!deadline && !waiting.every(([topic, sub]) => sub.confirmed || this._subs.get(topic) !== sub)) return;
+      stop();
+      const reason = this._resyncReason;
+      this._resyncReason = null;
+      this._emit('resync', { reason });
+    };
+    const onChange = () => check(false);
+    const offSubscribed = this.on('subscribed', onChange);
+    const offError = this.on('error', onChange);
+    const stop = () => {
+      offSubscribed();
+      offError();
+      if (timer !== null) clearTimeout(timer);
+    };
+    timer = setTimeout(() => check(true), this._opts.requestTimeout);
+    check(false);
+  }
+
+  /** One more event frame received in this session (repeats included: the server counts what it sent). */
+  _countReceived() {
+    if (this._session === null) return;
+    this._received += 1;
+    if (this._store && this._persistTimer === null) {
+      this._persistTimer = setTimeout(() => this._persistSession(), PERSIST_INTERVAL_MS);
+    }
+  }
+
+  /** Write the session and its count to storage now (throttled from `_countReceived`; on `pagehide`). */
+  _persistSession() {
+    if (this._persistTimer !== null) clearTimeout(this._persistTimer);
+    this._persistTimer = null;
+    if (!this._store) return;
+    try {
+      if (this._session === null) this._store.removeItem(this._storeKey);
+      else this._store.setItem(this._storeKey, JSON.stringify({ session: this._session, received: this._received }));
+    } catch {
+      // storage full or denied: a reload then starts a fresh session, as without persistSession
+    }
+  }
+
+  /** Closed on purpose or for good: the server ends the session, so nothing is left to resume. */
+  _forgetSession() {
+    this._session = null;
+    this._received = 0;
+    this._resumeAsked = null;
+    this._resyncReason = null; // connect() again tells the page at its welcome
+    this._persistSession();
+    if (typeof removeEventListener === 'function') removeEventListener('pagehide', this._onPageHide);
   }
 }
