@@ -5,12 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
+import orjson
 import pytest
+import websockets
 
 from notifier import closecodes
-from tests.support import Client, ConnectClient, Publisher, RunningServer, StartServer, token_for, wait_until
+from tests.support import (
+    Client,
+    ConnectClient,
+    Publisher,
+    RunningServer,
+    StartServer,
+    free_port,
+    receive_json,
+    running_process,
+    serve_env,
+    token_for,
+    wait_until,
+)
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -165,3 +180,116 @@ async def test_another_users_token_cannot_resume_a_session(
     welcome = await mallory.sign_in(attacker, "mallory")
     assert (welcome["recovered"], welcome["user"]) == (False, "mallory")
     await attacker.expect_silence()
+
+
+# Across instances: the control plane hands sessions over.
+
+
+async def test_a_session_resumes_on_another_instance_with_what_it_missed(
+    start_server: StartServer, connect: ConnectClient, publisher: Publisher
+) -> None:
+    first, second = await start_server(), await start_server()
+    alice = CountingClient()
+    client = await connect(first)
+    await alice.sign_in(client, "alice", ["news"])
+    assert (await client.subscribe("news"))["type"] == "subscribed"
+    await publisher.publish("news", 0)
+    assert await alice.next_event(client) == 0
+    await lose_connection(first, client)
+    for n in (1, 2):
+        await publisher.publish("news", n)
+    await wait_until(lambda: first.node.stats.events_in == 3, 5)
+
+    moved = await connect(second)
+    welcome = await alice.sign_in(moved, "alice", ["news"])
+    assert (welcome["recovered"], welcome["topics"]) == (True, ["user.alice", "news"])
+    assert [await alice.next_event(moved) for _ in range(2)] == [1, 2]
+    await publisher.publish("news", 3)
+    assert await alice.next_event(moved) == 3
+    await moved.expect_silence()
+    await wait_until(lambda: not first.node.hub.bound_topics, 5)  # the holder let go of it
+    assert first.node.directory.parked_count == 0
+
+
+async def test_a_rolling_restart_loses_nothing_for_clients_on_a_steady_feed(
+    start_server: StartServer, connect: ConnectClient, publisher: Publisher
+) -> None:
+    """SIGTERM's drain on one instance: its clients get 1012, resume on the other, and every event of a steady
+    feed arrives exactly once, in order."""
+    leaving = await start_server(shutdown_timeout_s=8)
+    staying = await start_server()
+    users = [f"u{n}" for n in range(5)]
+    clients = {user: CountingClient() for user in users}
+    sockets = {}
+    for user in users:
+        sockets[user] = await connect(leaving)
+        await clients[user].sign_in(sockets[user], user)
+    total = 200
+    resumed_elsewhere: list[str] = []
+
+    async def feed() -> None:
+        for n in range(total):
+            for user in users:
+                await publisher.publish(f"user.{user}", n)
+            await asyncio.sleep(0.004)
+
+    async def follow(user: str) -> None:
+        state, client = clients[user], sockets[user]
+        while len(state.data) < total:
+            try:
+                await state.next_event(client, timeout=10)
+            except (AssertionError, websockets.ConnectionClosed):
+                assert client.ws.close_code == closecodes.SHUTDOWN.code, client.ws.close_code
+                client = await connect(staying)
+                assert (await state.sign_in(client, user))["recovered"] is True
+                resumed_elsewhere.append(user)
+
+    feeding = asyncio.create_task(feed())
+    following = asyncio.gather(*(follow(user) for user in users))
+    await asyncio.sleep(0.3)
+    stop = asyncio.create_task(leaving.stop())
+    await asyncio.wait_for(following, 40)
+    await stop
+    await feeding
+    assert sorted(resumed_elsewhere) == users  # each moved once, mid-feed
+    for user in users:
+        assert clients[user].data == list(range(total)), user
+    assert leaving.node.directory.parked_count == 0  # all were handed over before it stopped
+
+
+async def test_a_crashed_holder_answers_recovered_false_quickly(
+    start_server: StartServer, connect: ConnectClient, publisher: Publisher, exchange: str
+) -> None:
+    port = free_port()
+    async with running_process(["serve"], serve_env(port, exchange), port) as process:
+        ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws")
+        await ws.send(orjson.dumps({"type": "auth", "token": token_for("frank")}).decode())
+        welcome = await receive_json(ws)
+        process.kill()  # SIGKILL: no drain, no hand-over
+        await process.wait()
+    survivor = await start_server()
+    await publisher.publish("user.frank", "after the crash")
+    frank = CountingClient()
+    frank.session = welcome["session"]
+    client = await connect(survivor)
+    started = time.monotonic()
+    answer = await frank.sign_in(client, "frank")
+    assert answer["recovered"] is False
+    assert time.monotonic() - started < 2.0
+    await client.expect_silence()
+
+
+async def test_past_the_window_a_session_is_not_recovered(
+    start_server: StartServer, connect: ConnectClient, publisher: Publisher
+) -> None:
+    first = await start_server(resume_window_s=0.3)
+    second = await start_server()
+    grace = CountingClient()
+    client = await connect(first)
+    await grace.sign_in(client, "grace")
+    await lose_connection(first, client)
+    await wait_until(lambda: first.node.directory.parked_count == 0, 5)
+    await publisher.publish("user.grace", "too late")
+    again = await connect(second)
+    assert (await grace.sign_in(again, "grace"))["recovered"] is False
+    await again.expect_silence()
