@@ -127,7 +127,11 @@ async def test_broker_restart_is_survived(
 async def test_shutdown_loses_nothing_acknowledged(
     proxy: CuttableProxy, start_server: StartServer, connect: ConnectClient, publisher: Publisher, rabbitmq: str
 ) -> None:
-    running = await start_server(amqp_url=amqp_url_through(proxy.port), queue_expires_s=60, send_queue_size=10_000)
+    # Resume off: the drain stops consuming first, so what stays unconsumed stays in the queue. (With resume on,
+    # the drain keeps consuming for the sessions being handed over: tests/test_resume.py.)
+    running = await start_server(
+        amqp_url=amqp_url_through(proxy.port), queue_expires_s=60, send_queue_size=10_000, resume_window_s=0
+    )
     alice = await connect(running, "alice", topics=["burst"])
     await alice.subscribe("burst")
     queue_name = running.node.broker.queue_name  # type: ignore[attr-defined]
