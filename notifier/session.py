@@ -18,6 +18,8 @@ from notifier import closecodes, frames
 from notifier.auth import Identity, TokenRejected
 from notifier.broker import BrokerUnavailable
 from notifier.closecodes import CloseReason
+from notifier.protocols import FRAME_BUDGET_SCOPE_KEY
+from notifier.ratelimit import RateLimiter
 from notifier.topics import InvalidTopic, validate_topic
 from notifier.wire import DirectWriter, Frame
 
@@ -35,27 +37,6 @@ class State(enum.Enum):
     AWAITING_AUTH = "awaiting_auth"
     OPEN = "open"
     CLOSING = "closing"
-
-
-class RateLimiter:
-    """A token bucket over client frames."""
-
-    __slots__ = ("_burst", "_last", "_rate", "_tokens")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._last = time.monotonic()
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
 
 
 class Session:
@@ -77,7 +58,10 @@ class Session:
         self._close_reason: CloseReason | None = None
         self._task: asyncio.Task[Any] | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._rate = RateLimiter(self._settings.client_frames_per_s, self._settings.client_frames_burst)
+        # Under `notifier serve` the connection's protocol owns the budget, so pings spend it too.
+        self._rate: RateLimiter = websocket.scope.get(FRAME_BUDGET_SCOPE_KEY) or RateLimiter(
+            self._settings.client_frames_per_s, self._settings.client_frames_burst
+        )
         self._log = log.bind(conn=self.connection_id)
 
     @property

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     client_frames_per_s: float = Field(default=20.0, gt=0)
     client_frames_burst: int = Field(default=40, ge=1)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
+    handshake_timeout_s: float = Field(default=10.0, gt=0)
+    write_stall_timeout_s: float = Field(default=10.0, gt=0)
 
     # Processes: each worker is a full instance (own instance id, queue and bindings) on the same port.
     # Processes, each a full instance; "auto" is one per usable core (cgroup CPU quota or CPU affinity).

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
 RAW_SEND_SCOPE_KEY = "notifier.raw_send"
@@ -55,7 +56,7 @@ class DirectWriter:
         """The writer for this connection, or None when it is not served by uvicorn's websockets-sansio."""
         send = scope.get(RAW_SEND_SCOPE_KEY)
         protocol = getattr(send, "__self__", None)
-        if type(protocol).__name__ != "WebSocketsSansIOProtocol":
+        if not isinstance(protocol, WebSocketsSansIOProtocol):
             return None
         if not all(hasattr(protocol, name) for name in ("transport", "conn", "writable", "close_sent")):
             return None

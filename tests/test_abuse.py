@@ -1,0 +1,147 @@
+"""Clients that try to exhaust the server, flood its log or lock others out, each against a real server.
+
+Every attack is bounded in time and count and stays on loopback; 127.0.0.2 plays "another client address".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import select
+import socket
+import time
+
+from notifier import closecodes
+from tests.conftest import ConnectClient, RunningServer, StartServer
+from tests.faults import wait_until
+
+OTHER_ADDRESS = "127.0.0.2"
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """One client-to-server frame (clients must mask), payload under 64 KiB."""
+    mask = os.urandom(4)
+    body = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+    length = len(payload)
+    if length < 126:
+        head = bytes((0x80 | opcode, 0x80 | length))
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
+    return head + mask + body
+
+
+def open_raw_websocket(port: int, source: str = "127.0.0.1", path: str = "/ws") -> socket.socket:
+    """A WebSocket opened by hand, so a test can send what no well-behaved client library would."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, "closed during the handshake"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def flood_pings_without_reading(sock: socket.socket, seconds: float) -> tuple[int, str]:
+    """Send 125-byte pings as fast as the socket takes them, never reading; return bytes sent and how it ended."""
+    sock.setblocking(False)
+    burst = masked_frame(0x9, b"x" * 125) * 200
+    pending = b""
+    sent = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not pending:
+            pending = burst
+        try:
+            count = sock.send(pending)
+        except BlockingIOError:
+            select.select([], [sock], [], 0.05)
+            continue
+        except OSError as error:
+            return sent, f"closed by server: {error.__class__.__name__}"
+        pending = pending[count:]
+        sent += count
+    return sent, "still open"
+
+
+async def test_ping_flood_that_never_reads_holds_bounded_memory_and_is_dropped(start_server: StartServer) -> None:
+    # Frame budget out of the way, so only backpressure stands between the flood and the server's memory.
+    running = await start_server(client_frames_per_s=1e9, client_frames_burst=10**9, write_stall_timeout_s=2.0)
+    sock = await asyncio.to_thread(open_raw_websocket, running.settings.port)
+    flood = asyncio.create_task(asyncio.to_thread(flood_pings_without_reading, sock, 8.0))
+    peak_buffered = 0
+    while not flood.done():
+        for protocol in running.server.server_state.connections:
+            transport = getattr(protocol, "transport", None)
+            if transport is not None and not transport.is_closing():
+                peak_buffered = max(peak_buffered, transport.get_write_buffer_size())
+        await asyncio.sleep(0.02)
+    sent, ending = await flood
+    sock.close()
+    # Unbounded, the server queues a pong for every ping: ~8 MiB of pongs a second here.
+    assert peak_buffered < 1024 * 1024, f"server buffered {peak_buffered} bytes of output for one client"
+    assert ending.startswith("closed by server"), (ending, sent)
+    assert sent < 64 * 1024 * 1024, f"the server kept reading: {sent} bytes taken"
+    await wait_until(lambda: not running.node.sessions, timeout=5)
+
+
+async def test_ping_flood_spends_the_frame_budget_and_is_closed_with_4004(
+    server: RunningServer, connect: ConnectClient
+) -> None:
+    bystander = await connect(server, "bystander")
+    flooder = await connect(server)  # not even signed in
+    for _ in range(server.settings.client_frames_burst + 20):
+        await flooder.ws.ping()
+    await flooder.expect_close(closecodes.RATE_LIMITED.code)
+    assert await bystander.request({"type": "ping", "id": 1}) == {"type": "pong", "id": 1}
+
+
+async def test_a_signed_in_ping_flood_is_closed_with_4004(server: RunningServer, connect: ConnectClient) -> None:
+    flooder = await connect(server, "alice")
+    for _ in range(server.settings.client_frames_burst + 20):
+        await flooder.ws.ping()
+    await flooder.expect_close(closecodes.RATE_LIMITED.code)
+
+
+def read_until_closed(sock: socket.socket, timeout: float, started: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the socket, and how long after `started` that was."""
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while chunk := sock.recv(4096):
+            received += chunk
+    except TimeoutError:
+        return received + b"<still open>", time.monotonic() - started
+    except ConnectionResetError:
+        pass
+    return received, time.monotonic() - started
+
+
+async def test_sockets_that_send_no_request_are_closed_after_the_handshake_timeout(
+    start_server: StartServer, connect: ConnectClient
+) -> None:
+    running = await start_server(handshake_timeout_s=1.0)
+
+    def silent_then_slow() -> list[tuple[bytes, float]]:
+        started = time.monotonic()
+        silent = socket.create_connection(("127.0.0.1", running.settings.port), source_address=(OTHER_ADDRESS, 0))
+        slow = socket.create_connection(("127.0.0.1", running.settings.port))
+        slow.sendall(b"GET /healthz HTTP/1.1\r\n")  # a request head that never ends (slowloris)
+        results = [read_until_closed(silent, 5.0, started), read_until_closed(slow, 5.0, started)]
+        silent.close()
+        slow.close()
+        return results
+
+    for received, seconds in await asyncio.to_thread(silent_then_slow):
+        assert received == b"", received
+        assert 0.8 < seconds < 3.0, seconds
+    # Sockets that did complete a request are served as before, well past the handshake timeout.
+    client = await connect(running, "alice")
+    await asyncio.sleep(1.5)
+    assert await client.request({"type": "ping", "id": 7}) == {"type": "pong", "id": 7}
