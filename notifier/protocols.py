@@ -141,6 +141,27 @@ class BackpressuredWebSocketProtocol(WebSocketsSansIOProtocol):
         )
         self.transport.abort()
 
+    # Client faults: answered, and logged as one short line (never the frame: it may hold a token).
+
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+            try:
+                data.decode()
+            except UnicodeDecodeError as error:
+                self.frames = []
+                log.info(
+                    "invalid_utf8",
+                    client=self.client[0] if self.client else None,
+                    frame_bytes=len(data),
+                    position=error.start,
+                    code=1007,
+                )
+                self.conn.send_close(1007)
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
+
     # Control frames.
 
     def handle_ping(self) -> None:

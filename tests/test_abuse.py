@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import select
+import signal
 import socket
 import time
 
 from notifier import closecodes
-from tests.conftest import ConnectClient, RunningServer, StartServer
+from tests.conftest import ConnectClient, RunningServer, StartServer, free_port, token_for
 from tests.faults import wait_until
+from tests.test_cli import running_process, serve_env
 
 OTHER_ADDRESS = "127.0.0.2"
 
@@ -145,3 +148,44 @@ async def test_sockets_that_send_no_request_are_closed_after_the_handshake_timeo
     client = await connect(running, "alice")
     await asyncio.sleep(1.5)
     assert await client.request({"type": "ping", "id": 7}) == {"type": "pong", "id": 7}
+
+
+def send_and_read_close(port: int, payload: bytes, path: str = "/ws") -> int | None:
+    """Send one text frame and return the close code the server answers with."""
+    sock = open_raw_websocket(port, path=path)
+    try:
+        sock.sendall(masked_frame(0x1, payload))
+        received, _ = read_until_closed(sock, 5.0, time.monotonic())
+    finally:
+        sock.close()
+    if len(received) >= 4 and received[0] == 0x88:
+        return int.from_bytes(received[2:4], "big")
+    return None
+
+
+async def test_invalid_utf8_is_closed_with_1007_and_logged_as_one_short_line_without_the_token(exchange: str) -> None:
+    port = free_port()
+    token = token_for("alice")
+    percent_encoded_name = "%74oken"  # "token", as a proxy might pass it on
+    async with running_process(["serve"], serve_env(port, exchange), port) as process:
+
+        def attack() -> list[int | None]:
+            codes = [send_and_read_close(port, b'{"type": "auth", "token": "' + token.encode() + b'"}\xff')]
+            query = f"/ws?{percent_encoded_name}={token}&x=1"
+            codes.append(send_and_read_close(port, b"\xff", path=query))
+            codes += [send_and_read_close(port, b"a" * 60_000 + b"\xff") for _ in range(30)]
+            return codes
+
+        codes = await asyncio.to_thread(attack)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 15)
+        logs = (await process.stderr.read()).decode()  # type: ignore[union-attr]
+    assert codes == [1007] * 32
+    assert token.split(".")[2] not in logs  # not the signature, let alone the whole token
+    records = [json.loads(line) for line in logs.splitlines() if line.strip()]
+    assert not [record for record in records if record["level"] in ("error", "critical")]
+    faults = [record for record in records if record["event"] == "invalid_utf8"]
+    assert len(faults) == 32
+    assert {record["level"] for record in faults} == {"info"}
+    # 32 frames of up to 60 KB: a short line each, never the frame (before: ~60 KB a line, at ERROR).
+    assert len(logs.encode()) < 32 * 400 + 4000, len(logs.encode())
