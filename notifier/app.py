@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from notifier.admission import AdmissionGate
 from notifier.broker import Broker
 from notifier.errors import install_error_handlers
 from notifier.metrics import build_registry
@@ -43,4 +44,5 @@ def create_app(settings: Settings, broker: Broker | None = None, *, dev: bool = 
     app.mount("/static", demo.static_files(settings), name="static")
     app.state.dev = dev
     app.add_middleware(CaptureRawSend)
+    app.add_middleware(AdmissionGate, settings=settings, authenticated=lambda: node.authenticated_connections)
     return app

@@ -39,6 +39,7 @@ class Node:
         self.publish_results: Counter[int] = Counter()
         self.frames_dropped = 0
         self._connections_per_user: Counter[str] = Counter()
+        self.authenticated_connections = 0  # read by the admission gate: open minus these have not signed in
         self._accepting = True
         self._connect_task: asyncio.Task[None] | None = None
         self._stop_deadline = 0.0
@@ -125,6 +126,7 @@ class Node:
         if self._connections_per_user[user] >= self.settings.max_connections_per_user:
             return False
         self._connections_per_user[user] += 1
+        self.authenticated_connections += 1
         return True
 
     async def forget(self, session: Session) -> None:
@@ -135,6 +137,7 @@ class Node:
         if session.identity is not None:
             user = session.identity.user
             self._connections_per_user[user] -= 1
+            self.authenticated_connections -= 1
             if self._connections_per_user[user] <= 0:
                 del self._connections_per_user[user]
         self.sessions.discard(session)

@@ -69,6 +69,9 @@ def build_server(settings: Settings, *, dev: bool = False) -> NotifierServer:
         ws=websocket_protocol,
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=False,  # compressing per receiver would undo encoding each event once
+        # The client address (for the per-address limits) comes from X-Forwarded-For only behind these.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
         log_config=None,
         access_log=False,
         lifespan="on",

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     auth_timeout_s: float = Field(default=10.0, gt=0)
     max_connections: int = Field(default=10_000, ge=1)
     max_connections_per_user: int = Field(default=20, ge=1)
+    max_connections_per_address: int = Field(default=200, ge=1)
+    new_connections_per_s_per_address: float = Field(default=20.0, gt=0)
+    new_connections_burst_per_address: int = Field(default=100, ge=1)
+    max_unauthenticated_connections: int = Field(default=1000, ge=1)
+    # Proxies (IPs or CIDRs; * for any) whose X-Forwarded-For names the client address. Empty: the peer is.
+    forwarded_allow_ips: CommaList = []
     max_subscriptions: int = Field(default=100, ge=1)
     max_frame_bytes: int = Field(default=64 * 1024, ge=256)
     max_event_bytes: int = Field(default=64 * 1024, ge=16)
@@ -76,7 +82,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     demo_page: bool = False
 
-    @field_validator("jwt_algorithms", "api_keys", "allowed_origins", mode="before")
+    @field_validator("jwt_algorithms", "api_keys", "allowed_origins", "forwarded_allow_ips", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -71,6 +71,10 @@ def make_settings(**overrides: Any) -> Settings:
         "queue_expires_s": 5.0,
         "shutdown_timeout_s": 3.0,
         "log_format": "console",
+        # Every test client comes from 127.0.0.1: the per-address limits are tested on their own (test_abuse).
+        "max_connections_per_address": 100_000,
+        "new_connections_per_s_per_address": 100_000.0,
+        "new_connections_burst_per_address": 100_000,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -13,6 +13,10 @@ import select
 import signal
 import socket
 import time
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection
 
 from notifier import closecodes
 from tests.conftest import ConnectClient, RunningServer, StartServer, free_port, token_for
@@ -189,3 +193,94 @@ async def test_invalid_utf8_is_closed_with_1007_and_logged_as_one_short_line_wit
     assert {record["level"] for record in faults} == {"info"}
     # 32 frames of up to 60 KB: a short line each, never the frame (before: ~60 KB a line, at ERROR).
     assert len(logs.encode()) < 32 * 400 + 4000, len(logs.encode())
+
+
+async def open_websocket(
+    running: RunningServer, *, source: str = "127.0.0.1", headers: dict[str, str] | None = None, query: str = ""
+) -> ClientConnection | tuple[int, dict[str, Any]]:
+    """An open WebSocket, or the HTTP status and JSON body the handshake was refused with."""
+    try:
+        return await websockets.connect(
+            running.ws_url + query, local_addr=(source, 0), additional_headers=headers, open_timeout=5
+        )
+    except websockets.InvalidStatus as refused:
+        return refused.response.status_code, json.loads(refused.response.body or b"{}")
+
+
+async def sign_in(connection: ClientConnection, user: str) -> dict[str, Any]:
+    await connection.send(json.dumps({"type": "auth", "token": token_for(user)}))
+    return dict(json.loads(await asyncio.wait_for(connection.recv(), 5)))
+
+
+async def close_all(connections: list[Any]) -> None:
+    for connection in connections:
+        if isinstance(connection, ClientConnection):
+            await connection.close()
+
+
+async def test_one_address_cannot_take_the_slots_of_others(start_server: StartServer) -> None:
+    running = await start_server(max_connections=60, max_connections_per_address=20, auth_timeout_s=30)
+    # 70 sockets that never sign in, from one address: once, they held the whole instance (4003 for others).
+    attackers = [await open_websocket(running) for _ in range(70)]
+    refused = [answer for answer in attackers if isinstance(answer, tuple)]
+    assert len(refused) == 50
+    assert {status for status, _ in refused} == {429}
+    assert refused[0][1]["error"] == "too_many_connections"
+    users = [await open_websocket(running, source=OTHER_ADDRESS) for _ in range(10)]
+    for index, user in enumerate(users):
+        assert isinstance(user, ClientConnection), user
+        assert (await sign_in(user, f"user{index}"))["type"] == "welcome"
+    await close_all(attackers + users)
+
+
+async def test_new_connections_per_second_are_limited_per_address(start_server: StartServer) -> None:
+    running = await start_server(new_connections_per_s_per_address=2, new_connections_burst_per_address=5)
+    burst = [await open_websocket(running) for _ in range(12)]
+    refused = [answer for answer in burst if isinstance(answer, tuple)]
+    assert 5 <= len(refused) <= 7, refused  # 5 from the burst, plus what refilled meanwhile
+    assert {(status, body["error"]) for status, body in refused} == {(429, "too_many_new_connections")}
+    other = await open_websocket(running, source=OTHER_ADDRESS)
+    assert isinstance(other, ClientConnection)
+    await asyncio.sleep(1.0)  # the budget refills
+    again = await open_websocket(running)
+    assert isinstance(again, ClientConnection)
+    await close_all([*burst, other, again])
+
+
+async def test_anonymous_sockets_cannot_starve_signed_in_users(start_server: StartServer) -> None:
+    running = await start_server(max_connections=40, max_unauthenticated_connections=10, auth_timeout_s=2)
+    signed_in = await open_websocket(running, source=OTHER_ADDRESS)
+    assert isinstance(signed_in, ClientConnection)
+    assert (await sign_in(signed_in, "early"))["type"] == "welcome"
+    anonymous = [await open_websocket(running) for _ in range(30)]
+    refused = [answer for answer in anonymous if isinstance(answer, tuple)]
+    assert len(refused) == 20
+    assert {(status, body["error"]) for status, body in refused} == {(503, "busy")}
+    # A login that carries its token signs in at once, so it does not wait for an anonymous slot.
+    with_token = await open_websocket(running, source=OTHER_ADDRESS, query=f"?token={token_for('late')}")
+    assert isinstance(with_token, ClientConnection)
+    assert json.loads(await asyncio.wait_for(with_token.recv(), 5))["type"] == "welcome"
+    await signed_in.send('{"type": "ping", "id": 1}')
+    assert json.loads(await asyncio.wait_for(signed_in.recv(), 5)) == {"type": "pong", "id": 1}
+    # The anonymous sockets are closed at the auth timeout, which frees their budget.
+    await wait_until(lambda: running.node.authenticated_connections == len(running.node.sessions), timeout=6)
+    after = await open_websocket(running, source=OTHER_ADDRESS)
+    assert isinstance(after, ClientConnection)
+    assert (await sign_in(after, "after"))["type"] == "welcome"
+    await close_all([*anonymous, signed_in, with_token, after])
+
+
+async def test_client_address_comes_from_a_trusted_proxy_only(start_server: StartServer) -> None:
+    behind_proxy = await start_server(forwarded_allow_ips=["127.0.0.1"], max_connections_per_address=2)
+    first, second, third, other = [
+        await open_websocket(behind_proxy, headers={"X-Forwarded-For": address})
+        for address in ("203.0.113.5", "203.0.113.5", "203.0.113.5", "203.0.113.6")
+    ]
+    assert isinstance(first, ClientConnection) and isinstance(second, ClientConnection)
+    assert isinstance(third, tuple) and third[0] == 429
+    assert isinstance(other, ClientConnection)  # another client behind the same proxy
+    # Without a trusted proxy, X-Forwarded-For is the client's own claim and is ignored.
+    direct = await start_server(max_connections_per_address=2)
+    spoofed = [await open_websocket(direct, headers={"X-Forwarded-For": f"198.51.100.{number}"}) for number in range(3)]
+    assert isinstance(spoofed[2], tuple) and spoofed[2][0] == 429
+    await close_all([first, second, other, *spoofed])
