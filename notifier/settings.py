@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     jwt_algorithms: CommaList = ["HS256", "RS256", "ES256"]
     jwt_audience: str = ""
     jwt_issuer: str = ""
-    jwt_leeway_s: float = Field(default=0.0, ge=0)
+    jwt_leeway_s: float = Field(default=5.0, ge=0, le=300)
+    jwt_max_lifetime_s: float = Field(default=24 * 3600.0, gt=0)
     max_token_patterns: int = Field(default=32, ge=0)
 
     # HTTP publish API
