@@ -8,6 +8,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
+# A shorter API key could be guessed; the message of a refused key says how to make one.
+MIN_API_KEY_LENGTH = 16
 
 
 class ConfigError(Exception):
@@ -103,6 +105,17 @@ class Settings(BaseSettings):
     @classmethod
     def _origins_without_slash(cls, value: list[str]) -> list[str]:
         return [origin.rstrip("/") for origin in value]
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_long_enough(cls, value: list[str]) -> list[str]:
+        short = [key for key in value if len(key) < MIN_API_KEY_LENGTH]
+        if short:
+            raise ValueError(
+                f"each key must be at least {MIN_API_KEY_LENGTH} characters ({len(short)} shorter); "
+                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return value
 
     @model_validator(mode="after")
     def _secret_long_enough(self) -> Settings:

@@ -23,7 +23,7 @@ from notifier.settings import Settings
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 SECRET = "test-secret-that-is-long-enough-for-hs256!"
-API_KEY = "test-api-key"
+API_KEY = "test-api-key-0123456789"
 RECEIVE_TIMEOUT_S = 5.0
 
 
