@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     dead_letter_max_length: int = Field(default=100_000, ge=1)
     prefetch: int = Field(default=512, ge=1, le=65535)
     broker_timeout_s: float = Field(default=5.0, gt=0)
+    broker_heartbeat_s: int = Field(default=3, ge=1, le=60)
+    max_pending_publishes: int = Field(default=256, ge=1)
 
     # Tokens
     jwt_secret: str = ""
