@@ -11,6 +11,7 @@ from notifier.admission import AdmissionGate
 from notifier.broker import Broker
 from notifier.errors import install_error_handlers
 from notifier.metrics import build_registry
+from notifier.metrics_port import MetricsEndpoint
 from notifier.node import Node
 from notifier.routes import demo, health, metrics, publish, websocket
 from notifier.settings import Settings
@@ -24,17 +25,26 @@ def create_app(settings: Settings, broker: Broker | None = None, *, dev: bool = 
     """
     node = Node(settings, broker)
 
+    registry = build_registry(node)
+    metrics_endpoint = (
+        MetricsEndpoint(settings.host, settings.metrics_port, registry) if settings.metrics_port else None
+    )
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if metrics_endpoint is not None:
+            await metrics_endpoint.start()
         await node.start()
         try:
             yield
         finally:
             await node.stop()
+            if metrics_endpoint is not None:
+                await metrics_endpoint.stop()
 
     app = FastAPI(title="notifier", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.node = node
-    app.state.metrics_registry = build_registry(node)
+    app.state.metrics_registry = registry
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 1
 
     # Operations
+    # /metrics only on this port of NOTIFIER_HOST (worker i on this + i); 0: on NOTIFIER_PORT.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     demo_page: bool = False
