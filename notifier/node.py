@@ -15,6 +15,7 @@ from starlette.websockets import WebSocket
 from notifier import closecodes
 from notifier.auth import TokenVerifier
 from notifier.broker import Broker, create_broker
+from notifier.budgets import UserBudgets
 from notifier.hub import Hub
 from notifier.origins import OriginPolicy
 from notifier.session import Session
@@ -39,6 +40,11 @@ class Node:
         self.publish_results: Counter[int] = Counter()
         self.frames_dropped = 0
         self._connections_per_user: Counter[str] = Counter()
+        self.user_budgets = UserBudgets(
+            operations_per_s=settings.user_subscribes_per_s,
+            operations_burst=settings.user_subscribes_burst,
+            max_topics=settings.max_topics_per_user,
+        )
         self.authenticated_connections = 0  # read by the admission gate: open minus these have not signed in
         self._accepting = True
         self._connect_task: asyncio.Task[None] | None = None
@@ -132,6 +138,8 @@ class Node:
     async def forget(self, session: Session) -> None:
         """Release everything a finished session held; it leaves `sessions` last, once nothing is held."""
         for topic in tuple(session.topics):
+            if session.identity is not None:
+                self.user_budgets.release(session.identity.user, topic)
             await self.hub.unsubscribe(session, topic)
         session.topics.clear()
         if session.identity is not None:

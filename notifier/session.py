@@ -206,6 +206,9 @@ class Session:
             self._log.info("auth_rejected", reason=str(rejected))
             self.close(closecodes.TOKEN_EXPIRED if rejected.expired else closecodes.INVALID_TOKEN)
             return
+        if not self._node.user_budgets.spend(identity.user):  # reconnecting does not refill the user's budget
+            self.close(closecodes.RATE_LIMITED)
+            return
         if not self._node.admit_user(identity.user):
             self.close(closecodes.USER_CONNECTION_LIMIT)
             return
@@ -243,6 +246,7 @@ class Session:
         dropped = sorted(topic for topic in self.topics if not identity.grants.allows(topic))
         for topic in dropped:
             self.topics.discard(topic)
+            self._node.user_budgets.release(identity.user, topic)
             await self._node.hub.unsubscribe(self, topic)
         self.reply(frames.refreshed(frame.id, identity.expires_at, dropped))
 
@@ -289,17 +293,35 @@ class Session:
                 message = f"at most {self._settings.max_subscriptions} subscriptions per connection"
                 self.reply(frames.error("too_many_subscriptions", message, frame.id, topic=topic))
                 return
+            refusal = self._take_user_budget(topic)
+            if refusal is not None:
+                self.reply(frames.error(*refusal, frame.id, topic=topic))
+                return
             self.topics.add(topic)
             try:
                 await self._node.hub.subscribe(self, topic)
             except BrokerUnavailable:
                 self.topics.discard(topic)
+                self._node.user_budgets.release(self.identity.user, topic)
                 self.reply(frames.error("unavailable", "broker unavailable, try again", frame.id, topic=topic))
                 return
             if self.state is State.CLOSING:
                 return
         self._log.debug("subscribed", topic=topic)
         self.reply(frames.subscription("subscribed", topic, frame.id))
+
+    def _take_user_budget(self, topic: str) -> tuple[str, str] | None:
+        """The user's budgets across its connections (notifier/budgets.py): the error code and message if
+        subscribing to `topic` would overspend them, else None (and the topic is counted)."""
+        assert self.identity is not None
+        budgets = self._node.user_budgets
+        user = self.identity.user
+        if not budgets.spend(user):
+            rate = self._settings.user_subscribes_per_s
+            return "rate_limited", f"at most {rate:g} subscribe operations per second per user; retry later"
+        if not budgets.hold(user, topic):
+            return "too_many_subscriptions", f"at most {budgets.max_topics} topics per user"
+        return None
 
     async def _unsubscribe(self, frame: frames.Unsubscribe) -> None:
         topic = frame.topic
@@ -310,6 +332,8 @@ class Session:
             return
         if topic in self.topics:
             self.topics.discard(topic)
+            if self.identity is not None:
+                self._node.user_budgets.release(self.identity.user, topic)
             await self._node.hub.unsubscribe(self, topic)
         self.reply(frames.subscription("unsubscribed", topic, frame.id))
 

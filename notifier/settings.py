@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     # Proxies (IPs or CIDRs; * for any) whose X-Forwarded-For names the client address. Empty: the peer is.
     forwarded_allow_ips: CommaList = []
     max_subscriptions: int = Field(default=100, ge=1)
+    # Per user on one instance, across its connections: subscribes (and sign-ins) per second, and topics.
+    user_subscribes_per_s: float = Field(default=20.0, gt=0)
+    user_subscribes_burst: int = Field(default=200, ge=1)
+    max_topics_per_user: int = Field(default=200, ge=1)
     max_frame_bytes: int = Field(default=64 * 1024, ge=256)
     max_event_bytes: int = Field(default=64 * 1024, ge=16)
     send_queue_size: int = Field(default=256, ge=1)

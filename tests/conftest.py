@@ -75,6 +75,9 @@ def make_settings(**overrides: Any) -> Settings:
         "max_connections_per_address": 100_000,
         "new_connections_per_s_per_address": 100_000.0,
         "new_connections_burst_per_address": 100_000,
+        # Tests reuse a few user names at machine speed: the per-user budgets are tested on their own.
+        "user_subscribes_per_s": 100_000.0,
+        "user_subscribes_burst": 100_000,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
