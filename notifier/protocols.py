@@ -86,6 +86,7 @@ class BackpressuredWebSocketProtocol(WebSocketsSansIOProtocol):
         self.frame_budget = RateLimiter(self.frames_per_s, self.frames_burst)
         self.output_stalled = False
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._buffered_at_check = 0
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -101,6 +102,7 @@ class BackpressuredWebSocketProtocol(WebSocketsSansIOProtocol):
         # What the client sends next (pings above all) would only add to output it is not taking.
         self.transport.pause_reading()
         if self._stall_timer is None:
+            self._buffered_at_check = self.transport.get_write_buffer_size()
             self._stall_timer = self.loop.call_later(self.write_stall_timeout_s, self._drop_stalled)
 
     def resume_writing(self) -> None:
@@ -128,9 +130,15 @@ class BackpressuredWebSocketProtocol(WebSocketsSansIOProtocol):
             self._stall_timer = None
 
     def _drop_stalled(self) -> None:
-        """The client took nothing for the whole timeout: a close frame would not reach it either."""
+        """Drop the client if it took nothing for the whole timeout: a close frame would not reach it either."""
         self._stall_timer = None
         if self.transport.is_closing():
+            return
+        buffered = self.transport.get_write_buffer_size()
+        if buffered < self._buffered_at_check:
+            # It reads, slowly (while paused we add nothing but what is queued: its send queue rule applies).
+            self._buffered_at_check = buffered
+            self._stall_timer = self.loop.call_later(self.write_stall_timeout_s, self._drop_stalled)
             return
         log.info(
             "connection_dropped",
