@@ -130,6 +130,11 @@ class Running:
                 "NOTIFIER_INSTANCE_ID": self.instance_id,
                 "NOTIFIER_MAX_CONNECTIONS": "20000",
                 "NOTIFIER_MAX_CONNECTIONS_PER_USER": "20",
+                # Every bench client connects from 127.0.0.1, thousands at once.
+                "NOTIFIER_MAX_CONNECTIONS_PER_ADDRESS": "20000",
+                "NOTIFIER_NEW_CONNECTIONS_PER_S_PER_ADDRESS": "100000",
+                "NOTIFIER_NEW_CONNECTIONS_BURST_PER_ADDRESS": "20000",
+                "NOTIFIER_MAX_UNAUTHENTICATED_CONNECTIONS": "20000",
                 # Room for a whole burst per client, so a saturated server is measured, not its slow-client policy.
                 "NOTIFIER_SEND_QUEUE_SIZE": "8192",
                 "NOTIFIER_QUEUE_EXPIRES_S": "30",

@@ -11,7 +11,9 @@ from notifier import __version__, commands
 from notifier.broker import Broker
 from notifier.control import create_control_plane
 from notifier.errors import install_error_handlers
+from notifier.gate import AdmissionGate
 from notifier.metrics import build_registry
+from notifier.metrics_port import MetricsEndpoint
 from notifier.node import Node
 from notifier.publisher import EventPublisher
 from notifier.routes import demo, docs, health, metrics, publish, server_api, websocket
@@ -31,8 +33,15 @@ def create_app(settings: Settings, broker: Broker | None = None, *, dev: bool = 
     if not settings.uses_memory_broker:  # with one in-process instance there is nobody to hand sessions to
         node.attach_control(control)
 
+    registry = build_registry(node)
+    metrics_endpoint = (
+        MetricsEndpoint(settings.host, settings.metrics_port, registry) if settings.metrics_port else None
+    )
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if metrics_endpoint is not None:
+            await metrics_endpoint.start()
         await node.start()
         await control.start()
         try:
@@ -40,12 +49,14 @@ def create_app(settings: Settings, broker: Broker | None = None, *, dev: bool = 
         finally:
             await control.stop()
             await node.stop()
+            if metrics_endpoint is not None:
+                await metrics_endpoint.stop()
 
     app = FastAPI(title="notifier", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.node = node
     app.state.control = control
     app.state.publisher = EventPublisher(node.broker, settings)
-    app.state.metrics_registry = build_registry(node)
+    app.state.metrics_registry = registry
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
@@ -61,4 +72,5 @@ def create_app(settings: Settings, broker: Broker | None = None, *, dev: bool = 
     app.mount("/static", demo.static_files(settings), name="static")
     app.state.dev = dev
     app.add_middleware(CaptureRawSend)
+    app.add_middleware(AdmissionGate, settings=settings, authenticated=lambda: node.admission.authenticated)
     return app

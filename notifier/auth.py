@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,9 @@ class TokenVerifier:
         self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True) if settings.jwt_jwks_url else None
 
     async def verify(self, token: object) -> Identity:
-        """Verify signature, `exp`, `nbf` and (when configured) `aud` and `iss`; return the identity."""
+        """Verify signature, `exp`, `nbf`, `aud` (a token naming an audience other than NOTIFIER_JWT_AUDIENCE,
+        or any audience when none is configured, is refused), `iss` when configured, and the lifetime; return
+        the identity."""
         if not isinstance(token, str) or not token:
             raise TokenRejected("token must be a non-empty string")
         try:
@@ -61,7 +64,9 @@ class TokenVerifier:
                 audience=settings.jwt_audience or None,
                 issuer=settings.jwt_issuer or None,
                 leeway=settings.jwt_leeway_s,
-                options={"require": ["exp", "sub"], "verify_aud": bool(settings.jwt_audience)},
+                # With no audience configured, PyJWT refuses any token that names one: a token minted for
+                # another service is not ours to accept.
+                options={"require": ["exp", "sub"]},
             )
         except jwt.ExpiredSignatureError:
             raise TokenRejected("token has expired", expired=True) from None
@@ -95,10 +100,21 @@ class TokenVerifier:
             patterns = validate_patterns(claims.get("topics", []), self._settings.max_token_patterns)
         except InvalidTopic as error:
             raise TokenRejected(f"topics claim: {error}") from None
+        return Identity(user=user, grants=Grants(user, patterns), expires_at=self._expiry(claims))
+
+    def _expiry(self, claims: dict[str, object]) -> float:
+        """`exp`, if the token's lifetime is within NOTIFIER_JWT_MAX_LIFETIME_S (counted from `iat` if given)."""
         expires_at = claims["exp"]
-        if not isinstance(expires_at, (int, float)):
+        if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)) or not math.isfinite(expires_at):
             raise TokenRejected("exp must be a number")
-        return Identity(user=user, grants=Grants(user, patterns), expires_at=float(expires_at))
+        issued_at = claims.get("iat")
+        start = time.time()
+        if isinstance(issued_at, (int, float)) and not isinstance(issued_at, bool) and math.isfinite(issued_at):
+            start = min(start, float(issued_at))
+        limit = self._settings.jwt_max_lifetime_s
+        if expires_at - start > limit + self._settings.jwt_leeway_s:
+            raise TokenRejected(f"token lifetime is over NOTIFIER_JWT_MAX_LIFETIME_S ({limit:g} s)")
+        return float(expires_at)
 
 
 def mint_token(

@@ -5,12 +5,55 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from urllib.parse import unquote
 
 import orjson
 import structlog
 
-# uvicorn logs request paths with their query string, where `?token=` may sit.
-_SECRET_IN_QUERY = re.compile(r"((?:token|access_token|api_key)=)[^&\s\"']+", re.IGNORECASE)
+# uvicorn logs request paths with their query string, where `?token=` may sit, its name maybe percent-encoded
+# (`?%74oken=`): every `name=value` whose decoded name is a secret's loses its value.
+_SECRET_NAMES = frozenset({"token", "access_token", "api_key", "apikey", "jwt"})
+_QUERY_PARAMETER = re.compile(r"(?<![^?&\s\"'])([^=&\s\"'?]{1,64})=([^&\s\"']+)")
+# A JWT anywhere in a line (a stray client frame, an exception message): header.payload.signature.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+# Client input can reach a log line; no field of one may be longer than this (tracebacks: MAX_TRACEBACK_CHARS).
+MAX_FIELD_CHARS = 1000
+MAX_TRACEBACK_CHARS = 16_000
+
+
+def redact(text: str) -> str:
+    """`text` with JWTs and the values of secret query parameters replaced by `[redacted]`."""
+    if "=" in text:
+        text = _QUERY_PARAMETER.sub(_redact_parameter, text)
+    if "eyJ" in text:
+        text = _JWT.sub("[redacted]", text)
+    return text
+
+
+def _redact_parameter(match: re.Match[str]) -> str:
+    name = match.group(1)
+    if unquote(name).lower() in _SECRET_NAMES:
+        return f"{name}=[redacted]"
+    return match.group(0)
+
+
+def bound_text(text: str, limit: int = MAX_FIELD_CHARS) -> str:
+    """`text` redacted and cut to `limit` characters, saying how much was cut."""
+    if len(text) > limit:
+        text = f"{text[:limit]}... [{len(text) - limit} more characters]"
+    return redact(text)
+
+
+def _bound_and_redact(_: object, __: str, event_dict: structlog.typing.EventDict) -> structlog.typing.EventDict:
+    """Last step before rendering: every string field bounded and redacted, whoever logged it."""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = bound_text(value, MAX_TRACEBACK_CHARS if key == "exception" else MAX_FIELD_CHARS)
+        elif not isinstance(value, (int, float, bool)) and value is not None:
+            shown = repr(value)
+            if len(shown) > MAX_FIELD_CHARS or redact(shown) != shown:
+                event_dict[key] = bound_text(shown)
+    return event_dict
 
 
 # uvicorn's own line for every WebSocket opened and closed; ours (`connection_authenticated`,
@@ -32,7 +75,7 @@ class RedactSecrets(logging.Filter):
             record.msg = record.getMessage()
             record.args = None
         if isinstance(record.msg, str):
-            record.msg = _SECRET_IN_QUERY.sub(r"\1[redacted]", record.msg)
+            record.msg = redact(record.msg)
         return True
 
 
@@ -67,7 +110,12 @@ def configure_logging(log_format: str, level: str) -> None:
     handler.addFilter(RedactSecrets())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,  # a real traceback, not the repr of its objects
+                _bound_and_redact,
+                renderer,
+            ],
             foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), _drop_uvicorn_colors],
         )
     )

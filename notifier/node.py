@@ -16,10 +16,12 @@ from notifier import closecodes
 from notifier.admission import Admission
 from notifier.auth import TokenVerifier
 from notifier.broker import Broker, create_broker
+from notifier.budgets import UserBudgets
 from notifier.directory import SessionDirectory
 from notifier.handover import ControlPlane, SessionHandOver
 from notifier.hub import Hub
 from notifier.origins import OriginPolicy
+from notifier.protocols import FRAME_BUDGET_SCOPE_KEY
 from notifier.senders import FastPathReport, choose_sender
 from notifier.session import Session, SessionContext, State
 from notifier.settings import Settings
@@ -47,11 +49,17 @@ class Node:
         self.directory = SessionDirectory(
             self.broker.instance_id, window_s=settings.resume_window_s, max_parked=settings.max_parked_sessions
         )
+        self.user_budgets = UserBudgets(
+            operations_per_s=settings.user_subscribes_per_s,
+            operations_burst=settings.user_subscribes_burst,
+            max_topics=settings.max_topics_per_user,
+        )
         self._session_context = SessionContext(
             settings=settings,
             hub=self.hub,
             verifier=self.verifier,
             admission=self.admission,
+            budgets=self.user_budgets,
             stats=self.stats,
             directory=self.directory,
             remote_sessions=None,
@@ -155,7 +163,8 @@ class Node:
         path = self.settings.write_path
         sender = choose_sender(websocket.scope, websocket.send, task.cancel, path)
         self._fast_path_report.note(sender, websocket.scope, path)
-        session = Session(websocket.receive, sender, self._session_context)
+        budget = websocket.scope.get(FRAME_BUDGET_SCOPE_KEY)
+        session = Session(websocket.receive, sender, self._session_context, frame_budget=budget)
         self.sessions.add(session)
         await session.run(websocket.query_params.get("token"))
 

@@ -1,4 +1,4 @@
-"""A token bucket: how many frames a client may send per second, with a burst."""
+"""A token bucket: the frames-per-second budget of one connection (text frames and pings alike)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 
 class RateLimiter:
-    """A token bucket over client frames."""
+    """A token bucket: `rate` tokens a second, holding at most `burst`."""
 
     __slots__ = ("_burst", "_last", "_rate", "_tokens")
 

@@ -11,6 +11,7 @@ import uvicorn
 
 from notifier.app import create_app
 from notifier.node import Node
+from notifier.protocols import protocol_classes
 from notifier.settings import Settings
 
 log = structlog.get_logger("notifier.server")
@@ -59,13 +60,18 @@ class NotifierServer(uvicorn.Server):
 
 def build_server(settings: Settings, *, dev: bool = False) -> NotifierServer:
     app = create_app(settings, dev=dev)
+    http_protocol, websocket_protocol = protocol_classes(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        ws="websockets-sansio",
+        http=http_protocol,
+        ws=websocket_protocol,
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=False,  # compressing per receiver would undo encoding each event once
+        # The client address (for the per-address limits) comes from X-Forwarded-For only behind these.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
         log_config=None,
         access_log=False,
         lifespan="on",

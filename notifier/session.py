@@ -20,6 +20,7 @@ from notifier import closecodes, frames
 from notifier.admission import Admission
 from notifier.auth import Identity, TokenRejected
 from notifier.broker import BrokerUnavailable
+from notifier.budgets import UserBudgets
 from notifier.closecodes import CloseReason
 from notifier.directory import SessionDirectory
 from notifier.history import History
@@ -78,6 +79,7 @@ class SessionContext:
     hub: Hub
     verifier: Verifier
     admission: Admission
+    budgets: UserBudgets
     stats: Stats
     directory: SessionDirectory
     remote_sessions: RemoteSessions | None
@@ -89,7 +91,9 @@ class SessionContext:
 class Session:
     """Serves one WebSocket connection from handshake to close."""
 
-    def __init__(self, receive: Receive, sender: Sender, context: SessionContext) -> None:
+    def __init__(
+        self, receive: Receive, sender: Sender, context: SessionContext, frame_budget: RateLimiter | None = None
+    ) -> None:
         self._receive = receive
         self._sender = sender
         self._context = context
@@ -106,7 +110,8 @@ class Session:
         self._client_close_code: int | None = None
         self._outbox = Outbox(sender, settings.send_queue_size, self._on_outbox_overflow)
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._rate = RateLimiter(settings.client_frames_per_s, settings.client_frames_burst)
+        # Under `notifier serve` the connection's protocol owns the frame budget, so its pings spend it too.
+        self._rate = frame_budget or RateLimiter(settings.client_frames_per_s, settings.client_frames_burst)
         self._log = log.bind(conn=self.connection_id)
 
     @property
@@ -247,6 +252,8 @@ class Session:
         """Give back every topic and the user's connection slot."""
         hub = self._context.hub
         for topic in tuple(self.topics):
+            if self.identity is not None:
+                self._context.budgets.release(self.identity.user, topic)
             await hub.unsubscribe(self, topic)
         self.topics.clear()
         self._release_user_slot()
@@ -326,6 +333,9 @@ class Session:
             return
         if self.state is not State.AWAITING_AUTH:
             return  # closed while verifying
+        if not context.budgets.spend(identity.user):  # reconnecting does not refill the user's budget
+            self.close(closecodes.RATE_LIMITED)
+            return
         if resume is not None:
             if self._resume(identity, resume):
                 await self._release_dropped_topics()
@@ -424,8 +434,9 @@ class Session:
         self._holds_user_slot = True
         self._log = self._log.bind(user=identity.user)
         personal = identity.grants.personal_topic
-        others = sorted({topic for topic in held or () if identity.grants.allows(topic)} - {personal})
-        dropped = sorted(topic for topic in held or () if topic != personal and not identity.grants.allows(topic))
+        granted = {topic for topic in held or () if identity.grants.allows(topic)} - {personal}
+        others = sorted(topic for topic in granted if context.budgets.hold(identity.user, topic))
+        dropped = sorted(set(held or ()) - {personal} - set(others))
         try:
             for topic in [personal, *others]:
                 self.topics.add(topic)
@@ -462,6 +473,7 @@ class Session:
         """The other instance could not hand the session over whole: a fresh session with the personal topic."""
         for topic in tuple(self.topics - {personal}):
             self.topics.discard(topic)
+            self._context.budgets.release(identity.user, topic)
             await self._context.hub.unsubscribe(self, topic)
         if not self._is_awaiting_auth():
             return
@@ -509,6 +521,7 @@ class Session:
         dropped = sorted(topic for topic in self.topics if not identity.grants.allows(topic))
         for topic in dropped:
             self.topics.discard(topic)
+            self._context.budgets.release(identity.user, topic)
             await self._context.hub.unsubscribe(self, topic)
         self.reply(frames.refreshed(frame.id, identity.expires_at, dropped))
 
@@ -552,17 +565,35 @@ class Session:
                 message = f"at most {self._settings.max_subscriptions} subscriptions per connection"
                 self.reply(frames.error("too_many_subscriptions", message, frame.id, topic=topic))
                 return
+            refusal = self._take_user_budget(topic)
+            if refusal is not None:
+                self.reply(frames.error(*refusal, frame.id, topic=topic))
+                return
             self.topics.add(topic)
             try:
                 await self._context.hub.subscribe(self, topic)
             except BrokerUnavailable:
                 self.topics.discard(topic)
+                self._context.budgets.release(self.identity.user, topic)
                 self.reply(frames.error("unavailable", "broker unavailable, try again", frame.id, topic=topic))
                 return
             if self.state is not State.OPEN:
                 return
         self._log.debug("subscribed", topic=topic)
         self.reply(frames.subscription("subscribed", topic, frame.id))
+
+    def _take_user_budget(self, topic: str) -> tuple[str, str] | None:
+        """The user's budgets across its connections (notifier/budgets.py): the error code and message if
+        subscribing to `topic` would overspend them, else None (and the topic is counted)."""
+        assert self.identity is not None
+        budgets = self._context.budgets
+        user = self.identity.user
+        if not budgets.spend(user):
+            rate = self._settings.user_subscribes_per_s
+            return "rate_limited", f"at most {rate:g} subscribe operations per second per user; retry later"
+        if not budgets.hold(user, topic):
+            return "too_many_subscriptions", f"at most {budgets.max_topics} topics per user"
+        return None
 
     async def _unsubscribe(self, frame: frames.Unsubscribe) -> None:
         topic = frame.topic
@@ -573,6 +604,8 @@ class Session:
             return
         if topic in self.topics:
             self.topics.discard(topic)
+            if self.identity is not None:
+                self._context.budgets.release(self.identity.user, topic)
             await self._context.hub.unsubscribe(self, topic)
         self.reply(frames.subscription("unsubscribed", topic, frame.id))
 
@@ -582,6 +615,8 @@ class Session:
         if self.state is not State.OPEN or topic not in self.topics:
             return False
         self.topics.discard(topic)
+        if self.identity is not None:
+            self._context.budgets.release(self.identity.user, topic)
         self.reply(frames.unsubscribed_by_server(topic))
         # Leaves the fan-out before its first await, so no event comes between the frame and the removal,
         # and a disconnect right behind this command finds the frame already queued.

@@ -8,6 +8,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
+# A shorter API key could be guessed; the message of a refused key says how to make one.
+MIN_API_KEY_LENGTH = 16
 
 
 class ConfigError(Exception):
@@ -38,6 +40,8 @@ class Settings(BaseSettings):
     dead_letter_max_length: int = Field(default=100_000, ge=1)
     prefetch: int = Field(default=512, ge=1, le=65535)
     broker_timeout_s: float = Field(default=5.0, gt=0)
+    broker_heartbeat_s: int = Field(default=3, ge=1, le=60)
+    max_pending_publishes: int = Field(default=256, ge=1)
 
     # Tokens
     jwt_secret: str = ""
@@ -46,7 +50,8 @@ class Settings(BaseSettings):
     jwt_algorithms: CommaList = ["HS256", "RS256", "ES256"]
     jwt_audience: str = ""
     jwt_issuer: str = ""
-    jwt_leeway_s: float = Field(default=0.0, ge=0)
+    jwt_leeway_s: float = Field(default=5.0, ge=0, le=300)
+    jwt_max_lifetime_s: float = Field(default=24 * 3600.0, gt=0)
     max_token_patterns: int = Field(default=32, ge=0)
 
     # HTTP server API (publish, disconnect, unsubscribe, presence)
@@ -69,7 +74,17 @@ class Settings(BaseSettings):
     auth_timeout_s: float = Field(default=10.0, gt=0)
     max_connections: int = Field(default=10_000, ge=1)
     max_connections_per_user: int = Field(default=20, ge=1)
+    max_connections_per_address: int = Field(default=200, ge=1)
+    new_connections_per_s_per_address: float = Field(default=20.0, gt=0)
+    new_connections_burst_per_address: int = Field(default=100, ge=1)
+    max_unauthenticated_connections: int = Field(default=1000, ge=1)
+    # Proxies (IPs or CIDRs; * for any) whose X-Forwarded-For names the client address. Empty: the peer is.
+    forwarded_allow_ips: CommaList = []
     max_subscriptions: int = Field(default=100, ge=1)
+    # Per user on one instance, across its connections: subscribes (and sign-ins) per second, and topics.
+    user_subscribes_per_s: float = Field(default=20.0, gt=0)
+    user_subscribes_burst: int = Field(default=200, ge=1)
+    max_topics_per_user: int = Field(default=200, ge=1)
     max_frame_bytes: int = Field(default=64 * 1024, ge=256)
     max_event_bytes: int = Field(default=64 * 1024, ge=16)
     send_queue_size: int = Field(default=256, ge=1)
@@ -78,6 +93,8 @@ class Settings(BaseSettings):
     client_frames_per_s: float = Field(default=20.0, gt=0)
     client_frames_burst: int = Field(default=40, ge=1)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
+    handshake_timeout_s: float = Field(default=10.0, gt=0)
+    write_stall_timeout_s: float = Field(default=10.0, gt=0)
 
     # Session resume: how long a session whose connection dropped waits for its client, and what it keeps.
     resume_window_s: float = Field(default=60.0, ge=0, le=3600)
@@ -89,11 +106,13 @@ class Settings(BaseSettings):
     workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 1
 
     # Operations
+    # /metrics only on this port of NOTIFIER_HOST (worker i on this + i); 0: on NOTIFIER_PORT.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     demo_page: bool = False
 
-    @field_validator("jwt_algorithms", "api_keys", "allowed_origins", mode="before")
+    @field_validator("jwt_algorithms", "api_keys", "allowed_origins", "forwarded_allow_ips", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -113,6 +132,17 @@ class Settings(BaseSettings):
     @classmethod
     def _origins_without_slash(cls, value: list[str]) -> list[str]:
         return [origin.rstrip("/") for origin in value]
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_long_enough(cls, value: list[str]) -> list[str]:
+        short = [key for key in value if len(key) < MIN_API_KEY_LENGTH]
+        if short:
+            raise ValueError(
+                f"each key must be at least {MIN_API_KEY_LENGTH} characters ({len(short)} shorter); "
+                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return value
 
     @model_validator(mode="after")
     def _secret_long_enough(self) -> Settings:

@@ -52,19 +52,26 @@ def validate_pattern(pattern: object) -> str:
 def pattern_matches(pattern: str, topic: str) -> bool:
     """True if the AMQP topic pattern `pattern` matches `topic` (both assumed valid).
 
-    Walks the pattern segment by segment, keeping the set of topic positions reachable so far;
-    both sides are bounded by MAX_TOPIC_BYTES, so this stays small.
+    Walks the pattern segment by segment, keeping the topic positions reachable so far as the bits of one
+    integer, so each segment is a few integer operations whatever the wildcards: a token's 32 patterns of
+    the `#.#.#...` kind cost microseconds per subscribe, not the half second a set of positions took.
     """
     words = topic.split(".")
-    reachable = {0}
+    count = len(words)
+    positions_of: dict[str, int] = {}
+    for position, word in enumerate(words):
+        positions_of[word] = positions_of.get(word, 0) | (1 << position)
+    before_end = (1 << count) - 1  # positions that still have a word to match
+    everywhere = (1 << (count + 1)) - 1
+    reachable = 1  # position 0
     for segment in pattern.split("."):
-        following: set[int] = set()
-        for position in reachable:
-            if segment == "#":
-                following.update(range(position, len(words) + 1))
-            elif position < len(words) and segment in ("*", words[position]):
-                following.add(position + 1)
-        if not following:
+        if segment == "#":
+            lowest = reachable & -reachable
+            reachable = everywhere & ~(lowest - 1)  # zero or more words from the first reachable position
+        elif segment == "*":
+            reachable = (reachable & before_end) << 1
+        else:
+            reachable = (reachable & positions_of.get(segment, 0)) << 1
+        if not reachable:
             return False
-        reachable = following
-    return len(words) in reachable
+    return bool(reachable >> count & 1)

@@ -112,7 +112,8 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     """A worker's own settings: a fixed NOTIFIER_INSTANCE_ID gets the worker's index, since two workers on one
     queue would each take the other's events; an empty one stays empty and each worker draws its own."""
     instance_id = f"{settings.instance_id}-{index}" if settings.instance_id else ""
-    return settings.model_copy(update={"instance_id": instance_id, "workers": 1})
+    metrics_port = settings.metrics_port + index if settings.metrics_port else 0  # one port may have one server
+    return settings.model_copy(update={"instance_id": instance_id, "workers": 1, "metrics_port": metrics_port})
 
 
 class Supervisor:

@@ -10,14 +10,17 @@ from tests.support import amqp_host, amqp_port, amqp_vhost, rabbitmqctl, rabbitm
 
 
 class CuttableProxy:
-    """Forwards 127.0.0.1:<port> to the RabbitMQ under test; `cut()` drops every connection and refuses new ones
-    until `restore()`, which is what a network partition between one instance and the broker looks like."""
+    """Forwards 127.0.0.1:<port> to RabbitMQ; `cut()` drops every connection and refuses new ones until
+    `restore()`, which is what a network partition between one instance and the broker looks like.
+    `stall()` keeps every connection open but silent (bytes either way are swallowed), like a broker that
+    hangs or a firewall that drops packets without a reset."""
 
     def __init__(self) -> None:
         self._target = (amqp_host(), amqp_port())
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._cut = False
+        self._stalled = False
         self.port = 0
 
     async def start(self) -> None:
@@ -36,8 +39,12 @@ class CuttableProxy:
             writer.transport.abort()
         self._writers.clear()
 
+    def stall(self) -> None:
+        self._stalled = True
+
     def restore(self) -> None:
         self._cut = False
+        self._stalled = False
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._cut:
@@ -56,6 +63,8 @@ class CuttableProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                if self._stalled:
+                    continue
                 writer.write(data)
                 await writer.drain()
         finally:

@@ -34,7 +34,7 @@ from notifier.settings import Settings
 # own to run the suite beside other users of the same RabbitMQ.
 AMQP_URL = os.environ.get("NOTIFIER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 SECRET = "test-secret-that-is-long-enough-for-hs256!"
-API_KEY = "test-api-key"
+API_KEY = "test-api-key-0123456789"
 RECEIVE_TIMEOUT_S = 5.0
 PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,6 +215,13 @@ def make_settings(**overrides: Any) -> Settings:
         "queue_expires_s": 5.0,
         "shutdown_timeout_s": 3.0,
         "log_format": "console",
+        # Every test client comes from 127.0.0.1: the per-address limits are tested on their own (test_abuse).
+        "max_connections_per_address": 100_000,
+        "new_connections_per_s_per_address": 100_000.0,
+        "new_connections_burst_per_address": 100_000,
+        # Tests reuse a few user names at machine speed: the per-user budgets are tested on their own.
+        "user_subscribes_per_s": 100_000.0,
+        "user_subscribes_burst": 100_000,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

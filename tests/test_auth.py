@@ -85,10 +85,35 @@ async def test_audience_and_issuer_are_checked_when_configured() -> None:
             await verifier.verify(jwt.encode(bad, SECRET, algorithm="HS256"))
 
 
+async def test_a_token_naming_an_audience_is_refused_when_none_is_configured() -> None:
+    verifier = TokenVerifier(make_settings())
+    with pytest.raises(TokenRejected, match="audience"):
+        await verifier.verify(jwt.encode(claims(aud="some-other-service"), SECRET, algorithm="HS256"))
+    assert (await verifier.verify(jwt.encode(claims(), SECRET, algorithm="HS256"))).user == "alice"
+
+
+async def test_token_lifetime_is_bounded() -> None:
+    verifier = TokenVerifier(make_settings(jwt_max_lifetime_s=3600))
+    now = int(time.time())
+    assert (await verifier.verify(jwt.encode(claims(exp=now + 3500), SECRET, algorithm="HS256"))).user == "alice"
+    for too_long in (claims(exp=now + 7200), claims(iat=now - 3000, exp=now + 1000), claims(exp=1e300)):
+        with pytest.raises(TokenRejected, match=r"lifetime|exp"):
+            await verifier.verify(jwt.encode(too_long, SECRET, algorithm="HS256"))
+
+
+async def test_a_small_clock_leeway_is_allowed_by_default() -> None:
+    verifier = TokenVerifier(make_settings())
+    just_expired = jwt.encode(claims(exp=int(time.time()) - 2), SECRET, algorithm="HS256")
+    assert (await verifier.verify(just_expired)).user == "alice"
+    strict = TokenVerifier(make_settings(jwt_leeway_s=0))
+    with pytest.raises(TokenRejected):
+        await strict.verify(just_expired)
+
+
 async def test_expired_token_is_flagged_expired() -> None:
     verifier = TokenVerifier(make_settings())
     with pytest.raises(TokenRejected) as rejected:
-        await verifier.verify(jwt.encode(claims(exp=int(time.time()) - 5), SECRET, algorithm="HS256"))
+        await verifier.verify(jwt.encode(claims(exp=int(time.time()) - 30), SECRET, algorithm="HS256"))
     assert rejected.value.expired
 
 

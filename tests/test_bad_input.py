@@ -120,8 +120,26 @@ def forge(claims: dict[str, object], key: object = SECRET, algorithm: str = "HS2
         forge({"sub": "alice", "exp": time.time() + 3600, "topics": ["news..x"]}),
         forge({"sub": "alice", "exp": time.time() + 86400, "nbf": time.time() + 43200}),
         jwt.encode({"sub": "alice", "exp": time.time() + 3600}, None, algorithm="none"),  # type: ignore[arg-type]
+        forge({"sub": "alice", "exp": time.time() + 3600, "aud": "some-other-service"}),  # none configured here
+        forge({"sub": "a" * 300, "exp": time.time() + 3600}),  # personal topic over 255 bytes
+        forge({"sub": "alice", "exp": 1e300}),
+        forge({"sub": "alice", "exp": time.time() + 90 * 86400}),  # over NOTIFIER_JWT_MAX_LIFETIME_S
     ],
-    ids=["garbage", "wrong-key", "no-exp", "no-sub", "dotted-sub", "topics-not-list", "bad-pattern", "nbf", "none"],
+    ids=[
+        "garbage",
+        "wrong-key",
+        "no-exp",
+        "no-sub",
+        "dotted-sub",
+        "topics-not-list",
+        "bad-pattern",
+        "nbf",
+        "none",
+        "foreign-aud",
+        "long-sub",
+        "exp-1e300",
+        "lifetime",
+    ],
 )
 async def test_invalid_token_closes_with_4500(
     server: RunningServer, connect: ConnectClient, publisher: Publisher, bystander: Client, token: str

@@ -128,3 +128,11 @@ def test_publish_refuses_bad_json() -> None:
     result = run_cli("publish", "a", "{nope", "--api-key", "k")
     assert result.returncode == 2
     assert "not valid JSON" in result.stderr
+
+
+def test_a_short_api_key_is_a_clear_config_error() -> None:
+    result = run_cli("serve", env={"NOTIFIER_JWT_SECRET": SECRET, "NOTIFIER_API_KEYS": "long-enough-key-0123,short"})
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "NOTIFIER_API_KEYS" in result.stderr
+    assert "at least 16 characters" in result.stderr

@@ -45,6 +45,8 @@ async def test_publish_needs_a_known_api_key(
         (b'{"topic": "a", "data": 1, "id": "has space"}', 422, "bad_request"),
         (b'{"topic": "a", "data": 1, "id": 5}', 422, "bad_request"),
         (b'{"topic": "a", "data": "' + b"x" * 70_000 + b'"}', 413, "too_large"),
+        (b'{"topic": "a", "data": ' + b"[" * 300 + b"]" * 300 + b"}", 422, "bad_request"),  # was a 500
+        (b'{"topic": "a", "data": ' + b"[" * 2000 + b"]" * 2000 + b"}", 422, "bad_request"),
     ],
 )
 async def test_publish_refuses_bad_bodies(http: httpx.AsyncClient, body: bytes, status: int, code: str) -> None:

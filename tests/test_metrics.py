@@ -6,10 +6,11 @@ import datetime
 
 import aio_pika
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from notifier import closecodes
-from tests.support import API_KEY, ConnectClient, Publisher, RunningServer
+from tests.support import API_KEY, ConnectClient, Publisher, RunningServer, StartServer, free_port
 
 
 async def scrape(running: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -98,3 +99,22 @@ async def test_dashboard_and_docs_name_only_real_metrics(server: RunningServer, 
     assert used <= exposed | {f"{family}_bucket" for family in families}, used - exposed
     documented = set(re.findall(r"`(notifier_[a-z_]+)`", Path("docs/metrics.md").read_text()))
     assert documented == families, documented ^ families
+
+
+async def test_metrics_can_move_to_an_internal_port(start_server: StartServer) -> None:
+    metrics_port = free_port()
+    running = await start_server(metrics_port=metrics_port)
+    async with httpx.AsyncClient() as http:
+        public = await http.get(f"{running.http_url}/metrics")
+        assert public.status_code == 404
+        assert public.json()["error"] == "not_found"
+        internal = await http.get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert internal.status_code == 200
+        names = {family.name for family in text_string_to_metric_families(internal.text)}
+        assert "notifier_connections" in names, names
+        other = await http.get(f"http://127.0.0.1:{metrics_port}/readyz")
+        assert other.status_code == 404
+    await running.stop()
+    with pytest.raises(httpx.TransportError):
+        async with httpx.AsyncClient() as http:
+            await http.get(f"http://127.0.0.1:{metrics_port}/metrics")

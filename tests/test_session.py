@@ -14,6 +14,7 @@ from notifier import closecodes
 from notifier.admission import Admission
 from notifier.auth import TokenVerifier, mint_token
 from notifier.broker.memory import MemoryBroker
+from notifier.budgets import UserBudgets
 from notifier.directory import SessionDirectory
 from notifier.handover import SessionHandOver
 from notifier.hub import Hub
@@ -126,6 +127,7 @@ class Instance:
             hub=self.hub,
             verifier=TokenVerifier(self.settings),
             admission=self.admission,
+            budgets=UserBudgets(operations_per_s=1000.0, operations_burst=1000, max_topics=1000),
             stats=self.stats,
             directory=self.directory,
             remote_sessions=self.handover,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import uuid
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import aio_pika
 import aiormq
@@ -38,6 +39,30 @@ BIND_CHANNELS = 4
 # What aio-pika and aiormq raise when the connection or channel is gone or the broker refuses.
 _BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, asyncio.TimeoutError)
 
+T = TypeVar("T")
+
+
+async def within(step: Coroutine[Any, Any, T], timeout_s: float) -> T:
+    """Await `step` for at most `timeout_s`, then raise TimeoutError without waiting for it to unwind: on a
+    silent line a cancelled AMQP call can take as long as the connection's own timeout to finish, and
+    `asyncio.wait_for` would wait for that too."""
+    task = asyncio.ensure_future(step)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_forget_result)
+        raise TimeoutError
+    return task.result()
+
+
+def _forget_result(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
+
 
 class AmqpBroker:
     """The production broker: RabbitMQ over AMQP 0-9-1."""
@@ -63,6 +88,7 @@ class AmqpBroker:
         self._next_bind_channel = 0
         self.reconnects = 0
         self.dead_lettered = 0
+        self._pending_publishes = 0
 
     @property
     def ready(self) -> bool:
@@ -81,6 +107,8 @@ class AmqpBroker:
             settings.amqp_url,
             timeout=settings.broker_timeout_s,
             reconnect_interval=1.0,
+            # A line held open but silent is noticed after a few missed heartbeats, then reconnected.
+            heartbeat=settings.broker_heartbeat_s,
             client_properties={"connection_name": f"notifier {self.instance_id}"},
         )
         try:
@@ -158,7 +186,7 @@ class AmqpBroker:
         if not self.ready:
             raise BrokerUnavailable("not connected to RabbitMQ")
         try:
-            await asyncio.wait_for(self._queue_bind(topic), self._settings.broker_timeout_s)
+            await within(self._queue_bind(topic), self._settings.broker_timeout_s)
         except _BROKER_ERRORS as error:
             raise BrokerUnavailable(f"cannot bind {topic}: {error!r}") from None
         self._bound.add(topic)
@@ -169,7 +197,7 @@ class AmqpBroker:
         try:
             if not self.ready:
                 raise BrokerUnavailable("not connected to RabbitMQ")
-            await asyncio.wait_for(self._queue_unbind(topic), self._settings.broker_timeout_s)
+            await within(self._queue_unbind(topic), self._settings.broker_timeout_s)
         except (*_BROKER_ERRORS, BrokerUnavailable) as error:
             log.warning("broker_unbind_deferred", topic=topic, error=repr(error))
             self._pending_unbinds.add(topic)
@@ -200,11 +228,18 @@ class AmqpBroker:
             timestamp=datetime.datetime.now(datetime.UTC),
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
+        if self._pending_publishes >= self._settings.max_pending_publishes:
+            # RabbitMQ is slow to confirm: refuse at once rather than pile up requests that wait.
+            raise BrokerUnavailable(f"{self._pending_publishes} publishes are already waiting for RabbitMQ")
+        self._pending_publishes += 1
+        timeout_s = self._settings.broker_timeout_s
         try:
             # With publisher confirms on, this returns only once RabbitMQ has taken the message.
-            await self._publish_exchange.publish(message, routing_key=topic, timeout=self._settings.broker_timeout_s)
+            await within(self._publish_exchange.publish(message, routing_key=topic, timeout=timeout_s), timeout_s)
         except _BROKER_ERRORS as error:
             raise BrokerUnavailable(f"publish not confirmed: {error!r}") from None
+        finally:
+            self._pending_publishes -= 1
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         on_event = self._on_event

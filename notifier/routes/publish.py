@@ -31,6 +31,8 @@ router = APIRouter()
 EVENT_ID_RE = re.compile(r"[A-Za-z0-9_\-:.@]{1,128}")
 # The request body holds the data plus the topic, id and JSON punctuation around it.
 BODY_OVERHEAD_BYTES = 1024
+# The deepest `data` the JSON encoder writes back out (orjson's recursion limit).
+MAX_DATA_DEPTH = 254
 
 
 def check_api_key(request: Request, api_keys: list[str]) -> None:
@@ -86,7 +88,10 @@ def event_from_request(payload: dict[str, Any], max_event_bytes: int) -> tuple[s
         event_id = new_event_id()
     elif not isinstance(event_id, str) or EVENT_ID_RE.fullmatch(event_id) is None:
         raise ApiError(422, "bad_request", "'id' must be 1-128 letters, digits or '_-:.@'")
-    data = orjson.dumps(payload["data"])
+    try:
+        data = orjson.dumps(payload["data"])
+    except (TypeError, orjson.JSONEncodeError):
+        raise ApiError(422, "bad_request", f"'data' is nested more than {MAX_DATA_DEPTH} levels deep") from None
     if len(data) > max_event_bytes:
         raise ApiError(413, "too_large", f"data is over {max_event_bytes} bytes")
     return topic, data, event_id

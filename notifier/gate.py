@@ -1,0 +1,142 @@
+"""Who may open a WebSocket, decided before the upgrade: per client address, a cap on open connections and
+a budget of new connections per second, and a budget of connections that have not signed in yet, so no
+single address, and no crowd of anonymous sockets, can take the slots of signed-in users.
+
+The client address is the socket's peer, or, behind a proxy listed in NOTIFIER_FORWARDED_ALLOW_IPS, the
+address that proxy puts in `X-Forwarded-For` (uvicorn resolves it before this runs).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from notifier.settings import Settings
+
+log = structlog.get_logger("notifier.gate")
+
+# Addresses with no open connection are remembered for their rate only; past this many they are forgotten
+# (a forgotten address starts again with a full burst, which is the safe side of the bound on memory).
+MAX_IDLE_ADDRESSES = 50_000
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a new connection is refused, as its HTTP answer."""
+
+    status: int
+    error: str
+    message: str
+
+
+class _Address:
+    __slots__ = ("last", "open", "tokens")
+
+    def __init__(self, tokens: float, now: float) -> None:
+        self.open = 0
+        self.tokens = tokens
+        self.last = now
+
+
+class AddressLimits:
+    """Open connections and new connections per second, per client address; pure bookkeeping."""
+
+    def __init__(
+        self, *, max_open: int, rate_per_s: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._max_open = max_open
+        self._rate = rate_per_s
+        self._burst = float(burst)
+        self._clock = clock
+        self._addresses: dict[str, _Address] = {}
+
+    def __len__(self) -> int:
+        return len(self._addresses)
+
+    def open(self, address: str) -> Refusal | None:
+        """Count a new connection from `address`, or say why it is refused (then nothing is counted)."""
+        now = self._clock()
+        entry = self._addresses.get(address)
+        if entry is None:
+            if len(self._addresses) >= MAX_IDLE_ADDRESSES:
+                self._forget_idle()
+            entry = self._addresses[address] = _Address(self._burst, now)
+        else:
+            entry.tokens = min(self._burst, entry.tokens + (now - entry.last) * self._rate)
+            entry.last = now
+        if entry.open >= self._max_open:
+            return Refusal(429, "too_many_connections", f"at most {self._max_open} connections per client address")
+        if entry.tokens < 1.0:
+            return Refusal(429, "too_many_new_connections", f"at most {self._rate:g} new connections per second")
+        entry.tokens -= 1.0
+        entry.open += 1
+        return None
+
+    def close(self, address: str) -> None:
+        """A connection counted by `open` has ended."""
+        entry = self._addresses.get(address)
+        if entry is not None and entry.open > 0:
+            entry.open -= 1
+
+    def _forget_idle(self) -> None:
+        self._addresses = {address: entry for address, entry in self._addresses.items() if entry.open}
+
+
+class AdmissionGate:
+    """ASGI middleware in front of every WebSocket handshake: refuses with HTTP 429/503 and a JSON body
+    before the upgrade, so a refused client costs neither a session nor a slot."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings, authenticated: Callable[[], int]) -> None:
+        self.app = app
+        self._limits = AddressLimits(
+            max_open=settings.max_connections_per_address,
+            rate_per_s=settings.new_connections_per_s_per_address,
+            burst=settings.new_connections_burst_per_address,
+        )
+        self._max_unauthenticated = settings.max_unauthenticated_connections
+        self._authenticated = authenticated
+        self.open = 0  # WebSockets past this gate and not finished
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = client[0] if client else "unknown"
+        # A login that carries its token in the URL signs in at once: it takes no anonymous slot.
+        signs_in_at_once = b"token=" in scope.get("query_string", b"")
+        refusal = (None if signs_in_at_once else self._check_unauthenticated()) or self._limits.open(address)
+        if refusal is not None:
+            log.info("connection_refused", client=address, status=refusal.status, error=refusal.error)
+            await _refuse(scope, send, refusal)
+            return
+        self.open += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.open -= 1
+            self._limits.close(address)
+
+    def _check_unauthenticated(self) -> Refusal | None:
+        if self.open - self._authenticated() >= self._max_unauthenticated:
+            return Refusal(
+                503, "busy", f"{self._max_unauthenticated} connections are waiting to sign in; retry with backoff"
+            )
+        return None
+
+
+async def _refuse(scope: Scope, send: Send, refusal: Refusal) -> None:
+    body = {"error": refusal.error, "message": refusal.message}
+    if "websocket.http.response" in scope.get("extensions", {}):
+        response = JSONResponse(body, status_code=refusal.status, headers={"Retry-After": "1"})
+        await send(
+            {"type": "websocket.http.response.start", "status": response.status_code, "headers": response.raw_headers}
+        )
+        await send({"type": "websocket.http.response.body", "body": response.body})
+    else:
+        await send({"type": "websocket.close", "code": 1013, "reason": refusal.error})

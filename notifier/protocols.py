@@ -1,0 +1,211 @@
+"""uvicorn's connection protocols with the limits a hostile client must not get around.
+
+- HTTP: a socket must complete its request head within NOTIFIER_HANDSHAKE_TIMEOUT_S (also between
+  keep-alive requests), so sockets that send nothing, or send a header a byte at a time, are closed.
+- WebSocket (`websockets-sansio`, which `notifier serve` runs): backpressure. While the socket's output is
+  not draining, the connection stops reading, so a client that floods pings and never reads cannot make us
+  queue pongs without end; if the output stays stuck for NOTIFIER_WRITE_STALL_TIMEOUT_S the connection is
+  dropped. Pings count against the same frames-per-second budget as text frames (close 4004 past it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from notifier import closecodes
+from notifier.ratelimit import RateLimiter
+from notifier.settings import Settings
+
+log = structlog.get_logger("notifier.protocols")
+
+# Where a session finds its connection's frame budget, so text frames and pings share one bucket.
+FRAME_BUDGET_SCOPE_KEY = "notifier.frame_budget"
+
+
+class LimitedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, closing sockets that do not complete a request head in time."""
+
+    handshake_timeout_s: float = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._handshake_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_handshake_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_handshake_timer()
+        super().connection_lost(exc)
+
+    def on_headers_complete(self) -> None:
+        self._cancel_handshake_timer()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_handshake_timer()  # the next request on a kept-alive socket gets the same deadline
+
+    def handle_websocket_upgrade(self) -> None:
+        self._cancel_handshake_timer()
+        super().handle_websocket_upgrade()
+
+    def _arm_handshake_timer(self) -> None:
+        self._cancel_handshake_timer()
+        self._handshake_timer = self.loop.call_later(self.handshake_timeout_s, self._handshake_timed_out)
+
+    def _cancel_handshake_timer(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        if not self.transport.is_closing():
+            log.info("handshake_timeout", client=self.client[0] if self.client else None)
+            self.transport.close()
+
+
+class BackpressuredWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol, but it stops reading from a client whose output is not draining,
+    drops it if that lasts, and counts pings in the connection's frame budget."""
+
+    write_stall_timeout_s: float = 10.0
+    frames_per_s: float = 20.0
+    frames_burst: int = 40
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.frame_budget = RateLimiter(self.frames_per_s, self.frames_burst)
+        self.output_stalled = False
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._buffered_at_check = 0
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope[FRAME_BUDGET_SCOPE_KEY] = self.frame_budget
+
+    # Backpressure.
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.output_stalled = True
+        # What the client sends next (pings above all) would only add to output it is not taking.
+        self.transport.pause_reading()
+        if self._stall_timer is None:
+            self._buffered_at_check = self.transport.get_write_buffer_size()
+            self._stall_timer = self.loop.call_later(self.write_stall_timeout_s, self._drop_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.output_stalled = False
+        self._cancel_stall_timer()
+        if not self.read_paused and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    async def receive(self) -> Any:
+        message = await self.queue.get()
+        if self.read_paused and self.queue.empty():
+            self.read_paused = False
+            if not self.output_stalled:
+                self.transport.resume_reading()
+        return message
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_stall_timer()
+        super().connection_lost(exc)
+
+    def _cancel_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _drop_stalled(self) -> None:
+        """Drop the client if it took nothing for the whole timeout: a close frame would not reach it either."""
+        self._stall_timer = None
+        if self.transport.is_closing():
+            return
+        buffered = self.transport.get_write_buffer_size()
+        if buffered < self._buffered_at_check:
+            # It reads, slowly (while paused we add nothing but what is queued: its send queue rule applies).
+            self._buffered_at_check = buffered
+            self._stall_timer = self.loop.call_later(self.write_stall_timeout_s, self._drop_stalled)
+            return
+        log.info(
+            "connection_dropped",
+            client=self.client[0] if self.client else None,
+            code=closecodes.SLOW_CLIENT.code,
+            reason="output not draining",
+            unsent_bytes=self.transport.get_write_buffer_size(),
+        )
+        self.transport.abort()
+
+    # Client faults: answered, and logged as one short line (never the frame: it may hold a token).
+
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+            try:
+                data.decode()
+            except UnicodeDecodeError as error:
+                self.frames = []
+                log.info(
+                    "invalid_utf8",
+                    client=self.client[0] if self.client else None,
+                    frame_bytes=len(data),
+                    position=error.start,
+                    code=1007,
+                )
+                self.conn.send_close(1007)
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
+
+    # Control frames.
+
+    def handle_ping(self) -> None:
+        if self.close_sent:
+            self.conn.data_to_send()  # closing: the pong is not owed any more
+            return
+        if not self.frame_budget.allow():
+            self.conn.data_to_send()
+            self._close_rate_limited()
+            return
+        super().handle_ping()
+
+    def _close_rate_limited(self) -> None:
+        reason = closecodes.RATE_LIMITED
+        log.info("connection_closing", client=self.client[0] if self.client else None, code=reason.code, reason="pings")
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": reason.code, "reason": reason.reason})
+        self.conn.send_close(reason.code, reason.reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
+
+
+def protocol_classes(settings: Settings) -> tuple[type[LimitedHttpProtocol], type[BackpressuredWebSocketProtocol]]:
+    """The HTTP and WebSocket protocol classes for uvicorn, with this instance's limits."""
+    http = type(
+        "LimitedHttpProtocol",
+        (LimitedHttpProtocol,),
+        {"handshake_timeout_s": settings.handshake_timeout_s},
+    )
+    websocket = type(
+        "BackpressuredWebSocketProtocol",
+        (BackpressuredWebSocketProtocol,),
+        {
+            "write_stall_timeout_s": settings.write_stall_timeout_s,
+            "frames_per_s": settings.client_frames_per_s,
+            "frames_burst": settings.client_frames_burst,
+        },
+    )
+    return http, websocket

@@ -1,0 +1,293 @@
+"""Clients that try to exhaust the server, flood its log or lock others out, each against a real server.
+
+Every attack is bounded in time and count and stays on loopback; 127.0.0.2 plays "another client address".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import select
+import signal
+import socket
+import time
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from notifier import closecodes
+from tests.support import (
+    ConnectClient,
+    RunningServer,
+    StartServer,
+    free_port,
+    running_process,
+    serve_env,
+    token_for,
+    wait_until,
+)
+
+OTHER_ADDRESS = "127.0.0.2"
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """One client-to-server frame (clients must mask), payload under 64 KiB."""
+    mask = os.urandom(4)
+    body = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+    length = len(payload)
+    if length < 126:
+        head = bytes((0x80 | opcode, 0x80 | length))
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
+    return head + mask + body
+
+
+def open_raw_websocket(port: int, source: str = "127.0.0.1", path: str = "/ws") -> socket.socket:
+    """A WebSocket opened by hand, so a test can send what no well-behaved client library would."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, "closed during the handshake"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def flood_pings_without_reading(sock: socket.socket, seconds: float) -> tuple[int, str]:
+    """Send 125-byte pings as fast as the socket takes them, never reading; return bytes sent and how it ended."""
+    sock.setblocking(False)
+    burst = masked_frame(0x9, b"x" * 125) * 200
+    pending = b""
+    sent = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not pending:
+            pending = burst
+        try:
+            count = sock.send(pending)
+        except BlockingIOError:
+            select.select([], [sock], [], 0.05)
+            continue
+        except OSError as error:
+            return sent, f"closed by server: {error.__class__.__name__}"
+        pending = pending[count:]
+        sent += count
+    return sent, "still open"
+
+
+async def test_ping_flood_that_never_reads_holds_bounded_memory_and_is_dropped(start_server: StartServer) -> None:
+    # Frame budget out of the way, so only backpressure stands between the flood and the server's memory.
+    running = await start_server(client_frames_per_s=1e9, client_frames_burst=10**9, write_stall_timeout_s=2.0)
+    sock = await asyncio.to_thread(open_raw_websocket, running.settings.port)
+    flood = asyncio.create_task(asyncio.to_thread(flood_pings_without_reading, sock, 8.0))
+    peak_buffered = 0
+    while not flood.done():
+        for protocol in running.server.server_state.connections:
+            transport = getattr(protocol, "transport", None)
+            if transport is not None and not transport.is_closing():
+                peak_buffered = max(peak_buffered, transport.get_write_buffer_size())
+        await asyncio.sleep(0.02)
+    sent, ending = await flood
+    sock.close()
+    # Unbounded, the server queues a pong for every ping: ~8 MiB of pongs a second here.
+    assert peak_buffered < 1024 * 1024, f"server buffered {peak_buffered} bytes of output for one client"
+    assert ending.startswith("closed by server"), (ending, sent)
+    assert sent < 64 * 1024 * 1024, f"the server kept reading: {sent} bytes taken"
+    await wait_until(lambda: not running.node.sessions, timeout=5)
+
+
+async def test_ping_flood_spends_the_frame_budget_and_is_closed_with_4004(
+    server: RunningServer, connect: ConnectClient
+) -> None:
+    bystander = await connect(server, "bystander")
+    flooder = await connect(server)  # not even signed in
+    for _ in range(server.settings.client_frames_burst + 20):
+        await flooder.ws.ping()
+    await flooder.expect_close(closecodes.RATE_LIMITED.code)
+    assert await bystander.request({"type": "ping", "id": 1}) == {"type": "pong", "id": 1}
+
+
+async def test_a_signed_in_ping_flood_is_closed_with_4004(server: RunningServer, connect: ConnectClient) -> None:
+    flooder = await connect(server, "alice")
+    for _ in range(server.settings.client_frames_burst + 20):
+        await flooder.ws.ping()
+    await flooder.expect_close(closecodes.RATE_LIMITED.code)
+
+
+def read_until_closed(sock: socket.socket, timeout: float, started: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the socket, and how long after `started` that was."""
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while chunk := sock.recv(4096):
+            received += chunk
+    except TimeoutError:
+        return received + b"<still open>", time.monotonic() - started
+    except ConnectionResetError:
+        pass
+    return received, time.monotonic() - started
+
+
+async def test_sockets_that_send_no_request_are_closed_after_the_handshake_timeout(
+    start_server: StartServer, connect: ConnectClient
+) -> None:
+    running = await start_server(handshake_timeout_s=1.0)
+
+    def silent_then_slow() -> list[tuple[bytes, float]]:
+        started = time.monotonic()
+        silent = socket.create_connection(("127.0.0.1", running.settings.port), source_address=(OTHER_ADDRESS, 0))
+        slow = socket.create_connection(("127.0.0.1", running.settings.port))
+        slow.sendall(b"GET /healthz HTTP/1.1\r\n")  # a request head that never ends (slowloris)
+        results = [read_until_closed(silent, 5.0, started), read_until_closed(slow, 5.0, started)]
+        silent.close()
+        slow.close()
+        return results
+
+    for received, seconds in await asyncio.to_thread(silent_then_slow):
+        assert received == b"", received
+        assert 0.8 < seconds < 3.0, seconds
+    # Sockets that did complete a request are served as before, well past the handshake timeout.
+    client = await connect(running, "alice")
+    await asyncio.sleep(1.5)
+    assert await client.request({"type": "ping", "id": 7}) == {"type": "pong", "id": 7}
+
+
+def send_and_read_close(port: int, payload: bytes, path: str = "/ws") -> int | None:
+    """Send one text frame and return the close code the server answers with."""
+    sock = open_raw_websocket(port, path=path)
+    try:
+        sock.sendall(masked_frame(0x1, payload))
+        received, _ = read_until_closed(sock, 5.0, time.monotonic())
+    finally:
+        sock.close()
+    if len(received) >= 4 and received[0] == 0x88:
+        return int.from_bytes(received[2:4], "big")
+    return None
+
+
+async def test_invalid_utf8_is_closed_with_1007_and_logged_as_one_short_line_without_the_token(exchange: str) -> None:
+    port = free_port()
+    token = token_for("alice")
+    percent_encoded_name = "%74oken"  # "token", as a proxy might pass it on
+    async with running_process(["serve"], serve_env(port, exchange), port) as process:
+
+        def attack() -> list[int | None]:
+            codes = [send_and_read_close(port, b'{"type": "auth", "token": "' + token.encode() + b'"}\xff')]
+            query = f"/ws?{percent_encoded_name}={token}&x=1"
+            codes.append(send_and_read_close(port, b"\xff", path=query))
+            codes += [send_and_read_close(port, b"a" * 60_000 + b"\xff") for _ in range(30)]
+            return codes
+
+        codes = await asyncio.to_thread(attack)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 15)
+        logs = (await process.stderr.read()).decode()  # type: ignore[union-attr]
+    assert codes == [1007] * 32
+    assert token.split(".")[2] not in logs  # not the signature, let alone the whole token
+    records = [json.loads(line) for line in logs.splitlines() if line.strip()]
+    assert not [record for record in records if record["level"] in ("error", "critical")]
+    faults = [record for record in records if record["event"] == "invalid_utf8"]
+    assert len(faults) == 32
+    assert {record["level"] for record in faults} == {"info"}
+    # 32 frames of up to 60 KB: a short line each, never the frame (before: ~60 KB a line, at ERROR).
+    assert len(logs.encode()) < 32 * 400 + 4000, len(logs.encode())
+
+
+async def open_websocket(
+    running: RunningServer, *, source: str = "127.0.0.1", headers: dict[str, str] | None = None, query: str = ""
+) -> ClientConnection | tuple[int, dict[str, Any]]:
+    """An open WebSocket, or the HTTP status and JSON body the handshake was refused with."""
+    try:
+        return await websockets.connect(
+            running.ws_url + query, local_addr=(source, 0), additional_headers=headers, open_timeout=5
+        )
+    except websockets.InvalidStatus as refused:
+        return refused.response.status_code, json.loads(refused.response.body or b"{}")
+
+
+async def sign_in(connection: ClientConnection, user: str) -> dict[str, Any]:
+    await connection.send(json.dumps({"type": "auth", "token": token_for(user)}))
+    return dict(json.loads(await asyncio.wait_for(connection.recv(), 5)))
+
+
+async def close_all(connections: list[Any]) -> None:
+    for connection in connections:
+        if isinstance(connection, ClientConnection):
+            await connection.close()
+
+
+async def test_one_address_cannot_take_the_slots_of_others(start_server: StartServer) -> None:
+    running = await start_server(max_connections=60, max_connections_per_address=20, auth_timeout_s=30)
+    # 70 sockets that never sign in, from one address: once, they held the whole instance (4003 for others).
+    attackers = [await open_websocket(running) for _ in range(70)]
+    refused = [answer for answer in attackers if isinstance(answer, tuple)]
+    assert len(refused) == 50
+    assert {status for status, _ in refused} == {429}
+    assert refused[0][1]["error"] == "too_many_connections"
+    users = [await open_websocket(running, source=OTHER_ADDRESS) for _ in range(10)]
+    for index, user in enumerate(users):
+        assert isinstance(user, ClientConnection), user
+        assert (await sign_in(user, f"user{index}"))["type"] == "welcome"
+    await close_all(attackers + users)
+
+
+async def test_new_connections_per_second_are_limited_per_address(start_server: StartServer) -> None:
+    running = await start_server(new_connections_per_s_per_address=2, new_connections_burst_per_address=5)
+    burst = [await open_websocket(running) for _ in range(12)]
+    refused = [answer for answer in burst if isinstance(answer, tuple)]
+    assert 5 <= len(refused) <= 7, refused  # 5 from the burst, plus what refilled meanwhile
+    assert {(status, body["error"]) for status, body in refused} == {(429, "too_many_new_connections")}
+    other = await open_websocket(running, source=OTHER_ADDRESS)
+    assert isinstance(other, ClientConnection)
+    await asyncio.sleep(1.0)  # the budget refills
+    again = await open_websocket(running)
+    assert isinstance(again, ClientConnection)
+    await close_all([*burst, other, again])
+
+
+async def test_anonymous_sockets_cannot_starve_signed_in_users(start_server: StartServer) -> None:
+    running = await start_server(max_connections=40, max_unauthenticated_connections=10, auth_timeout_s=2)
+    signed_in = await open_websocket(running, source=OTHER_ADDRESS)
+    assert isinstance(signed_in, ClientConnection)
+    assert (await sign_in(signed_in, "early"))["type"] == "welcome"
+    anonymous = [await open_websocket(running) for _ in range(30)]
+    refused = [answer for answer in anonymous if isinstance(answer, tuple)]
+    assert len(refused) == 20
+    assert {(status, body["error"]) for status, body in refused} == {(503, "busy")}
+    # A login that carries its token signs in at once, so it does not wait for an anonymous slot.
+    with_token = await open_websocket(running, source=OTHER_ADDRESS, query=f"?token={token_for('late')}")
+    assert isinstance(with_token, ClientConnection)
+    assert json.loads(await asyncio.wait_for(with_token.recv(), 5))["type"] == "welcome"
+    await signed_in.send('{"type": "ping", "id": 1}')
+    assert json.loads(await asyncio.wait_for(signed_in.recv(), 5)) == {"type": "pong", "id": 1}
+    # The anonymous sockets are closed at the auth timeout, which frees their budget.
+    await wait_until(lambda: running.node.admission.authenticated == len(running.node.sessions), timeout=6)
+    after = await open_websocket(running, source=OTHER_ADDRESS)
+    assert isinstance(after, ClientConnection)
+    assert (await sign_in(after, "after"))["type"] == "welcome"
+    await close_all([*anonymous, signed_in, with_token, after])
+
+
+async def test_client_address_comes_from_a_trusted_proxy_only(start_server: StartServer) -> None:
+    behind_proxy = await start_server(forwarded_allow_ips=["127.0.0.1"], max_connections_per_address=2)
+    first, second, third, other = [
+        await open_websocket(behind_proxy, headers={"X-Forwarded-For": address})
+        for address in ("203.0.113.5", "203.0.113.5", "203.0.113.5", "203.0.113.6")
+    ]
+    assert isinstance(first, ClientConnection) and isinstance(second, ClientConnection)
+    assert isinstance(third, tuple) and third[0] == 429
+    assert isinstance(other, ClientConnection)  # another client behind the same proxy
+    # Without a trusted proxy, X-Forwarded-For is the client's own claim and is ignored.
+    direct = await start_server(max_connections_per_address=2)
+    spoofed = [await open_websocket(direct, headers={"X-Forwarded-For": f"198.51.100.{number}"}) for number in range(3)]
+    assert isinstance(spoofed[2], tuple) and spoofed[2][0] == 429
+    await close_all([first, second, other, *spoofed])

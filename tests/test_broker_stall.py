@@ -1,0 +1,69 @@
+"""A broker that holds the TCP line open but says nothing: readiness, publishes and logins stay bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from notifier import closecodes
+from tests.faults import CuttableProxy
+from tests.support import API_KEY, ConnectClient, StartServer, token_for, wait_until
+
+TIMEOUT_S = 3.0
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[CuttableProxy]:
+    line = CuttableProxy()
+    await line.start()
+    yield line
+    await line.stop()
+
+
+async def test_a_stalled_broker_is_noticed_and_answers_stay_bounded(
+    start_server: StartServer, connect: ConnectClient, proxy: CuttableProxy
+) -> None:
+    running = await start_server(
+        amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
+        broker_timeout_s=TIMEOUT_S,
+        broker_heartbeat_s=1,
+        max_pending_publishes=10,
+    )
+    alice = await connect(running, "alice")
+    proxy.stall()
+    async with httpx.AsyncClient(base_url=running.http_url, timeout=30) as http:
+
+        async def publish(number: int) -> tuple[int, float]:
+            started = time.monotonic()
+            response = await http.post(
+                "/api/publish",
+                json={"topic": "user.alice", "data": number},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            )
+            return response.status_code, time.monotonic() - started
+
+        # 60 publishes at once: 10 wait for a confirm that never comes, the rest are refused without waiting
+        # (before, every one waited the whole broker timeout; the client side of 60 requests costs ~1 s here).
+        results = await asyncio.gather(*(publish(number) for number in range(60)))
+        durations = sorted(seconds for _, seconds in results)
+        assert {status for status, _ in results} == {503}
+        assert sum(1 for seconds in durations if seconds < TIMEOUT_S - 0.5) >= 50, durations
+        assert durations[-1] < TIMEOUT_S + 1.5, durations
+
+        # A login during the stall is answered within the broker timeout, not after the TCP timeout.
+        started = time.monotonic()
+        bob = await connect(running)
+        await bob.send({"type": "auth", "token": token_for("bob")})
+        await bob.expect_close(closecodes.TRY_AGAIN_LATER.code, timeout=10)
+        assert time.monotonic() - started < TIMEOUT_S + 1.5
+
+        # Heartbeats notice the silent line: not ready within a few heartbeats.
+        await wait_until(lambda: not running.node.ready, timeout=10)
+        assert (await http.get("/readyz")).status_code == 503
+    assert await alice.request({"type": "ping", "id": 1}) == {"type": "pong", "id": 1}
+    proxy.restore()
+    await wait_until(lambda: running.node.ready, timeout=20)
