@@ -22,6 +22,11 @@ class OutgoingEvent:
     id: str
 
 
+# Events of one batch waiting for RabbitMQ's confirm at once: a pipeline, not the whole batch, so a batch stays
+# within NOTIFIER_MAX_PENDING_PUBLISHES beside other requests.
+BATCH_WINDOW = 64
+
+
 class EventPublisher:
     """Publishes through the broker with confirms; an id published within the dedupe window is skipped."""
 
@@ -40,6 +45,7 @@ class EventPublisher:
         """
         steps = []
         registered: list[tuple[str, asyncio.Future[bool]]] = []
+        window = asyncio.Semaphore(BATCH_WINDOW)
         for event in events:
             if event.id in self._recent:
                 self.repeats_skipped += 1
@@ -52,7 +58,7 @@ class EventPublisher:
             done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             self._in_flight[event.id] = done
             registered.append((event.id, done))
-            steps.append(self._publish_one(event, done))
+            steps.append(self._publish_one(event, done, window))
         try:
             results = await asyncio.gather(*steps, return_exceptions=True)
         finally:
@@ -66,10 +72,11 @@ class EventPublisher:
             if isinstance(result, BaseException):
                 raise result
 
-    async def _publish_one(self, event: OutgoingEvent, done: asyncio.Future[bool]) -> None:
+    async def _publish_one(self, event: OutgoingEvent, done: asyncio.Future[bool], window: asyncio.Semaphore) -> None:
         published = False
         try:
-            await self._broker.publish(event.topic, event.data, event.id)
+            async with window:
+                await self._broker.publish(event.topic, event.data, event.id)
             published = True
             self._recent.add(event.id)
         finally:
