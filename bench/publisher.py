@@ -36,9 +36,9 @@ class TopicPicker:
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.kind = spec["kind"]
-        self.users = spec.get("users", [])
-        self.shared = spec.get("shared", [])
-        self.shared_share = spec.get("shared_share", 0.0)
+        self.users: list[str] = spec.get("users", [])
+        self.shared: list[str] = spec.get("shared", [])
+        self.shared_share: float = spec.get("shared_share", 0.0)
         self.random = random.Random(spec.get("seed", 1))
 
     def next(self) -> str:

@@ -12,7 +12,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+# The broker, vhost included; the same variable the tests read.
+AMQP_URL = os.environ.get("NOTIFIER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 WEB_STOMP_PORT = 15674
 # Web-STOMP opens one broker connection per client; RabbitMQ here may have 1024 open files, so stay well below.
 WEB_STOMP_MAX_CLIENTS = 500
@@ -122,6 +123,7 @@ class Running:
         env.update(
             {
                 "NOTIFIER_PORT": str(self.port),
+                "NOTIFIER_AMQP_URL": AMQP_URL,
                 "NOTIFIER_JWT_SECRET": secret,
                 "NOTIFIER_EXCHANGE": exchange,
                 "NOTIFIER_DEAD_LETTER_EXCHANGE": f"{exchange}.dead",

@@ -15,8 +15,8 @@ from notifier.metrics import build_registry
 from notifier.node import Node
 from notifier.publisher import EventPublisher
 from notifier.routes import demo, docs, health, metrics, publish, server_api, websocket
+from notifier.senders import CaptureRawSend
 from notifier.settings import Settings
-from notifier.wire import CaptureRawSend
 
 
 def create_app(settings: Settings, broker: Broker | None = None, *, dev: bool = False) -> FastAPI:

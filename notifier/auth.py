@@ -9,9 +9,9 @@ from typing import Any
 
 import jwt
 
-from notifier.grants import Grants
+from notifier.grants import Grants, validate_patterns, validate_user
 from notifier.settings import Settings
-from notifier.topics import InvalidTopic, is_valid_segment, validate_pattern
+from notifier.topics import InvalidTopic
 
 
 class TokenRejected(Exception):
@@ -87,16 +87,12 @@ class TokenVerifier:
         raise TokenRejected(f"algorithm {algorithm} is not configured")
 
     def _identity(self, claims: dict[str, object]) -> Identity:
-        user = claims["sub"]
-        if not isinstance(user, str) or not is_valid_segment(user):
-            raise TokenRejected("sub must be one topic segment: letters, digits, '_', '-', ':' and '@' (no dots)")
-        raw_patterns = claims.get("topics", [])
-        if not isinstance(raw_patterns, list):
-            raise TokenRejected("topics claim must be a list of patterns")
-        if len(raw_patterns) > self._settings.max_token_patterns:
-            raise TokenRejected(f"topics claim has more than {self._settings.max_token_patterns} patterns")
         try:
-            patterns = tuple(validate_pattern(pattern) for pattern in raw_patterns)
+            user = validate_user(claims["sub"])
+        except InvalidTopic as error:
+            raise TokenRejected(f"sub: {error}") from None
+        try:
+            patterns = validate_patterns(claims.get("topics", []), self._settings.max_token_patterns)
         except InvalidTopic as error:
             raise TokenRejected(f"topics claim: {error}") from None
         expires_at = claims["exp"]

@@ -169,13 +169,15 @@ def cmd_token(args: argparse.Namespace) -> None:
     secret = settings.jwt_secret or _dev_state(settings.port).get("jwt_secret")
     if not secret:
         fail("no secret: set NOTIFIER_JWT_SECRET (or run `notifier dev` on this port)")
-    from notifier.topics import InvalidTopic, is_valid_segment, validate_pattern
+    from notifier.grants import validate_patterns, validate_user
+    from notifier.topics import InvalidTopic
 
-    if not is_valid_segment(args.user):
-        fail("USER must be one topic segment: letters, digits, '_', '-', ':' and '@'")
     try:
-        for pattern in args.topics:
-            validate_pattern(pattern)
+        validate_user(args.user)
+    except InvalidTopic as error:
+        fail(f"USER: {error}")
+    try:
+        validate_patterns(args.topics, settings.max_token_patterns)
     except InvalidTopic as error:
         fail(f"--topics: {error}")
     print(mint_token(secret, args.user, topics=args.topics, ttl_s=args.ttl))

@@ -16,8 +16,9 @@ class CloseReason:
 
     @property
     def reconnect(self) -> bool:
-        """Whether a client may reconnect after this close (maybe after fetching a new token)."""
-        return self.code < 4500
+        """Whether a client may reconnect after this close (maybe after fetching a new token). A frame too big
+        is the client's own doing: it would send it again, so 1009 is terminal like the 4500 range."""
+        return self.code < 4500 and self.code != 1009
 
 
 # Standard codes.

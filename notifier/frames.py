@@ -10,6 +10,7 @@ import orjson
 from notifier.events import Event
 
 MAX_ID_LENGTH = 64
+MAX_SESSION_ID_LENGTH = 128
 
 RequestId = str | int | None
 
@@ -25,9 +26,18 @@ class BadFrame(Exception):
 
 
 @dataclass(frozen=True)
+class Resume:
+    """The session a reconnecting client had, and how many of its event frames it received."""
+
+    session: str
+    received: int
+
+
+@dataclass(frozen=True)
 class Auth:
     token: str
     id: RequestId = None
+    resume: Resume | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,21 @@ def _string_field(raw: dict[str, Any], name: str, request_id: RequestId) -> str:
     return value
 
 
+def _resume_field(raw: dict[str, Any], request_id: RequestId) -> Resume | None:
+    value = raw.get("resume")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadFrame("bad_request", "'resume' must be an object", request_id)
+    session = value.get("session")
+    received = value.get("received")
+    if not isinstance(session, str) or not 0 < len(session) <= MAX_SESSION_ID_LENGTH:
+        raise BadFrame("bad_request", f"'resume.session' must be a string of 1-{MAX_SESSION_ID_LENGTH}", request_id)
+    if isinstance(received, bool) or not isinstance(received, int) or not 0 <= received < 2**53:
+        raise BadFrame("bad_request", "'resume.received' must be a count of events (an integer >= 0)", request_id)
+    return Resume(session, received)
+
+
 def parse_client_frame(text: str) -> ClientFrame:
     """Parse one client text frame, or raise BadFrame with the error code to answer."""
     try:
@@ -93,7 +118,7 @@ def parse_client_frame(text: str) -> ClientFrame:
     if kind == "ping":
         return Ping(request_id)
     if kind == "auth":
-        return Auth(_string_field(raw, "token", request_id), request_id)
+        return Auth(_string_field(raw, "token", request_id), request_id, _resume_field(raw, request_id))
     if kind == "refresh":
         return Refresh(_string_field(raw, "token", request_id), request_id)
     if not isinstance(kind, str):
@@ -101,42 +126,60 @@ def parse_client_frame(text: str) -> ClientFrame:
     raise BadFrame("unknown_type", f"unknown frame type {kind[:40]!r}", request_id)
 
 
-def _encode(frame: dict[str, Any]) -> str:
-    return orjson.dumps(frame).decode()
+def _encode(frame: dict[str, Any]) -> bytes:
+    return orjson.dumps(frame)
 
 
-def welcome(user: str, topics: list[str], expires_at: float) -> str:
-    return _encode({"type": "welcome", "user": user, "topics": topics, "expires": int(expires_at)})
+def welcome(
+    user: str,
+    topics: list[str],
+    expires_at: float,
+    session: str,
+    *,
+    recovered: bool = False,
+    dropped: list[str] | None = None,
+) -> bytes:
+    frame: dict[str, Any] = {
+        "type": "welcome",
+        "user": user,
+        "topics": topics,
+        "expires": int(expires_at),
+        "session": session,
+        "recovered": recovered,
+    }
+    if dropped is not None:
+        frame["dropped"] = dropped
+    return _encode(frame)
 
 
-def refreshed(request_id: RequestId, expires_at: float, dropped: list[str]) -> str:
+def refreshed(request_id: RequestId, expires_at: float, dropped: list[str]) -> bytes:
     return _encode({"type": "refreshed", "id": request_id, "expires": int(expires_at), "dropped": dropped})
 
 
-def subscription(kind: Literal["subscribed", "unsubscribed"], topic: str, request_id: RequestId) -> str:
+def subscription(kind: Literal["subscribed", "unsubscribed"], topic: str, request_id: RequestId) -> bytes:
     return _encode({"type": kind, "topic": topic, "id": request_id})
 
 
-def unsubscribed_by_server(topic: str) -> str:
+def unsubscribed_by_server(topic: str) -> bytes:
     """The server API took the topic from this connection (no request of the client's, so `id` is null)."""
     return _encode({"type": "unsubscribed", "topic": topic, "id": None, "reason": "server"})
 
 
-def pong(request_id: RequestId) -> str:
+def pong(request_id: RequestId) -> bytes:
     return _encode({"type": "pong", "id": request_id})
 
 
-def error(code: str, message: str, request_id: RequestId = None, topic: str | None = None) -> str:
+def error(code: str, message: str, request_id: RequestId = None, topic: str | None = None) -> bytes:
     frame: dict[str, Any] = {"type": "error", "id": request_id, "code": code, "message": message}
     if topic is not None:
         frame["topic"] = topic
     return _encode(frame)
 
 
-def event(item: Event) -> str:
-    """Encode an event once; the same string goes to every subscriber.
+def event(item: Event) -> bytes:
+    """Encode an event once; the same bytes go to every subscriber.
 
     The event's data is already validated JSON, so it is spliced in as-is rather than parsed and dumped again.
     """
     head = orjson.dumps({"type": "event", "topic": item.topic, "id": item.id, "ts": item.ts_ms})
-    return (head[:-1] + b',"data":' + item.data + b"}").decode()
+    return head[:-1] + b',"data":' + item.data + b"}"

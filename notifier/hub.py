@@ -12,7 +12,7 @@ import structlog
 from notifier import frames
 from notifier.broker import Broker
 from notifier.events import Event, now_ms
-from notifier.metrics import LatencyHistogram
+from notifier.stats import Stats
 from notifier.wire import Frame
 
 log = structlog.get_logger("notifier.hub")
@@ -37,14 +37,12 @@ class Hub:
     """Owns topic -> local subscribers. The first subscriber of a topic binds it at the broker, the last one
     to leave unbinds it. Fan-out encodes an event once and offers the same frame to every subscriber."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, stats: Stats | None = None) -> None:
         self._broker = broker
+        self._stats = stats or Stats()
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._bound: set[str] = set()
         self._guards: dict[str, _TopicGuard] = {}
-        self.events_in = 0
-        self.frames_out = 0
-        self.latency = LatencyHistogram()
 
     @property
     def bound_topics(self) -> frozenset[str]:
@@ -73,6 +71,15 @@ class Hub:
                 raise
             self._bound.add(topic)
 
+    def transfer(self, old: Subscriber, new: Subscriber, topic: str) -> None:
+        """Hand `old`'s subscription to `topic` to `new`, at once and without touching the binding: no event is
+        routed to neither, none to both."""
+        subscribers = self._subscribers.get(topic)
+        if subscribers is None or old not in subscribers:
+            raise KeyError(f"{topic} is not held by the subscriber handing it over")
+        subscribers.discard(old)
+        subscribers.add(new)
+
     async def unsubscribe(self, subscriber: Subscriber, topic: str) -> None:
         """Remove `subscriber` from `topic`; unbinds the topic when its last local subscriber leaves."""
         subscribers = self._subscribers.get(topic)
@@ -88,16 +95,17 @@ class Hub:
 
     def deliver(self, event: Event) -> None:
         """Hand `event` to every local subscriber of its topic, without awaiting any of them."""
-        self.events_in += 1
+        stats = self._stats
+        stats.events_in += 1
         if event.stamped:
-            self.latency.observe((now_ms() - event.ts_ms) / 1000)
+            stats.latency.observe((now_ms() - event.ts_ms) / 1000)
         subscribers = self._subscribers.get(event.topic)
         if not subscribers:
             return
-        frame = Frame(frames.event(event))
+        frame = Frame(frames.event(event), event.topic, event.id)
         for subscriber in subscribers:
             subscriber.offer(frame)
-        self.frames_out += len(subscribers)
+        stats.frames_out += len(subscribers)
 
     @contextlib.asynccontextmanager
     async def _guard(self, topic: str) -> AsyncIterator[None]:

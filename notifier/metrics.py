@@ -1,11 +1,10 @@
-"""Prometheus metrics, read from the node's own counters at scrape time, so the hot path only bumps ints.
+"""Prometheus metrics, read from the instance's `Stats` and gauges at scrape time, so the hot path only bumps ints.
 
 Each app has its own registry (no process-wide state), so several apps can run in one process.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -21,29 +20,6 @@ if TYPE_CHECKING:
 CLOSE_REASONS = {reason.code: reason.reason for reason in closecodes.ALL}
 
 
-class LatencyHistogram:
-    """Publish-to-hand-off latency of events whose publisher set the AMQP timestamp (whole seconds)."""
-
-    BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(self.BUCKETS_S) + 1)
-        self.total_s = 0.0
-
-    def observe(self, seconds: float) -> None:
-        seconds = max(0.0, seconds)
-        self.counts[bisect.bisect_left(self.BUCKETS_S, seconds)] += 1
-        self.total_s += seconds
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        buckets: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip((*self.BUCKETS_S, float("inf")), self.counts, strict=True):
-            running += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
-        return buckets
-
-
 class NodeCollector(Collector):
     def __init__(self, node: Node) -> None:
         self._node = node
@@ -51,11 +27,17 @@ class NodeCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         node = self._node
         hub = node.hub
+        stats = node.stats
         yield GaugeMetricFamily("notifier_connections", "Open WebSocket connections", value=len(node.sessions))
         yield GaugeMetricFamily(
             "notifier_subscriptions",
             "Subscriptions held by open connections",
             value=sum(len(session.topics) for session in node.sessions),
+        )
+        yield GaugeMetricFamily(
+            "notifier_sessions_parked",
+            "Sessions whose connection dropped, kept for a resume",
+            value=node.directory.parked_count,
         )
         yield GaugeMetricFamily("notifier_topics_bound", "Topics bound at the broker", value=len(hub.bound_topics))
         yield GaugeMetricFamily(
@@ -64,14 +46,14 @@ class NodeCollector(Collector):
         yield CounterMetricFamily(
             "notifier_broker_reconnects", "Times the broker connection was restored", value=node.broker.reconnects
         )
-        yield CounterMetricFamily("notifier_events_consumed", "Events taken from the broker", value=hub.events_in)
+        yield CounterMetricFamily("notifier_events_consumed", "Events taken from the broker", value=stats.events_in)
         yield CounterMetricFamily(
-            "notifier_events_delivered", "Event frames handed to clients' send queues", value=hub.frames_out
+            "notifier_events_delivered", "Event frames handed to clients' send queues", value=stats.frames_out
         )
         yield CounterMetricFamily(
             "notifier_events_dropped",
             "Event frames discarded from the queues of slow clients that were closed",
-            value=node.frames_dropped,
+            value=stats.frames_dropped,
         )
         yield CounterMetricFamily(
             "notifier_events_dead_lettered",
@@ -81,16 +63,16 @@ class NodeCollector(Collector):
         closes = CounterMetricFamily(
             "notifier_connections_closed", "Connections closed by the server, by close code", labels=["code", "reason"]
         )
-        for code, count in sorted(node.closes_by_code.items()):
+        for code, count in sorted(stats.closes_by_code.items()):
             closes.add_metric([str(code), CLOSE_REASONS.get(code, "")], count)
         yield closes
         published = CounterMetricFamily(
             "notifier_publish_requests", "POST /api/publish answers, by HTTP status", labels=["status"]
         )
-        for status, count in sorted(node.publish_results.items()):
+        for status, count in sorted(stats.publish_results.items()):
             published.add_metric([str(status)], count)
         yield published
-        latency = hub.latency
+        latency = stats.latency
         yield HistogramMetricFamily(
             "notifier_delivery_latency_seconds",
             "From the publisher's AMQP timestamp to hand-off to clients (timestamps have 1 s resolution)",

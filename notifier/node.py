@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
 
@@ -13,12 +12,16 @@ import structlog
 from starlette.websockets import WebSocket
 
 from notifier import closecodes
+from notifier.admission import Admission
 from notifier.auth import TokenVerifier
 from notifier.broker import Broker, create_broker
+from notifier.directory import SessionDirectory
 from notifier.hub import Hub
 from notifier.origins import OriginPolicy
-from notifier.session import Session, State
+from notifier.senders import FastPathReport, choose_sender
+from notifier.session import Session, SessionContext, State
 from notifier.settings import Settings
+from notifier.stats import Stats
 
 log = structlog.get_logger("notifier.node")
 
@@ -30,15 +33,28 @@ class Node:
 
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings
+        self.stats = Stats()
         self.broker = broker or create_broker(settings)
-        self.hub = Hub(self.broker)
+        self.hub = Hub(self.broker, self.stats)
         self.verifier = TokenVerifier(settings)
         self.origins = OriginPolicy(settings.allowed_origins)
+        self.admission = Admission(
+            max_connections=settings.max_connections, max_connections_per_user=settings.max_connections_per_user
+        )
         self.sessions: set[Session] = set()
-        self.closes_by_code: Counter[int] = Counter()
-        self.publish_results: Counter[int] = Counter()
-        self.frames_dropped = 0
-        self._connections_per_user: Counter[str] = Counter()
+        self.directory = SessionDirectory(
+            self.broker.instance_id, window_s=settings.resume_window_s, max_parked=settings.max_parked_sessions
+        )
+        self._session_context = SessionContext(
+            settings=settings,
+            hub=self.hub,
+            verifier=self.verifier,
+            admission=self.admission,
+            stats=self.stats,
+            directory=self.directory,
+            on_finished=self.sessions.discard,
+        )
+        self._fast_path_report = FastPathReport()
         self._accepting = True
         self._connect_task: asyncio.Task[None] | None = None
         self._stop_deadline = 0.0
@@ -90,6 +106,8 @@ class Node:
 
     async def stop(self) -> None:
         await self.drain()
+        self.directory.end_all_parked()
+        await self._within_deadline(self.directory.wait_released(), "release_parked_sessions")
         await self._within_deadline(self.broker.close(), "broker_close")
 
     async def _within_deadline(self, step: Coroutine[Any, Any, None], name: str) -> None:
@@ -113,7 +131,12 @@ class Node:
             await websocket.close(closecodes.SHUTDOWN.code, closecodes.SHUTDOWN.reason)
             return
         await websocket.accept()
-        session = Session(self, websocket)
+        task = asyncio.current_task()
+        assert task is not None
+        path = self.settings.write_path
+        sender = choose_sender(websocket.scope, websocket.send, task.cancel, path)
+        self._fast_path_report.note(sender, websocket.scope, path)
+        session = Session(websocket.receive, sender, self._session_context)
         self.sessions.add(session)
         await session.run(websocket.query_params.get("token"))
 
@@ -121,24 +144,7 @@ class Node:
         """The open, authenticated connections of `user` on this instance."""
         return [session for session in self.sessions if session.user == user and session.state is State.OPEN]
 
-    def at_capacity(self) -> bool:
-        return len(self.sessions) > self.settings.max_connections
-
-    def admit_user(self, user: str) -> bool:
-        """Count one more connection for `user`, unless that would pass the per-user limit."""
-        if self._connections_per_user[user] >= self.settings.max_connections_per_user:
-            return False
-        self._connections_per_user[user] += 1
-        return True
-
-    async def forget(self, session: Session) -> None:
-        """Release everything a finished session held; it leaves `sessions` last, once nothing is held."""
-        for topic in tuple(session.topics):
-            await self.hub.unsubscribe(session, topic)
-        session.topics.clear()
-        if session.identity is not None:
-            user = session.identity.user
-            self._connections_per_user[user] -= 1
-            if self._connections_per_user[user] <= 0:
-                del self._connections_per_user[user]
-        self.sessions.discard(session)
+    def parked_sessions_of(self, user: str) -> list[Session]:
+        """The parked sessions of `user` on this instance (their connection is gone; a resume may claim them)."""
+        parked = self.directory.parked_sessions()
+        return [session for session in parked if isinstance(session, Session) and session.user == user]

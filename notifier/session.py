@@ -1,5 +1,7 @@
-"""One WebSocket client: its state machine (awaiting auth -> open -> closing), its subscriptions,
-its bounded send queue and writer task, its token's expiry. The protocol's rules live here."""
+"""One client session's protocol state machine: awaiting auth -> open -> closing -> parked or ended; its
+subscriptions, its recent event frames (for a resume) and its token's expiry. The write path (outbox and
+sender) and every collaborator are passed in, so the state machine runs as well against a fake socket and the
+in-memory broker as against uvicorn and RabbitMQ."""
 
 from __future__ import annotations
 
@@ -7,131 +9,152 @@ import asyncio
 import enum
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import structlog
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnect
 
 from notifier import closecodes, frames
+from notifier.admission import Admission
 from notifier.auth import Identity, TokenRejected
 from notifier.broker import BrokerUnavailable
 from notifier.closecodes import CloseReason
+from notifier.directory import SessionDirectory
+from notifier.history import History
+from notifier.hub import Hub
+from notifier.outbox import Outbox
+from notifier.ratelimit import RateLimiter
+from notifier.senders import Sender
+from notifier.settings import Settings
+from notifier.stats import Stats
 from notifier.topics import InvalidTopic, validate_topic
-from notifier.wire import DirectWriter, Frame
-
-if TYPE_CHECKING:
-    from notifier.node import Node
+from notifier.wire import Frame
 
 log = structlog.get_logger("notifier.session")
 
 # How long a closing connection may take to finish its close handshake before it is dropped.
 CLOSE_GRACE_S = 5.0
-_SEND_ERRORS = (WebSocketDisconnect, RuntimeError, OSError)
+# What `receive` raises once the connection is gone.
+_RECEIVE_ERRORS = (WebSocketDisconnect, RuntimeError, OSError)
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
 class State(enum.Enum):
     AWAITING_AUTH = "awaiting_auth"
     OPEN = "open"
     CLOSING = "closing"
+    PARKED = "parked"  # the connection ended without a goodbye: events keep collecting for a resume
+    HANDED_OVER = "handed_over"  # a new connection resumed it; it holds nothing any more
+    ENDED = "ended"
 
 
-class RateLimiter:
-    """A token bucket over client frames."""
+# A client that closes with this code said goodbye: its session ends instead of waiting for a resume.
+GOODBYE_CODE = 1000
 
-    __slots__ = ("_burst", "_last", "_rate", "_tokens")
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._last = time.monotonic()
+class Verifier(Protocol):
+    async def verify(self, token: object) -> Identity:
+        """The identity a token speaks for, or TokenRejected saying why not."""
 
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
+
+@dataclass(frozen=True)
+class SessionContext:
+    """What a session needs from its instance, and nothing more."""
+
+    settings: Settings
+    hub: Hub
+    verifier: Verifier
+    admission: Admission
+    stats: Stats
+    directory: SessionDirectory
+    on_finished: Callable[[Session], None]
+    """Called once, when the session's connection is over (it may stay parked after that)."""
 
 
 class Session:
     """Serves one WebSocket connection from handshake to close."""
 
-    def __init__(self, node: Node, websocket: WebSocket) -> None:
-        self._node = node
-        self._settings = node.settings
-        self._websocket = websocket
+    def __init__(self, receive: Receive, sender: Sender, context: SessionContext) -> None:
+        self._receive = receive
+        self._sender = sender
+        self._context = context
+        self._settings = settings = context.settings
         self.connection_id = uuid.uuid4().hex[:16]
         self.state = State.AWAITING_AUTH
         self.identity: Identity | None = None
+        self.session_id: str | None = None  # given with the welcome
         self.topics: set[str] = set()
-        self._outbox: deque[Frame] = deque()
-        self._outbox_limit = self._settings.send_queue_size
-        self._wakeup = asyncio.Event()
-        self._writer_idle = False
-        self._direct = DirectWriter.attach(websocket.scope)
+        self.history = History(window_s=settings.resume_window_s, max_events=settings.resume_max_events)
+        self._holds_user_slot = False
+        self._dropped_on_resume: Session | None = None  # a resumed session whose leftover topics are released
         self._close_reason: CloseReason | None = None
-        self._task: asyncio.Task[Any] | None = None
+        self._client_close_code: int | None = None
+        self._outbox = Outbox(sender, settings.send_queue_size, self._on_outbox_overflow)
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._rate = RateLimiter(self._settings.client_frames_per_s, self._settings.client_frames_burst)
+        self._rate = RateLimiter(settings.client_frames_per_s, settings.client_frames_burst)
         self._log = log.bind(conn=self.connection_id)
 
     @property
     def user(self) -> str | None:
         return self.identity.user if self.identity else None
 
+    @property
+    def write_path(self) -> str:
+        return self._sender.name
+
     # The hub's side: never waits.
 
     def offer(self, frame: Frame) -> None:
-        """Send a frame now if the socket takes it, else queue it; a full queue means the client is too slow
-        and is closed."""
-        if self.state is State.CLOSING:
-            return
-        outbox = self._outbox
-        if not outbox and self._writer_idle:
-            direct = self._direct
-            if direct is not None and direct.try_write(frame.wire):
-                return  # nothing was queued before it, so the order is kept
-        if len(outbox) >= self._outbox_limit:
-            self.close(closecodes.SLOW_CLIENT, drop_pending=True)
-            return
-        outbox.append(frame)
-        if self._writer_idle:
-            self._wakeup.set()
+        """Take one event frame from the hub: send it now if the socket takes it, else queue it (a client too slow
+        to take it is closed); keep it for a resume; while parked, only keep it."""
+        state = self.state
+        if state is State.OPEN:
+            self.history.record(frame)
+            self._outbox.offer(frame)
+        elif state is State.CLOSING or state is State.AWAITING_AUTH:
+            self.history.record(frame)  # sent after the welcome, or replayed if the session is resumed
+        elif state is State.PARKED:
+            if self.history.full:
+                self._log.info("parked_session_overflowed", user=self.user)
+                self._context.directory.end(self)  # it missed more than it can hold: never recoverable
+            else:
+                self.history.record(frame)
 
-    def reply(self, text: str) -> None:
-        """Send one of this connection's own frames (welcome, answers, errors)."""
-        self.offer(Frame(text))
+    def reply(self, payload: bytes) -> None:
+        """Send one of this connection's own messages (welcome, answers, errors)."""
+        if self._is_live():
+            self._outbox.offer(Frame(payload))
 
     def close(self, reason: CloseReason, *, drop_pending: bool = False) -> None:
         """Close the connection with `reason`, after sending what is queued unless `drop_pending`."""
-        if self.state is State.CLOSING:
+        if not self._is_live():
             return
         self.state = State.CLOSING
         self._close_reason = reason
         if drop_pending:
-            self._node.frames_dropped += len(self._outbox)
-            self._outbox.clear()
+            self._context.stats.frames_dropped += self._outbox.drop_pending()
         for timer in self._timers.values():
             timer.cancel()
         # A client that stopped reading never answers the close, and the reader may be waiting on it.
         self._start_timer("abandon", CLOSE_GRACE_S, self._abandon)
-        self._node.closes_by_code[reason.code] += 1
+        self._context.stats.closes_by_code[reason.code] += 1
         self._log.info("connection_closing", user=self.user, code=reason.code, reason=reason.reason)
-        self._wakeup.set()
+        self._outbox.close_after_pending(reason)
+
+    def _on_outbox_overflow(self) -> None:
+        self.close(closecodes.SLOW_CLIENT, drop_pending=True)
 
     # The connection's life.
 
     async def run(self, token_in_url: str | None) -> None:
         """Serve the connection until it ends; the caller has checked the origin and accepted."""
-        self._task = asyncio.current_task()
-        writer = asyncio.create_task(self._write_loop(), name=f"writer-{self.connection_id}")
+        admission = self._context.admission
+        writer = asyncio.create_task(self._outbox.run(self._is_closing), name=f"writer-{self.connection_id}")
         try:
-            if self._node.at_capacity():
+            if not admission.open_connection():
                 self.close(closecodes.SERVER_FULL)
             elif token_in_url is not None:
                 await self._authenticate(token_in_url, request_id=None)
@@ -139,7 +162,8 @@ class Session:
                 self._start_timer("auth", self._settings.auth_timeout_s, closecodes.AUTH_TIMEOUT)
             await self._read_loop()
         finally:
-            self.state = State.CLOSING
+            if self._is_live():
+                self.state = State.CLOSING
             for timer in self._timers.values():
                 timer.cancel()
             # The reader ends when the client is gone or did not answer our close in time: either way nothing
@@ -148,25 +172,88 @@ class Session:
             if not writer.done():
                 writer.cancel()
                 await asyncio.wait([writer])
-                if self._direct is not None:
-                    self._direct.abort()  # drop unsent bytes instead of keeping them until TCP gives up
-            await self._node.forget(self)
+                self._sender.drop_unsent()
+            admission.close_connection()
+            await self._after_connection()
+
+    async def _after_connection(self) -> None:
+        """The connection is over: park the session for a resume, or end it."""
+        context = self._context
+        if self.state is State.HANDED_OVER:
+            context.on_finished(self)  # a new connection holds its topics now
+        elif self._parkable():
+            self.state = State.PARKED
+            self._release_user_slot()
+            context.on_finished(self)
+            context.directory.park(self)
+            self._log.info("session_parked", user=self.user)
+        else:
+            context.directory.forget(self)
+            self.state = State.ENDED
+            await self._release()
+            context.on_finished(self)
+
+    def _is_live(self) -> bool:
+        return self.state is State.OPEN or self.state is State.AWAITING_AUTH
+
+    def _is_closing(self) -> bool:
+        return not self._is_live()
+
+    def _parkable(self) -> bool:
+        if self.session_id is None or self._settings.resume_window_s <= 0:
+            return False  # never welcomed, or resume is off
+        if self._close_reason is not None:
+            return self._close_reason.reconnect
+        return self._client_close_code != GOODBYE_CODE
+
+    def expire(self) -> Coroutine[Any, Any, None] | None:
+        """The directory ends this parked session: its window passed, it overflowed, or the instance stops."""
+        if self.state is not State.PARKED:
+            return None
+        self.state = State.ENDED
+        self._log.info("parked_session_ended", user=self.user)
+        return self._release()
+
+    def hand_over(self) -> None:
+        """A new connection resumes this session: stop holding anything, and drop a connection that still looks
+        open (a half-open TCP connection nobody noticed yet)."""
+        was = self.state
+        self.state = State.HANDED_OVER
+        self._context.directory.forget(self)
+        for timer in self._timers.values():
+            timer.cancel()
+        self._release_user_slot()
+        if was is not State.PARKED:
+            self._sender.abort()
+
+    def _release_user_slot(self) -> None:
+        if self._holds_user_slot and self.identity is not None:
+            self._holds_user_slot = False
+            self._context.admission.release_user(self.identity.user)
+
+    async def _release(self) -> None:
+        """Give back every topic and the user's connection slot."""
+        hub = self._context.hub
+        for topic in tuple(self.topics):
+            await hub.unsubscribe(self, topic)
+        self.topics.clear()
+        self._release_user_slot()
 
     async def _read_loop(self) -> None:
-        receive = self._websocket.receive
+        receive = self._receive
         while True:
-            if self.state is State.CLOSING:
+            if not self._is_live():
                 # We sent (or are sending) a close frame: wait a bounded time for the client's answer.
                 try:
                     message = await asyncio.wait_for(receive(), CLOSE_GRACE_S)
-                except (TimeoutError, *_SEND_ERRORS):
+                except (TimeoutError, *_RECEIVE_ERRORS):
                     return
             else:
                 message = await receive()
-            kind = message["type"]
-            if kind == "websocket.disconnect":
+            if message["type"] == "websocket.disconnect":
+                self._client_close_code = message.get("code")
                 return
-            if self.state is State.CLOSING:
+            if not self._is_live():
                 continue
             await self._on_message(message)
 
@@ -197,7 +284,7 @@ class Session:
     async def _on_frame(self, frame: frames.ClientFrame) -> None:
         if self.state is State.AWAITING_AUTH:
             if isinstance(frame, frames.Auth):
-                await self._authenticate(frame.token, request_id=frame.id)
+                await self._authenticate(frame.token, request_id=frame.id, resume=frame.resume)
             else:
                 self.close(closecodes.PROTOCOL_VIOLATION)
             return
@@ -214,39 +301,112 @@ class Session:
 
     # Authentication and token lifetime.
 
-    async def _authenticate(self, token: str, request_id: frames.RequestId) -> None:
+    async def _authenticate(
+        self, token: str, request_id: frames.RequestId, resume: frames.Resume | None = None
+    ) -> None:
         self._cancel_timer("auth")
+        context = self._context
         try:
-            identity = await self._node.verifier.verify(token)
+            identity = await context.verifier.verify(token)
         except TokenRejected as rejected:
             self._log.info("auth_rejected", reason=str(rejected))
             self.close(closecodes.TOKEN_EXPIRED if rejected.expired else closecodes.INVALID_TOKEN)
             return
-        if not self._node.admit_user(identity.user):
+        if self.state is not State.AWAITING_AUTH:
+            return  # closed while verifying
+        if resume is not None and self._resume(identity, resume):
+            await self._release_dropped_topics()
+            return
+        if not context.admission.admit_user(identity.user):
             self.close(closecodes.USER_CONNECTION_LIMIT)
             return
-        self.identity = identity  # from here on the node counts this connection against the user
+        self.identity = identity
+        self._holds_user_slot = True
         self._log = self._log.bind(user=identity.user)
         personal = identity.grants.personal_topic
         try:
-            await self._node.hub.subscribe(self, personal)
+            await context.hub.subscribe(self, personal)
         except BrokerUnavailable as error:
             self._log.warning("personal_topic_unavailable", error=str(error))
             self.close(closecodes.TRY_AGAIN_LATER)
             return
-        if self.state is State.CLOSING:  # closed while binding (shutdown, for instance)
-            await self._node.hub.unsubscribe(self, personal)
+        if self.state is not State.AWAITING_AUTH:  # closed while binding (shutdown, for instance)
+            await context.hub.unsubscribe(self, personal)
             return
         self.topics.add(personal)
+        self._go_live(identity, [personal], recovered=False)
+        # Events of the personal topic that arrived between the bind and the welcome follow it.
+        for frame in self.history.after(0) or ():
+            self._outbox.offer(frame)
+
+    def _go_live(
+        self, identity: Identity, topics: list[str], *, recovered: bool, dropped: list[str] | None = None
+    ) -> None:
+        directory = self._context.directory
+        self.session_id = directory.new_id()
+        directory.register(self)
         self.state = State.OPEN
         self._schedule_expiry(identity.expires_at)
-        self._log.info("connection_authenticated")
-        self.reply(frames.welcome(identity.user, [personal], identity.expires_at))
+        self._log.info("connection_authenticated", recovered=recovered)
+        welcome = frames.welcome(
+            identity.user, topics, identity.expires_at, self.session_id, recovered=recovered, dropped=dropped
+        )
+        self._outbox.offer(Frame(welcome))
+
+    def _resume(self, identity: Identity, resume: frames.Resume) -> bool:
+        """Take over the session the client had, if it is here, the same user's and still whole; all or nothing.
+
+        Runs without awaiting: no event can slip between the replay and the live ones that follow it."""
+        context = self._context
+        old = context.directory.find(resume.session)
+        if not isinstance(old, Session) or old is self or old.user != identity.user:
+            return False  # unknown here, or someone else's: a fresh session, and nothing of theirs is shown
+        replay = old.history.after(resume.received)
+        if replay is None:
+            if old.state is State.PARKED:
+                context.directory.end(old)  # the client can never get it back whole
+            return False
+        old.hand_over()
+        if not context.admission.admit_user(identity.user):
+            self._adopt_nothing_from(old)
+            self.close(closecodes.USER_CONNECTION_LIMIT)
+            return True
+        self.identity = identity
+        self._holds_user_slot = True
+        self._log = self._log.bind(user=identity.user)
+        kept = {topic for topic in old.topics if identity.grants.allows(topic)}
+        hub = context.hub
+        for topic in kept:
+            hub.transfer(old, self, topic)
+        old.topics -= kept  # what the new token no longer grants, released after the welcome
+        self.topics = kept
+        self.history = History(
+            window_s=self._settings.resume_window_s, max_events=self._settings.resume_max_events, sent=resume.received
+        )
+        personal = identity.grants.personal_topic
+        topics = [personal, *sorted(kept - {personal})]
+        self._dropped_on_resume = old
+        self._go_live(identity, topics, recovered=True, dropped=sorted(old.topics))
+        for frame in replay:
+            if frame.topic in kept:
+                self.offer(frame)
+        self._log.info("session_resumed", replayed=len(replay), received=resume.received)
+        return True
+
+    def _adopt_nothing_from(self, old: Session) -> None:
+        """A resume that cannot go on: the old session's topics are released all the same."""
+        self._dropped_on_resume = old
+
+    async def _release_dropped_topics(self) -> None:
+        old = self._dropped_on_resume
+        self._dropped_on_resume = None
+        if old is not None:
+            await old._release()
 
     async def _refresh(self, frame: frames.Refresh) -> None:
         assert self.identity is not None
         try:
-            identity = await self._node.verifier.verify(frame.token)
+            identity = await self._context.verifier.verify(frame.token)
         except TokenRejected as rejected:
             code = "token_expired" if rejected.expired else "invalid_token"
             self.reply(frames.error(code, str(rejected), frame.id))
@@ -259,7 +419,7 @@ class Session:
         dropped = sorted(topic for topic in self.topics if not identity.grants.allows(topic))
         for topic in dropped:
             self.topics.discard(topic)
-            await self._node.hub.unsubscribe(self, topic)
+            await self._context.hub.unsubscribe(self, topic)
         self.reply(frames.refreshed(frame.id, identity.expires_at, dropped))
 
     def _schedule_expiry(self, expires_at: float) -> None:
@@ -277,10 +437,7 @@ class Session:
     def _abandon(self) -> None:
         """The close handshake did not finish in time: drop the socket, which ends the reader too."""
         self._log.info("connection_abandoned", user=self.user)
-        if self._direct is not None:
-            self._direct.abort()
-        elif self._task is not None:
-            self._task.cancel()
+        self._sender.abort()
 
     def _cancel_timer(self, name: str) -> None:
         timer = self._timers.pop(name, None)
@@ -307,12 +464,12 @@ class Session:
                 return
             self.topics.add(topic)
             try:
-                await self._node.hub.subscribe(self, topic)
+                await self._context.hub.subscribe(self, topic)
             except BrokerUnavailable:
                 self.topics.discard(topic)
                 self.reply(frames.error("unavailable", "broker unavailable, try again", frame.id, topic=topic))
                 return
-            if self.state is State.CLOSING:
+            if self.state is not State.OPEN:
                 return
         self._log.debug("subscribed", topic=topic)
         self.reply(frames.subscription("subscribed", topic, frame.id))
@@ -326,7 +483,7 @@ class Session:
             return
         if topic in self.topics:
             self.topics.discard(topic)
-            await self._node.hub.unsubscribe(self, topic)
+            await self._context.hub.unsubscribe(self, topic)
         self.reply(frames.subscription("unsubscribed", topic, frame.id))
 
     async def drop_topic_by_server(self, topic: str) -> bool:
@@ -338,41 +495,5 @@ class Session:
         self.reply(frames.unsubscribed_by_server(topic))
         # Leaves the fan-out before its first await, so no event comes between the frame and the removal,
         # and a disconnect right behind this command finds the frame already queued.
-        await self._node.hub.unsubscribe(self, topic)
+        await self._context.hub.unsubscribe(self, topic)
         return True
-
-    # The writer: the only task that sends on the socket.
-
-    async def _write_loop(self) -> None:
-        send = self._websocket.send
-        outbox = self._outbox
-        direct = self._direct
-        try:
-            while True:
-                if outbox:
-                    if direct is None:
-                        await send({"type": "websocket.send", "text": outbox.popleft().text})
-                        continue
-                    if not direct.writable.is_set():
-                        await direct.writable.wait()  # the client reads slowly; its queue fills meanwhile
-                    if not direct.is_open():
-                        self.state = State.CLOSING
-                        return
-                    # Everything waiting goes out in one write: fewer system calls under load.
-                    batch = [outbox.popleft().wire for _ in range(len(outbox))]
-                    direct.write(b"".join(batch))
-                    continue
-                if self._close_reason is not None:
-                    reason = self._close_reason
-                    await send({"type": "websocket.close", "code": reason.code, "reason": reason.reason})
-                    return
-                if self.state is State.CLOSING:
-                    return  # the client went away first
-                self._wakeup.clear()
-                self._writer_idle = True
-                try:
-                    await self._wakeup.wait()
-                finally:
-                    self._writer_idle = False
-        except _SEND_ERRORS:
-            self.state = State.CLOSING

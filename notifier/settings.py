@@ -73,9 +73,16 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(default=64 * 1024, ge=256)
     max_event_bytes: int = Field(default=64 * 1024, ge=16)
     send_queue_size: int = Field(default=256, ge=1)
+    # "auto": write frames straight to uvicorn's transport when served by it; "asgi": always ASGI sends.
+    write_path: Literal["auto", "asgi"] = "auto"
     client_frames_per_s: float = Field(default=20.0, gt=0)
     client_frames_burst: int = Field(default=40, ge=1)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
+
+    # Session resume: how long a session whose connection dropped waits for its client, and what it keeps.
+    resume_window_s: float = Field(default=60.0, ge=0, le=3600)
+    resume_max_events: int = Field(default=500, ge=1, le=100_000)
+    max_parked_sessions: int = Field(default=10_000, ge=0)
 
     # Processes: each worker is a full instance (own instance id, queue and bindings) on the same port.
     # Processes, each a full instance; "auto" is one per usable core (cgroup CPU quota or CPU affinity).

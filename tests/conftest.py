@@ -1,36 +1,120 @@
-"""Shared fixtures: a real RabbitMQ, real uvicorn servers on loopback, real WebSocket clients."""
+"""Shared fixtures (a real RabbitMQ, real uvicorn servers on loopback, real WebSocket clients) and the test tiers.
+
+Tiers are markers derived here, so a test cannot forget its own: one that uses the `rabbitmq` fixture (directly or
+through `exchange`, `server`, `publisher`...) is `rabbitmq`; one that uses `browser` is `browser`; a
+`broker_restart` test is `destructive`; a test with none of these and not marked `loopback` or `slow` is `unit`,
+and a unit test that opens a socket fails.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aio_pika
-import orjson
 import pytest
 import websockets
-from websockets.asyncio.client import ClientConnection
+from websockets.typing import Origin
 
-from notifier.auth import mint_token
 from notifier.node import Node
-from notifier.server import NotifierServer
-from notifier.settings import Settings
+from tests.support import (
+    AMQP_URL,
+    Client,
+    ConnectClient,
+    Publisher,
+    RunningServer,
+    StartServer,
+    free_port,
+    make_settings,
+    token_for,
+)
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-SECRET = "test-secret-that-is-long-enough-for-hs256!"
-API_KEY = "test-api-key"
-RECEIVE_TIMEOUT_S = 5.0
+# Tiers that keep a test out of `unit`: it needs a service, the network, or minutes.
+NOT_UNIT = ("rabbitmq", "browser", "loopback", "slow")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every test the tier markers its fixtures imply, and `unit` to the tests that need nothing."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "rabbitmq" in fixtures:
+            item.add_marker(pytest.mark.rabbitmq)
+        if "browser" in fixtures:
+            item.add_marker(pytest.mark.browser)
+        if item.get_closest_marker("broker_restart"):
+            item.add_marker(pytest.mark.destructive)
+        if item.get_closest_marker("destructive") and not item.get_closest_marker("rabbitmq"):
+            raise pytest.UsageError(f"{item.nodeid} is destructive but does not use the rabbitmq fixture")
+        needs = [name for name in NOT_UNIT if item.get_closest_marker(name)]
+        if not needs:
+            item.add_marker(pytest.mark.unit)
+        elif item.get_closest_marker("unit"):
+            raise pytest.UsageError(f"{item.nodeid} is marked unit but needs {', '.join(needs)}")
+
+
+class NetworkInUnitTest(Exception):
+    """A `unit` test tried to use a socket."""
+
+
+NETWORK_ATTEMPTS = pytest.StashKey[list[str]]()
+CHILD_NETWORK_LOG = pytest.StashKey[Path]()
+UNIT_GUARD_DIR = Path(__file__).parent / "unit_guard"
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_open_no_sockets(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Refuse connect, bind, sendto and name look-ups in `unit` tests (loopback too): the tier runs anywhere.
+
+    Python processes the test starts with this environment are refused too (unit_guard/sitecustomize.py). Each
+    refusal is recorded, so a test whose code caught the error still fails (see pytest_runtest_makereport).
+    """
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    attempts = request.node.stash.setdefault(NETWORK_ATTEMPTS, [])
+    handle, name = tempfile.mkstemp(prefix="unit-network-", suffix=".log")
+    os.close(handle)
+    child_log = request.node.stash[CHILD_NETWORK_LOG] = Path(name)
+    monkeypatch.setenv("UNIT_TEST_NETWORK_LOG", name)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(UNIT_GUARD_DIR), os.environ.get("PYTHONPATH")])))
+
+    def refuse(what: str) -> Any:
+        def guard(*args: Any, **kwargs: Any) -> Any:
+            attempt = f"{what}{args[1:] if what != 'getaddrinfo' else args[:2]!r}"
+            attempts.append(attempt)
+            raise NetworkInUnitTest(
+                f"{request.node.nodeid} is a unit test but called socket {attempt}: unit tests use no network, "
+                "not even loopback. Use a broker fixture (tier rabbitmq) or mark it @pytest.mark.loopback."
+            )
+
+        return guard
+
+    for method in ("connect", "connect_ex", "bind", "sendto"):
+        monkeypatch.setattr(socket.socket, method, refuse(method))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
+    yield
+    child_log.unlink(missing_ok=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A unit test that tried the network fails, even when the code under test swallowed the refusal."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    attempts = item.stash.get(NETWORK_ATTEMPTS, [])
+    child_log = item.stash.get(CHILD_NETWORK_LOG, None)
+    if report.when == "call" and child_log is not None and child_log.exists():
+        attempts.extend(child_log.read_text().splitlines())
+    if report.when == "call" and report.passed and attempts:
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid} is a unit test but tried the network: {'; '.join(attempts)}"
 
 
 @pytest.fixture(scope="session")
@@ -62,44 +146,6 @@ async def exchange(rabbitmq: str) -> AsyncIterator[str]:
         await channel.queue_delete(f"{name}.dead")
 
 
-def make_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": free_port(),
-        "amqp_url": AMQP_URL,
-        "jwt_secret": SECRET,
-        "api_keys": [API_KEY],
-        "queue_expires_s": 5.0,
-        "shutdown_timeout_s": 3.0,
-        "log_format": "console",
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
-
-
-@dataclass
-class RunningServer:
-    settings: Settings
-    node: Node
-    server: NotifierServer
-    task: asyncio.Task[None]
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.settings.port}/ws"
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        await asyncio.wait_for(self.task, 30)
-
-
-StartServer = Callable[..., Awaitable[RunningServer]]
-
-
 @pytest.fixture
 async def start_server(exchange: str) -> AsyncIterator[StartServer]:
     """Start real uvicorn servers (our drain-on-shutdown subclass) in this test's event loop."""
@@ -108,6 +154,7 @@ async def start_server(exchange: str) -> AsyncIterator[StartServer]:
     async def start(**overrides: Any) -> RunningServer:
         overrides.setdefault("exchange", exchange)
         overrides.setdefault("dead_letter_exchange", f"{exchange}.dead")
+        overrides.setdefault("port", free_port())
         settings = make_settings(**overrides)
         from notifier.server import build_server
 
@@ -135,62 +182,6 @@ async def server(start_server: StartServer) -> RunningServer:
     return await start_server()
 
 
-class Client:
-    """A browser-like WebSocket client that speaks the protocol in JSON."""
-
-    def __init__(self, connection: ClientConnection) -> None:
-        self.ws = connection
-
-    async def send(self, frame: dict[str, Any]) -> None:
-        await self.ws.send(orjson.dumps(frame).decode())
-
-    async def receive(self, timeout: float = RECEIVE_TIMEOUT_S) -> dict[str, Any]:
-        raw = await asyncio.wait_for(self.ws.recv(), timeout)
-        frame: dict[str, Any] = orjson.loads(raw)
-        return frame
-
-    async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
-        """Send a frame and return the next frame that is not an event."""
-        await self.send(frame)
-        while True:
-            answer = await self.receive()
-            if answer["type"] != "event":
-                return answer
-
-    async def subscribe(self, topic: str) -> dict[str, Any]:
-        return await self.request({"type": "subscribe", "topic": topic, "id": topic})
-
-    async def expect_event(self, topic: str | None = None, timeout: float = RECEIVE_TIMEOUT_S) -> dict[str, Any]:
-        frame = await self.receive(timeout)
-        assert frame["type"] == "event", frame
-        if topic is not None:
-            assert frame["topic"] == topic, frame
-        return frame
-
-    async def expect_silence(self, seconds: float = 0.5) -> None:
-        with contextlib.suppress(TimeoutError):
-            frame = await self.receive(seconds)
-            raise AssertionError(f"expected no frame, got {frame}")
-
-    async def expect_close(self, code: int, timeout: float = RECEIVE_TIMEOUT_S) -> None:
-        """Read until the server closes; assert its close code."""
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async with asyncio.timeout(timeout):
-                while True:
-                    await self.ws.recv()
-        assert self.ws.close_code == code, (self.ws.close_code, self.ws.close_reason)
-
-    async def close(self) -> None:
-        await self.ws.close()
-
-
-def token_for(user: str, topics: list[str] | None = None, ttl_s: float = 3600) -> str:
-    return mint_token(SECRET, user, topics=topics, ttl_s=ttl_s)
-
-
-ConnectClient = Callable[..., Awaitable[Client]]
-
-
 @pytest.fixture
 async def connect() -> AsyncIterator[ConnectClient]:
     """Open clients; with a `user`, authenticate and check the welcome."""
@@ -207,9 +198,9 @@ async def connect() -> AsyncIterator[ConnectClient]:
     ) -> Client:
         connection = await websockets.connect(
             running.ws_url + query,
-            origin=origin,
+            origin=Origin(origin) if origin is not None else None,
             max_size=None,
-            open_timeout=5,  # type: ignore[arg-type]
+            open_timeout=5,
         )
         client = Client(connection)
         opened.append(client)
@@ -223,24 +214,6 @@ async def connect() -> AsyncIterator[ConnectClient]:
     for client in opened:
         with contextlib.suppress(Exception):
             await client.close()
-
-
-class Publisher:
-    """An independent backend publishing to the exchange with aio-pika, as a real service would."""
-
-    def __init__(self, connection: aio_pika.abc.AbstractConnection, exchange: aio_pika.abc.AbstractExchange):
-        self.connection = connection
-        self.exchange = exchange
-
-    async def publish(
-        self, topic: str, data: Any = None, *, body: bytes | None = None, message_id: str | None = None
-    ) -> None:
-        message = aio_pika.Message(
-            body if body is not None else orjson.dumps(data),
-            content_type="application/json",
-            message_id=message_id,
-        )
-        await self.exchange.publish(message, routing_key=topic)
 
 
 @pytest.fixture

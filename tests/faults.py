@@ -1,18 +1,20 @@
-"""Real faults for the tests: a TCP proxy in front of RabbitMQ that can cut the line, and rabbitmqctl."""
+"""Real faults for the tests: a TCP proxy in front of RabbitMQ that can cut the line, and closing our own
+broker connections with rabbitmqctl."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
+
+from tests.support import amqp_host, amqp_port, amqp_vhost, rabbitmqctl, rabbitmqctl_rows
 
 
 class CuttableProxy:
-    """Forwards 127.0.0.1:<port> to RabbitMQ; `cut()` drops every connection and refuses new ones until
-    `restore()`, which is what a network partition between one instance and the broker looks like."""
+    """Forwards 127.0.0.1:<port> to the RabbitMQ under test; `cut()` drops every connection and refuses new ones
+    until `restore()`, which is what a network partition between one instance and the broker looks like."""
 
-    def __init__(self, target_port: int = 5672) -> None:
-        self._target_port = target_port
+    def __init__(self) -> None:
+        self._target = (amqp_host(), amqp_port())
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._cut = False
@@ -42,7 +44,7 @@ class CuttableProxy:
             writer.transport.abort()
             return
         try:
-            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
         except OSError:
             writer.transport.abort()
             return
@@ -62,33 +64,12 @@ class CuttableProxy:
                 writer.transport.abort()
 
 
-def rabbitmqctl(*args: str, timeout: float = 60) -> str:
-    return subprocess.run(
-        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=timeout
-    ).stdout
-
-
 def close_connections_named(name_part: str) -> int:
-    """Close the broker connections whose client-given name contains `name_part`; return how many."""
+    """Close the broker connections of the vhost under test whose client-given name contains `name_part`;
+    return how many."""
     closed = 0
-    for line in rabbitmqctl("list_connections", "pid", "client_properties").splitlines():
-        pid, _, properties = line.partition("\t")
-        if name_part in properties:
+    for pid, vhost, *properties in rabbitmqctl_rows("list_connections", "pid", "vhost", "client_properties"):
+        if vhost == amqp_vhost() and name_part in "\t".join(properties):
             rabbitmqctl("close_connection", pid, "fault test")
             closed += 1
     return closed
-
-
-async def wait_until(predicate: object, timeout: float, interval: float = 0.05) -> None:
-    """Poll a condition the test cannot await directly (another process's state)."""
-    assert callable(predicate)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)

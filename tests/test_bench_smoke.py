@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
+@pytest.mark.rabbitmq  # the bench runs its own servers and publishers on the broker under test
 def test_bench_smoke_delivers_every_event_to_every_subscriber(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],
@@ -30,7 +33,7 @@ def test_bench_smoke_delivers_every_event_to_every_subscriber(tmp_path: Path) ->
     report = json.loads((tmp_path / "latest.json").read_text())
     systems = report["systems"]
 
-    def bursts(name: str) -> list[dict[str, object]]:
+    def bursts(name: str) -> list[dict[str, Any]]:
         results = systems[name]["results"]
         return [result["burst"] for result in results.values() if isinstance(result, dict) and "burst" in result]
 

@@ -12,8 +12,17 @@ import pytest
 import websockets
 
 from notifier import closecodes
-from tests.conftest import API_KEY, ConnectClient, Publisher, RunningServer, StartServer
-from tests.faults import CuttableProxy, close_connections_named, rabbitmqctl, wait_until
+from tests.faults import CuttableProxy, close_connections_named
+from tests.support import (
+    API_KEY,
+    ConnectClient,
+    Publisher,
+    RunningServer,
+    StartServer,
+    amqp_url_through,
+    rabbitmqctl,
+    wait_until,
+)
 
 OUTAGE_S = 30.0
 
@@ -36,11 +45,11 @@ async def test_connection_closed_by_rabbitmq_is_restored_with_its_bindings(
 ) -> None:
     alice = await connect(server, "alice", topics=["news.*"])
     await alice.subscribe("news.a")
-    instance_id = server.node.broker.instance_id  # type: ignore[attr-defined]
+    instance_id = server.node.broker.instance_id
 
     broker = server.node.broker
     assert await asyncio.to_thread(close_connections_named, instance_id) >= 1
-    await wait_until(lambda: broker.reconnects == 1, 20)  # type: ignore[attr-defined]
+    await wait_until(lambda: broker.reconnects == 1, 20)
     assert broker.ready
     assert await readyz(server) == 200
 
@@ -52,11 +61,12 @@ async def test_connection_closed_by_rabbitmq_is_restored_with_its_bindings(
     assert (await alice.subscribe("news.b"))["type"] == "subscribed"
 
 
+@pytest.mark.slow  # a 30 s outage
 async def test_no_event_is_lost_across_an_outage(
     start_server: StartServer, connect: ConnectClient, publisher: Publisher, proxy: CuttableProxy
 ) -> None:
     running = await start_server(
-        amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/", queue_expires_s=OUTAGE_S * 2, broker_timeout_s=2
+        amqp_url=amqp_url_through(proxy.port), queue_expires_s=OUTAGE_S * 2, broker_timeout_s=2
     )
     alice = await connect(running, "alice", topics=["orders.*"])
     await alice.subscribe("orders.eu")
@@ -87,7 +97,7 @@ async def test_no_event_is_lost_across_an_outage(
     assert await readyz(running) == 200
 
 
-@pytest.mark.broker_restart
+@pytest.mark.destructive
 async def test_broker_restart_is_survived(
     server: RunningServer, connect: ConnectClient, publisher: Publisher, rabbitmq: str, exchange: str
 ) -> None:
@@ -117,9 +127,7 @@ async def test_broker_restart_is_survived(
 async def test_shutdown_loses_nothing_acknowledged(
     proxy: CuttableProxy, start_server: StartServer, connect: ConnectClient, publisher: Publisher, rabbitmq: str
 ) -> None:
-    running = await start_server(
-        amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/", queue_expires_s=60, send_queue_size=10_000
-    )
+    running = await start_server(amqp_url=amqp_url_through(proxy.port), queue_expires_s=60, send_queue_size=10_000)
     alice = await connect(running, "alice", topics=["burst"])
     await alice.subscribe("burst")
     queue_name = running.node.broker.queue_name  # type: ignore[attr-defined]
@@ -158,7 +166,7 @@ async def test_shutdown_loses_nothing_acknowledged(
 async def test_stop_during_an_outage_is_bounded(
     proxy: CuttableProxy, start_server: StartServer, connect: ConnectClient
 ) -> None:
-    running = await start_server(amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/", broker_timeout_s=1)
+    running = await start_server(amqp_url=amqp_url_through(proxy.port), broker_timeout_s=1)
     alice = await connect(running, "alice")
     proxy.cut()
     await wait_until(lambda: not running.node.broker.ready, 5, interval=0.01)
@@ -172,7 +180,7 @@ async def test_stop_during_an_outage_is_bounded(
 async def test_queue_overflow_dead_letters_the_oldest(
     proxy: CuttableProxy, start_server: StartServer, connect: ConnectClient, publisher: Publisher, exchange: str
 ) -> None:
-    running = await start_server(amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/", queue_max_length=5)
+    running = await start_server(amqp_url=amqp_url_through(proxy.port), queue_max_length=5)
     alice = await connect(running, "alice")
     proxy.cut()
     await wait_until(lambda: not running.node.broker.ready, 5, interval=0.01)

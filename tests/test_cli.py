@@ -4,74 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
-from typing import Any
+from contextlib import suppress
 
-import httpx
 import jwt
-import orjson
+import pytest
 import websockets
 
-from tests.conftest import AMQP_URL, SECRET, free_port, token_for
-
-PYTHON = sys.executable
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "notifier", *args],
-        env={**clean_env(), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def clean_env() -> dict[str, str]:
-    return {key: value for key, value in os.environ.items() if not key.startswith("NOTIFIER_")}
-
-
-@asynccontextmanager
-async def running_process(args: list[str], env: dict[str, str], port: int) -> AsyncIterator[asyncio.subprocess.Process]:
-    """Start `python -m notifier ...`, wait for /healthz, and stop it with SIGTERM afterwards."""
-    process = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "notifier",
-        *args,
-        env={**clean_env(), **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with httpx.AsyncClient() as http:
-            for _ in range(200):
-                if process.returncode is not None:
-                    raise AssertionError(f"exited early: {await process.stderr.read()!r}")  # type: ignore[union-attr]
-                try:
-                    if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("server did not become ready")
-        yield process
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+from tests.support import SECRET, free_port, receive_json, run_cli, running_process, serve_env, token_for
 
 
 def test_help_lists_the_commands() -> None:
@@ -116,11 +58,7 @@ def test_token_command_refuses_bad_input() -> None:
     assert run_cli("token", "alice", "--topics", "a..b", env={"NOTIFIER_JWT_SECRET": SECRET}).returncode == 2
 
 
-async def receive_json(ws: Any, timeout: float = 5) -> dict[str, Any]:
-    frame: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
-    return frame
-
-
+@pytest.mark.loopback
 async def test_dev_mode_and_publish_work_with_no_flags() -> None:
     port = free_port()
     env = {"NOTIFIER_PORT": str(port)}
@@ -138,18 +76,6 @@ async def test_dev_mode_and_publish_work_with_no_flags() -> None:
             event = await receive_json(ws)
             assert event["data"] == {"hello": "world"}
             assert event["id"] == json.loads(result.stdout)["id"]
-
-
-def serve_env(port: int, exchange: str, **extra: str) -> dict[str, str]:
-    return {
-        "NOTIFIER_PORT": str(port),
-        "NOTIFIER_JWT_SECRET": SECRET,
-        "NOTIFIER_AMQP_URL": AMQP_URL,
-        "NOTIFIER_EXCHANGE": exchange,
-        "NOTIFIER_DEAD_LETTER_EXCHANGE": f"{exchange}.dead",
-        "NOTIFIER_QUEUE_EXPIRES_S": "5",
-        **extra,
-    }
 
 
 async def test_serve_logs_json_never_logs_the_token_and_stops_with_1012(exchange: str) -> None:
@@ -191,6 +117,7 @@ async def test_publish_straight_to_rabbitmq(exchange: str) -> None:
         assert (event["id"], event["data"]) == ("e-1", [True])
 
 
+@pytest.mark.loopback  # a closed port on 127.0.0.1
 def test_publish_reports_an_unreachable_server() -> None:
     result = run_cli("publish", "a", "1", "--url", f"http://127.0.0.1:{free_port()}", "--api-key", "k")
     assert result.returncode == 2

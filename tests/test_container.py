@@ -26,8 +26,8 @@ import pytest
 
 from notifier.settings import Settings
 from notifier.workers import shutdown_bound_s
-from tests.conftest import SECRET, free_port
 from tests.dockerfile import DOCKERFILE, Stage, stages
+from tests.support import AMQP_URL, SECRET, free_port
 
 ROOT = DOCKERFILE.parent
 HADOLINT = Path(sys.executable).parent / "hadolint"
@@ -158,6 +158,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     yield Installed(root / "venv", final)
 
 
+@pytest.mark.slow  # replays the image build: pip builds and installs the wheels
 def test_the_image_holds_only_the_wheels_install(installed: Installed) -> None:
     """No source tree: the service runs from site-packages, with every file of the package in it."""
     code = "import notifier, pathlib; print(pathlib.Path(notifier.__file__).parent)"
@@ -179,6 +180,7 @@ def test_the_image_holds_only_the_wheels_install(installed: Installed) -> None:
     assert not missing, f"files of the package missing from the wheel: {missing}"
 
 
+@pytest.mark.slow
 async def test_the_image_cmd_serves_health_and_readiness_and_stops_on_sigterm(
     installed: Installed, exchange: str
 ) -> None:
@@ -189,10 +191,12 @@ async def test_the_image_cmd_serves_health_and_readiness_and_stops_on_sigterm(
         NOTIFIER_EXCHANGE=exchange,
         NOTIFIER_DEAD_LETTER_EXCHANGE=f"{exchange}.dead",
         NOTIFIER_QUEUE_EXPIRES_S="5",
+        NOTIFIER_AMQP_URL=AMQP_URL,
         # Tests listen on loopback only; the image's 0.0.0.0 is checked above.
         NOTIFIER_HOST="127.0.0.1",
     )
-    settings = Settings(_env_file=None, **{k[9:].lower(): v for k, v in env.items() if k.startswith("NOTIFIER_")})
+    values = {k[9:].lower(): v for k, v in env.items() if k.startswith("NOTIFIER_")}
+    settings = Settings(_env_file=None, **values)  # type: ignore[call-arg,arg-type]
     healthcheck = installed.command(installed.final.exec_form("HEALTHCHECK"))
     process = await asyncio.create_subprocess_exec(
         *installed.command(installed.final.exec_form("CMD")),

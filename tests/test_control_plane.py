@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningServer, StartServer
-from tests.faults import wait_until
+from tests.support import RunningServer, StartServer, wait_until
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -21,8 +20,7 @@ def control_of(running: RunningServer) -> Any:
 @pytest.fixture
 async def pair(start_server: StartServer) -> tuple[RunningServer, RunningServer]:
     first, second = await start_server(instance_id="cp-first"), await start_server(instance_id="cp-second")
-    for running in (first, second):
-        await wait_until(lambda running=running: len(control_of(running).live_instances()) == 2, 5)
+    await wait_until(lambda: all(len(control_of(running).live_instances()) == 2 for running in (first, second)), 5)
     return first, second
 
 

@@ -13,9 +13,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import API_KEY, free_port, token_for
-from tests.faults import wait_until
-from tests.test_cli import receive_json, running_process, serve_env
+from tests.support import API_KEY, free_port, receive_json, running_process, serve_env, token_for, wait_until
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -49,7 +47,7 @@ async def test_presence_is_bounded_while_an_instance_hangs(exchange: str) -> Non
             return response.json(), time.monotonic() - started
 
         async def all_three_answer() -> bool:
-            return (await presence())[0]["instances"] == 3
+            return bool((await presence())[0]["instances"] == 3)
 
         await wait_until(all_three_answer, 10, interval=0.2)
         answer, _ = await presence()

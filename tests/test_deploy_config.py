@@ -14,9 +14,9 @@ import yaml
 
 from notifier.app import create_app
 from notifier.settings import Settings
-from notifier.workers import shutdown_bound_s
-from tests.conftest import SECRET
+from notifier.workers import shutdown_bound_s, worker_count
 from tests.dockerfile import DOCKERFILE, stages
+from tests.support import SECRET
 
 ROOT = DOCKERFILE.parent
 CONFIG = ROOT / "config"
@@ -34,7 +34,7 @@ def setting_names() -> set[str]:
 def settings_from(variables: dict[str, str]) -> Settings:
     """Settings as the service would read them from these NOTIFIER_* variables alone."""
     values = {key.removeprefix("NOTIFIER_").lower(): value for key, value in variables.items()}
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg,arg-type]
 
 
 @pytest.fixture(autouse=True)
@@ -213,7 +213,7 @@ async def test_k8s_deployment_probes_ports_and_grace_period_match_the_service() 
     assert workers["resource"] == "limits.cpu" and workers["divisor"] == "1"
     cpu_limit = container["resources"]["limits"]["cpu"]
     cores = float(cpu_limit[:-1]) / 1000 if cpu_limit.endswith("m") else float(cpu_limit)
-    assert settings_from({"NOTIFIER_WORKERS": str(math.ceil(cores))}).workers >= 1
+    assert worker_count(settings_from({"NOTIFIER_WORKERS": str(math.ceil(cores))})) >= 1
 
     service = documents["Service"]["spec"]
     labels = documents["Deployment"]["spec"]["template"]["metadata"]["labels"]

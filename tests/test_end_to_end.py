@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 
 import aio_pika
 import httpx
 import orjson
 import websockets
 
-from tests.conftest import API_KEY, ConnectClient, Publisher, RunningServer, StartServer, free_port, token_for
+from tests.support import (
+    API_KEY,
+    ConnectClient,
+    Publisher,
+    RunningServer,
+    StartServer,
+    bindings_of,
+    free_port,
+    receive_json,
+    running_process,
+    serve_env,
+    token_for,
+)
 
 
 async def test_welcome_subscribes_personal_topic(server: RunningServer, connect: ConnectClient) -> None:
@@ -110,30 +121,13 @@ async def test_poisoned_message_is_dead_lettered_and_next_event_still_delivered(
 
     channel = await publisher.connection.channel()
     dead_queue = await channel.declare_queue(f"{exchange}.dead", passive=True)
-    dead_ids = []
+    dead_ids: list[str | None] = []
     for _ in range(2):
         message = await dead_queue.get(timeout=5)
         assert message is not None
         dead_ids.append(message.message_id)
         await message.ack()
-    assert sorted(dead_ids) == ["huge", "poison"]
-
-
-def bindings_of(exchange: str) -> dict[str, set[str]]:
-    """Queue name -> routing keys bound from `exchange`, as RabbitMQ itself reports them."""
-    output = subprocess.run(
-        ["rabbitmqctl", "-q", "list_bindings", "source_name", "destination_name", "routing_key"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    ).stdout
-    found: dict[str, set[str]] = {}
-    for line in output.splitlines():
-        parts = line.split("\t")
-        if len(parts) == 3 and parts[0] == exchange:
-            found.setdefault(parts[1], set()).add(parts[2])
-    return found
+    assert sorted(dead_ids, key=str) == ["huge", "poison"]
 
 
 async def test_two_instances_bind_only_their_clients_topics_and_deliver_only_to_them(
@@ -158,7 +152,7 @@ async def test_two_instances_bind_only_their_clients_topics_and_deliver_only_to_
     assert (await bob.expect_event("rooms.blue"))["data"] == "blue"
     assert (await bob.expect_event("user.bob"))["data"] == "to bob"
     await alice.expect_silence()
-    assert first.node.hub.events_in == 1  # RabbitMQ routed only alice's event to the first instance
+    assert first.node.stats.events_in == 1  # RabbitMQ routed only alice's event to the first instance
 
     # The last subscriber leaving unbinds the topic at the broker.
     await alice.request({"type": "unsubscribe", "topic": "rooms.red"})
@@ -182,7 +176,7 @@ async def test_many_subscribers_of_one_topic_share_one_binding(
     await publisher.publish("broadcast", {"all": True})
     for client in clients:
         assert (await client.expect_event("broadcast"))["data"] == {"all": True}
-    assert server.node.hub.events_in == 1
+    assert server.node.stats.events_in == 1
 
 
 async def test_event_data_passes_through_unchanged(
@@ -243,8 +237,6 @@ async def test_existing_dead_letter_queue_with_other_limits_is_kept(
 async def test_restart_after_a_crash_with_a_fixed_instance_id_leaves_no_stale_bindings(
     start_server: StartServer, connect: ConnectClient, exchange: str
 ) -> None:
-    from tests.test_cli import receive_json, running_process, serve_env
-
     port = free_port()
     env = serve_env(port, exchange, NOTIFIER_INSTANCE_ID="fixed", NOTIFIER_QUEUE_EXPIRES_S="60")
     async with running_process(["serve"], env, port) as process:

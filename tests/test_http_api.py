@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, RunningServer, StartServer, free_port
+from tests.support import API_KEY, RunningServer, StartServer, amqp_url_through, free_port
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -67,7 +67,7 @@ async def test_unknown_route_is_json_404(http: httpx.AsyncClient) -> None:
 
 
 async def test_broker_down_means_not_ready_and_publish_503(start_server: StartServer) -> None:
-    running = await start_server(amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/", broker_timeout_s=1)
+    running = await start_server(amqp_url=amqp_url_through(free_port()), broker_timeout_s=1)  # nobody listens
     async with httpx.AsyncClient(base_url=running.http_url) as http:
         assert (await http.get("/healthz")).status_code == 200
         ready = await http.get("/readyz")

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.conftest import Client, ConnectClient, Publisher, StartServer
-from tests.test_topics import reference_match
+from tests.support import Client, ConnectClient, Publisher, StartServer, reference_match
 
 USERS = ["ann", "bob", "cid", "dee", "eve"]
 SHARED = ["news.sport", "news.tech", "team.red.chat", "team.blue.chat", "ops.alerts"]

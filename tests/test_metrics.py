@@ -9,7 +9,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from notifier import closecodes
-from tests.conftest import API_KEY, ConnectClient, Publisher, RunningServer
+from tests.support import API_KEY, ConnectClient, Publisher, RunningServer
 
 
 async def scrape(running: RunningServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -11,10 +11,17 @@ from typing import Any
 import orjson
 import websockets
 
-from tests.conftest import Publisher, free_port, token_for
-from tests.faults import rabbitmqctl, wait_until
-from tests.test_cli import receive_json, running_process, serve_env
-from tests.test_end_to_end import bindings_of
+from tests.support import (
+    Publisher,
+    bindings_of,
+    free_port,
+    rabbitmqctl,
+    receive_json,
+    running_process,
+    serve_env,
+    token_for,
+    wait_until,
+)
 
 QUEUE_EXPIRES_S = 3
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from notifier import closecodes
-from tests.conftest import API_KEY, ConnectClient, RunningServer, StartServer
-from tests.faults import close_connections_named, wait_until
+from tests.faults import close_connections_named
+from tests.support import API_KEY, ConnectClient, RunningServer, StartServer, wait_until
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -270,9 +270,9 @@ async def test_server_api_needs_a_known_api_key(
 
 
 async def test_server_api_answers_503_while_the_broker_is_down(start_server: StartServer) -> None:
-    from tests.conftest import free_port
+    from tests.support import amqp_url_through, free_port
 
-    running = await start_server(amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/", broker_timeout_s=1)
+    running = await start_server(amqp_url=amqp_url_through(free_port()), broker_timeout_s=1)
     for method, path, kwargs in [
         ("POST", "/api/disconnect", {"json": {"user": "a"}}),
         ("POST", "/api/unsubscribe", {"json": {"user": "a", "topic": "b"}}),

@@ -8,22 +8,11 @@ from hypothesis import strategies as st
 
 from notifier.grants import Grants
 from notifier.topics import InvalidTopic, pattern_matches, validate_pattern, validate_topic
+from tests.support import reference_match
 
 SEGMENTS = st.sampled_from(["a", "b", "c", "user", "42", "x-y", "k:v", "m@n"])
 TOPICS = st.lists(SEGMENTS, min_size=1, max_size=6).map(".".join)
 PATTERNS = st.lists(st.one_of(SEGMENTS, st.just("*"), st.just("#")), min_size=1, max_size=6).map(".".join)
-
-
-def reference_match(pattern: list[str], words: list[str]) -> bool:
-    """RabbitMQ's topic semantics, stated as directly as possible."""
-    if not pattern:
-        return not words
-    head, rest = pattern[0], pattern[1:]
-    if head == "#":
-        return any(reference_match(rest, words[skip:]) for skip in range(len(words) + 1))
-    if not words:
-        return False
-    return head in ("*", words[0]) and reference_match(rest, words[1:])
 
 
 @given(PATTERNS, TOPICS)

@@ -17,6 +17,6 @@ def test_text_frame_bytes_match_the_reference_encoder(length: int) -> None:
 
 
 def test_frame_wire_is_built_once() -> None:
-    frame = Frame('{"type":"pong","id":null}')
+    frame = Frame(b'{"type":"pong","id":null}')
     assert isinstance(frame.wire, bytes)
     assert frame.wire.endswith(frame.text.encode())

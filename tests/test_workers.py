@@ -22,27 +22,19 @@ import websockets
 
 from notifier.settings import Settings
 from notifier.workers import shutdown_bound_s
-from tests.conftest import API_KEY, SECRET, Client, Publisher, free_port, token_for
+from tests.support import AMQP_URL, API_KEY, SECRET, Client, Publisher, free_port, rabbitmqctl_rows, token_for
 
 SHUTDOWN_TIMEOUT_S = 3.0
 START_TIMEOUT_S = 30.0
 
 
-def rabbitmqctl(*args: str) -> list[list[str]]:
-    """Rows of a `rabbitmqctl list_*` command, tab-separated columns."""
-    result = subprocess.run(
-        ["rabbitmqctl", *args, "-q", "--no-table-headers"], capture_output=True, text=True, timeout=60, check=True
-    )
-    return [line.split("\t") for line in result.stdout.splitlines() if line.strip()]
-
-
 def instance_queues(exchange: str) -> set[str]:
-    return {row[0] for row in rabbitmqctl("list_queues", "name") if row[0].startswith(f"{exchange}.instance.")}
+    return {row[0] for row in rabbitmqctl_rows("list_queues", "name") if row[0].startswith(f"{exchange}.instance.")}
 
 
 def queue_of_topic(exchange: str) -> dict[str, str]:
     """Which instance queue each topic is bound to: tells which worker holds a client's subscription."""
-    rows = rabbitmqctl("list_bindings", "source_name", "destination_name", "routing_key")
+    rows = rabbitmqctl_rows("list_bindings", "source_name", "destination_name", "routing_key")
     return {row[2]: row[1] for row in rows if row[0] == exchange}
 
 
@@ -118,6 +110,7 @@ def start_service(exchange: str, tmp_path: Path) -> Iterator[Any]:
             **{key: value for key, value in os.environ.items() if not key.startswith("NOTIFIER_")},
             "NOTIFIER_HOST": "127.0.0.1",
             "NOTIFIER_PORT": str(port),
+            "NOTIFIER_AMQP_URL": AMQP_URL,
             "NOTIFIER_EXCHANGE": exchange,
             "NOTIFIER_DEAD_LETTER_EXCHANGE": f"{exchange}.dead",
             "NOTIFIER_JWT_SECRET": SECRET,
@@ -149,7 +142,7 @@ def start_service(exchange: str, tmp_path: Path) -> Iterator[Any]:
 
 
 async def _delete_queues(names: set[str]) -> None:
-    connection = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+    connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
         for name in names:
@@ -275,7 +268,7 @@ async def test_a_worker_that_dies_is_replaced_by_a_new_instance(start_service: A
     # The killed worker's queue lingers, without a consumer, until it expires; two live instances serve.
     consuming = {
         row[0]
-        for row in rabbitmqctl("list_queues", "name", "consumers")
+        for row in rabbitmqctl_rows("list_queues", "name", "consumers")
         if row[0].startswith(f"{service.exchange}.instance.") and row[1] != "0"
     }
     assert len(consuming) == 2 and replacement_queue < consuming, consuming
@@ -304,7 +297,7 @@ def test_auto_workers_is_one_per_usable_core() -> None:
     assert worker_count(Settings(_env_file=None, workers="auto", amqp_url="memory://")) == 1  # type: ignore[call-arg]
     assert worker_count(Settings(_env_file=None, workers=3)) == 3  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="workers"):
-        Settings(_env_file=None, workers="many")  # type: ignore[call-arg]
+        Settings(_env_file=None, workers="many")  # type: ignore[call-arg,arg-type]
 
 
 def test_workers_flag_accepts_auto_and_refuses_words() -> None:

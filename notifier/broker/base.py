@@ -17,6 +17,8 @@ class BrokerUnavailable(Exception):
 
 
 class Broker(Protocol):
+    instance_id: str
+    """Names this instance (its queue, its session ids)."""
     reconnects: int
     """How many times the connection was restored after a loss."""
     dead_lettered: int

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import structlog
 
 from notifier.broker.base import BrokerUnavailable, EventHandler
@@ -18,6 +20,7 @@ class MemoryBroker:
         self._bound: set[str] = set()
         self._on_event: EventHandler | None = None
         self._connected = False
+        self.instance_id = uuid.uuid4().hex[:12]
         self.reconnects = 0
         self.dead_lettered = 0
 

@@ -15,9 +15,10 @@ from starlette.types import Scope
 
 from notifier.auth import mint_token
 from notifier.errors import ApiError
+from notifier.grants import validate_patterns, validate_user
 from notifier.routes.publish import publish_request, read_json_object
 from notifier.settings import Settings
-from notifier.topics import InvalidTopic, is_valid_segment, validate_pattern
+from notifier.topics import InvalidTopic
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # Files any frontend may load, from any origin (a module script from another origin needs CORS).
@@ -70,16 +71,17 @@ async def dev_token(request: Request) -> JSONResponse:
     """Dev mode only: `{"user", "topics"?, "ttl_s"?}` → a token signed with the dev secret."""
     settings: Settings = request.app.state.node.settings
     payload = await read_json_object(request, 16 * 1024)
-    user = payload.get("user")
-    if not isinstance(user, str) or not is_valid_segment(user):
-        raise ApiError(422, "bad_request", "'user' must be one topic segment: letters, digits, '_', '-', ':', '@'")
+    try:
+        user = validate_user(payload.get("user"))
+    except InvalidTopic as error:
+        raise ApiError(422, "bad_request", f"'user': {error}") from None
     topics = payload.get("topics", [])
     if not isinstance(topics, list) or len(topics) > settings.max_token_patterns:
         raise ApiError(422, "bad_request", f"'topics' must be a list of at most {settings.max_token_patterns} patterns")
     try:
-        patterns = [validate_pattern(pattern) for pattern in topics]
+        patterns = list(validate_patterns(topics, settings.max_token_patterns))
     except InvalidTopic as error:
-        raise ApiError(422, "invalid_topic", str(error)) from None
+        raise ApiError(422, "invalid_topic", f"'topics': {error}") from None
     ttl_s = payload.get("ttl_s", 3600)
     low, high = DEV_TOKEN_TTL_S
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not low <= ttl_s <= high:

@@ -154,9 +154,9 @@ async def publish(request: Request) -> JSONResponse:
     try:
         response = await publish_event(request, node)
     except ApiError as error:
-        node.publish_results[error.status] += 1
+        node.stats.publish_results[error.status] += 1
         raise
-    node.publish_results[response.status_code] += 1
+    node.stats.publish_results[response.status_code] += 1
     return response
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,8 +20,8 @@ import pytest
 from playwright.async_api import Browser, async_playwright
 
 from notifier.auth import mint_token
+from tests.support import AMQP_URL, free_port
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 SECRET = "browser-test-secret-long-enough-for-hs256"
 API_KEY = "browser-test-api-key"
 CHROMIUM = "/usr/bin/chromium"
@@ -38,12 +37,6 @@ CHROMIUM_ARGS = [
 ]
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class NotifierProcess:
@@ -136,11 +129,11 @@ class Publisher:
 
 
 @pytest.fixture
-async def exchange_name() -> AsyncIterator[str]:
+async def exchange_name(rabbitmq: str) -> AsyncIterator[str]:
     """A fresh exchange per test (events of one test never reach another); deleted at the end."""
     name = f"test-browser-{uuid.uuid4().hex[:12]}"
     yield name
-    connection = await aio_pika.connect(AMQP_URL, timeout=5)
+    connection = await aio_pika.connect(rabbitmq, timeout=5)
     async with connection:
         channel = await connection.channel()
         exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
@@ -151,11 +144,8 @@ async def exchange_name() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def publisher(exchange_name: str) -> AsyncIterator[Publisher]:
-    try:
-        connection = await aio_pika.connect(AMQP_URL, timeout=5)
-    except Exception as error:  # noqa: BLE001 - any reason it is unreachable is reported
-        pytest.fail(f"RabbitMQ is not reachable at {AMQP_URL}: {error!r}")
+async def publisher(rabbitmq: str, exchange_name: str) -> AsyncIterator[Publisher]:
+    connection = await aio_pika.connect(rabbitmq, timeout=5)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)

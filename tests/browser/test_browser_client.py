@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Locator, Page, expect
 
 from notifier.cli import dev_state_path
-from tests.browser.conftest import NotifierProcess, Publisher, free_port, token_for
+from tests.browser.conftest import NotifierProcess, Publisher, token_for
+from tests.support import free_port
 
 WAIT_MS = 15_000
 RECONNECT_WAIT_MS = 30_000
@@ -45,7 +46,7 @@ async def subscribe(page: Page, topic: str) -> None:
     await expect(page.locator(f'.sub[data-topic="{topic}"]')).to_have_attribute("data-status", "subscribed")
 
 
-def notes(page: Page, topic: str) -> object:
+def notes(page: Page, topic: str) -> Locator:
     return page.locator(f'#feed .note[data-topic="{topic}"]')
 
 

@@ -25,6 +25,7 @@ def app_with(*, dev: bool, demo_page: bool) -> FastAPI:
         api_keys=["key"],
         demo_page=demo_page,
         log_format="console",
+        shutdown_timeout_s=1,
     )
     return create_app(settings, dev=dev)
 

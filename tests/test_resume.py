@@ -1,0 +1,167 @@
+"""Session resume over real sockets and RabbitMQ: a client whose connection died comes back and gets exactly
+what it missed, once each and in order, then the live events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import pytest
+
+from notifier import closecodes
+from tests.support import Client, ConnectClient, Publisher, RunningServer, StartServer, token_for, wait_until
+
+pytestmark = pytest.mark.rabbitmq
+
+
+class CountingClient:
+    """What a resuming client keeps: its session id and how many event frames it received in it."""
+
+    def __init__(self) -> None:
+        self.session: str | None = None
+        self.received = 0
+        self.data: list[Any] = []
+
+    async def sign_in(self, client: Client, user: str, topics: list[str] | None = None) -> dict[str, Any]:
+        auth: dict[str, Any] = {"type": "auth", "token": token_for(user, topics)}
+        if self.session is not None:
+            auth["resume"] = {"session": self.session, "received": self.received}
+        await client.send(auth)
+        welcome = await client.receive()
+        assert welcome["type"] == "welcome", welcome
+        if not welcome["recovered"]:
+            self.received = 0
+        self.session = welcome["session"]
+        return welcome
+
+    async def next_event(self, client: Client, timeout: float = 5.0) -> Any:
+        event = await client.expect_event(timeout=timeout)
+        self.received += 1
+        self.data.append(event["data"])
+        return event["data"]
+
+
+async def lose_connection(running: RunningServer, client: Client, parked_before: int = 0) -> None:
+    """The TCP connection dies without a close handshake; wait until the server has parked the session."""
+    client.ws.transport.abort()
+    await wait_until(lambda: running.node.directory.parked_count == parked_before + 1, 5)
+
+
+async def test_a_client_whose_connection_died_gets_what_it_missed_then_live(
+    server: RunningServer, connect: ConnectClient, publisher: Publisher
+) -> None:
+    alice = CountingClient()
+    first = await connect(server)
+    await alice.sign_in(first, "alice", ["news"])
+    assert (await first.subscribe("news"))["type"] == "subscribed"
+    for n in range(2):
+        await publisher.publish("news", n)
+        assert await alice.next_event(first) == n
+    await lose_connection(server, first)
+    for n in range(2, 5):
+        await publisher.publish("news", n)
+    await wait_until(lambda: server.node.stats.events_in == 5, 5)
+
+    second = await connect(server)
+    welcome = await alice.sign_in(second, "alice", ["news"])
+    assert (welcome["recovered"], welcome["topics"]) == (True, ["user.alice", "news"])
+    assert [await alice.next_event(second) for _ in range(3)] == [2, 3, 4]
+    await publisher.publish("news", 5)
+    assert await alice.next_event(second) == 5
+    await second.expect_silence()
+
+
+async def test_a_steady_feed_across_drops_arrives_exactly_once_and_in_order(
+    server: RunningServer, connect: ConnectClient, publisher: Publisher
+) -> None:
+    total = 300
+    published = asyncio.Event()
+
+    async def feed() -> None:
+        for n in range(total):
+            await publisher.publish("user.bob", n)
+            await asyncio.sleep(0.003)
+        published.set()
+
+    bob = CountingClient()
+    client = await connect(server)
+    await bob.sign_in(client, "bob")
+    feeding = asyncio.create_task(feed())
+    drops = 0
+    try:
+        while len(bob.data) < total:
+            await bob.next_event(client)
+            if len(bob.data) in (50, 120, 200):  # the connection dies three times mid-feed
+                await lose_connection(server, client)
+                drops += 1
+                await asyncio.sleep(0.05)  # events keep coming meanwhile
+                client = await connect(server)
+                welcome = await bob.sign_in(client, "bob")
+                assert welcome["recovered"] is True
+    finally:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(feeding, 30)
+    assert drops == 3
+    assert bob.data == list(range(total))
+    await client.expect_silence()
+
+
+async def test_a_slow_client_cut_with_4002_gets_its_dropped_queue_back(
+    start_server: StartServer, connect: ConnectClient, publisher: Publisher
+) -> None:
+    running = await start_server(send_queue_size=4)
+    carol = CountingClient()
+    slow = await connect(running)
+    await carol.sign_in(slow, "carol")
+    slow.ws.transport.pause_reading()
+    n = 0
+    while not running.node.stats.closes_by_code[closecodes.SLOW_CLIENT.code]:
+        await publisher.publish("user.carol", {"n": n, "pad": "x" * 60_000})
+        n += 1
+        assert n < 1000
+        await asyncio.sleep(0.005)
+    slow.ws.transport.resume_reading()
+    with contextlib.suppress(Exception):
+        while True:
+            await carol.next_event(slow, timeout=5)
+    assert slow.ws.close_code == closecodes.SLOW_CLIENT.code
+    await wait_until(lambda: running.node.directory.parked_count == 1, 10)
+    await publisher.publish("user.carol", {"n": n, "pad": ""})
+
+    again = await connect(running)
+    assert (await carol.sign_in(again, "carol"))["recovered"] is True
+    while len(carol.data) < n + 1:
+        await carol.next_event(again)
+    assert [item["n"] for item in carol.data] == list(range(n + 1))
+
+
+async def test_an_ended_session_answers_recovered_false_and_replays_nothing(
+    server: RunningServer, connect: ConnectClient, publisher: Publisher
+) -> None:
+    dave = CountingClient()
+    first = await connect(server)
+    await dave.sign_in(first, "dave")
+    await first.close()  # a goodbye (1000): the session ends
+    await wait_until(lambda: not server.node.sessions, 5)
+    await publisher.publish("user.dave", "while away")
+    second = await connect(server)
+    welcome = await dave.sign_in(second, "dave")
+    assert welcome["recovered"] is False
+    await second.expect_silence()
+
+
+async def test_another_users_token_cannot_resume_a_session(
+    server: RunningServer, connect: ConnectClient, publisher: Publisher
+) -> None:
+    erin = CountingClient()
+    first = await connect(server)
+    await erin.sign_in(first, "erin")
+    await lose_connection(server, first)
+    await publisher.publish("user.erin", "private")
+    mallory = CountingClient()
+    mallory.session, mallory.received = erin.session, 0
+    attacker = await connect(server)
+    welcome = await mallory.sign_in(attacker, "mallory")
+    assert (welcome["recovered"], welcome["user"]) == (False, "mallory")
+    await attacker.expect_silence()

@@ -1,0 +1,419 @@
+"""The session's state machine against a fake socket, the in-memory broker and a real token verifier: no
+network, milliseconds per test."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from notifier import closecodes
+from notifier.admission import Admission
+from notifier.auth import TokenVerifier, mint_token
+from notifier.broker.memory import MemoryBroker
+from notifier.directory import SessionDirectory
+from notifier.hub import Hub
+from notifier.senders import AsgiSender
+from notifier.session import Session, SessionContext
+from notifier.settings import Settings
+from notifier.stats import Stats
+
+pytestmark = pytest.mark.unit
+
+SECRET = "unit-test-secret-that-is-long-enough!!"
+
+
+class FakeSocket:
+    """The ASGI side of one WebSocket: what the client sends in, what the server sent out."""
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.sent: list[dict[str, Any]] = []
+        self.frame_arrived = asyncio.Event()
+        self.paused = asyncio.Event()
+        self.paused.set()  # cleared: the client stopped reading, sends block
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.incoming.get()
+
+    async def send(self, message: Any) -> None:
+        await self.paused.wait()
+        self.sent.append(message)
+        self.frame_arrived.set()
+
+    def client_sends(self, frame: dict[str, Any]) -> None:
+        self.incoming.put_nowait({"type": "websocket.receive", "text": orjson.dumps(frame).decode()})
+
+    def client_leaves(self, code: int = 1000) -> None:
+        self.incoming.put_nowait({"type": "websocket.disconnect", "code": code})
+
+    def frames(self) -> list[dict[str, Any]]:
+        return [orjson.loads(message["text"]) for message in self.sent if message["type"] == "websocket.send"]
+
+    def close_code(self) -> int | None:
+        codes = [message["code"] for message in self.sent if message["type"] == "websocket.close"]
+        return codes[-1] if codes else None
+
+    async def next_frame(self, kind: str | None = None) -> dict[str, Any]:
+        async with asyncio.timeout(2):
+            while True:
+                for frame in self.frames():
+                    if kind is None or frame["type"] == kind:
+                        self.sent.remove(next(m for m in self.sent if m.get("text") == orjson.dumps(frame).decode()))
+                        return frame
+                self.frame_arrived.clear()
+                await self.frame_arrived.wait()
+
+    async def closed_with(self) -> int:
+        async with asyncio.timeout(2):
+            while (code := self.close_code()) is None:
+                self.frame_arrived.clear()
+                await self.frame_arrived.wait()
+        return code
+
+
+class Instance:
+    """What a node passes its sessions, built on the in-memory broker."""
+
+    def __init__(self, **overrides: Any) -> None:
+        values: dict[str, Any] = {"jwt_secret": SECRET, "amqp_url": "memory://"} | overrides
+        self.settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        self.broker = MemoryBroker(max_event_bytes=self.settings.max_event_bytes)
+        self.stats = Stats()
+        self.hub = Hub(self.broker, self.stats)
+        self.admission = Admission(
+            max_connections=self.settings.max_connections,
+            max_connections_per_user=self.settings.max_connections_per_user,
+        )
+        self.finished: list[Session] = []
+        self.directory = SessionDirectory(
+            "test", window_s=self.settings.resume_window_s, max_parked=self.settings.max_parked_sessions
+        )
+        self.context = SessionContext(
+            settings=self.settings,
+            hub=self.hub,
+            verifier=TokenVerifier(self.settings),
+            admission=self.admission,
+            stats=self.stats,
+            directory=self.directory,
+            on_finished=self.finished.append,
+        )
+        self.runs: list[asyncio.Task[None]] = []
+
+    def connect(self, token_in_url: str | None = None) -> tuple[Session, FakeSocket]:
+        socket = FakeSocket()
+        holder: list[asyncio.Task[None]] = []
+        sender = AsgiSender(socket.send, lambda: holder[0].cancel())
+        session = Session(socket.receive, sender, self.context)
+        task = asyncio.create_task(session.run(token_in_url))
+        holder.append(task)
+        self.runs.append(task)
+        return session, socket
+
+    async def publish(self, topic: str, data: Any) -> None:
+        await self.broker.publish(topic, orjson.dumps(data), f"id-{topic}-{data}")
+
+
+@pytest.fixture
+async def instance() -> AsyncIterator[Instance]:
+    node = Instance()
+    await node.broker.connect(node.hub.deliver)
+    yield node
+    for task in node.runs:
+        task.cancel()
+    await asyncio.gather(*node.runs, return_exceptions=True)
+
+
+def token(user: str, topics: list[str] | None = None, ttl_s: float = 60) -> str:
+    return mint_token(SECRET, user, topics=topics, ttl_s=ttl_s)
+
+
+async def signed_in(instance: Instance, user: str, topics: list[str] | None = None) -> tuple[Session, FakeSocket]:
+    session, socket = instance.connect()
+    socket.client_sends({"type": "auth", "token": token(user, topics)})
+    welcome = await socket.next_frame("welcome")
+    assert welcome["topics"] == [f"user.{user}"]
+    return session, socket
+
+
+async def test_auth_binds_the_personal_topic_and_events_follow(instance: Instance) -> None:
+    _, socket = await signed_in(instance, "alice")
+    assert instance.broker.bound_topics == {"user.alice"}
+    await instance.publish("user.alice", "hello")
+    event = await socket.next_frame("event")
+    assert (event["topic"], event["data"]) == ("user.alice", "hello")
+
+
+async def test_a_frame_before_auth_is_a_protocol_violation(instance: Instance) -> None:
+    _, socket = instance.connect()
+    socket.client_sends({"type": "subscribe", "topic": "news"})
+    assert await socket.closed_with() == closecodes.PROTOCOL_VIOLATION.code
+
+
+async def test_an_invalid_token_closes_with_4500(instance: Instance) -> None:
+    _, socket = instance.connect()
+    socket.client_sends({"type": "auth", "token": "not.a.jwt"})
+    assert await socket.closed_with() == closecodes.INVALID_TOKEN.code
+
+
+async def test_no_auth_in_time_closes_with_4000() -> None:
+    node = Instance(auth_timeout_s=0.05)
+    await node.broker.connect(node.hub.deliver)
+    _, socket = node.connect()
+    assert await socket.closed_with() == closecodes.AUTH_TIMEOUT.code
+    assert node.stats.closes_by_code[closecodes.AUTH_TIMEOUT.code] == 1
+
+
+async def test_subscribe_needs_a_grant(instance: Instance) -> None:
+    _, socket = await signed_in(instance, "alice", topics=["news.*"])
+    socket.client_sends({"type": "subscribe", "topic": "news.sport", "id": 1})
+    assert (await socket.next_frame())["type"] == "subscribed"
+    socket.client_sends({"type": "subscribe", "topic": "admin", "id": 2})
+    answer = await socket.next_frame()
+    assert (answer["type"], answer["code"], answer["id"]) == ("error", "forbidden", 2)
+    assert instance.broker.bound_topics == {"user.alice", "news.sport"}
+
+
+async def test_leaving_releases_topics_and_the_users_slot(instance: Instance) -> None:
+    session, socket = await signed_in(instance, "alice", topics=["news"])
+    socket.client_sends({"type": "subscribe", "topic": "news"})
+    await socket.next_frame("subscribed")
+    assert instance.admission.connections_of("alice") == 1
+    socket.client_leaves()
+    await asyncio.wait_for(instance.runs[0], 2)
+    assert instance.broker.bound_topics == set()
+    assert instance.admission.connections_of("alice") == 0
+    assert instance.admission.connections == 0
+    assert instance.finished == [session]
+
+
+async def test_the_per_user_limit_closes_the_extra_connection_with_4502() -> None:
+    node = Instance(max_connections_per_user=1)
+    await node.broker.connect(node.hub.deliver)
+    await signed_in(node, "alice")
+    _, second = node.connect()
+    second.client_sends({"type": "auth", "token": token("alice")})
+    assert await second.closed_with() == closecodes.USER_CONNECTION_LIMIT.code
+
+
+async def test_past_the_instance_limit_a_connection_is_closed_with_4003() -> None:
+    node = Instance(max_connections=1)
+    await node.broker.connect(node.hub.deliver)
+    await signed_in(node, "alice")
+    _, second = node.connect()
+    assert await second.closed_with() == closecodes.SERVER_FULL.code
+
+
+async def test_a_client_that_stops_reading_is_closed_as_slow_and_its_queue_dropped() -> None:
+    node = Instance(send_queue_size=4)
+    await node.broker.connect(node.hub.deliver)
+    _, socket = await signed_in(node, "alice")
+    socket.paused.clear()  # the client stops reading: every send blocks
+    big = "x" * 20_000  # a few frames fill the ASGI path's socket-buffer allowance
+    for n in range(12):
+        await node.publish("user.alice", f"{n}{big}")
+    assert node.stats.closes_by_code[closecodes.SLOW_CLIENT.code] == 1
+    assert node.stats.frames_dropped > 0
+    socket.paused.set()
+    assert await socket.closed_with() == closecodes.SLOW_CLIENT.code
+
+
+async def test_a_burst_larger_than_the_queue_reaches_a_reading_client_in_order() -> None:
+    node = Instance(send_queue_size=256)
+    await node.broker.connect(node.hub.deliver)
+    _, socket = await signed_in(node, "alice")
+    for n in range(500):  # delivered in one go, before the writer runs even once
+        await node.publish("user.alice", n)
+    async with asyncio.timeout(2):
+        while len(socket.frames()) < 500:
+            socket.frame_arrived.clear()
+            await socket.frame_arrived.wait()
+    assert [frame["data"] for frame in socket.frames()] == list(range(500))
+    assert node.stats.closes_by_code[closecodes.SLOW_CLIENT.code] == 0
+
+
+async def test_refresh_for_another_user_is_refused(instance: Instance) -> None:
+    _, socket = await signed_in(instance, "alice")
+    socket.client_sends({"type": "refresh", "token": token("mallory"), "id": "r"})
+    answer = await socket.next_frame()
+    assert (answer["type"], answer["code"]) == ("error", "forbidden")
+
+
+async def test_a_narrowing_refresh_drops_what_it_no_longer_grants(instance: Instance) -> None:
+    _, socket = await signed_in(instance, "alice", topics=["news", "sport"])
+    for topic in ("news", "sport"):
+        socket.client_sends({"type": "subscribe", "topic": topic})
+        await socket.next_frame("subscribed")
+    socket.client_sends({"type": "refresh", "token": token("alice", ["news"]), "id": "r"})
+    refreshed = await socket.next_frame("refreshed")
+    assert refreshed["dropped"] == ["sport"]
+    assert instance.broker.bound_topics == {"user.alice", "news"}
+
+
+# Session resume: the same instance.
+
+
+async def received_events(socket: FakeSocket, n: int) -> list[Any]:
+    async with asyncio.timeout(2):
+        while len([f for f in socket.frames() if f["type"] == "event"]) < n:
+            socket.frame_arrived.clear()
+            await socket.frame_arrived.wait()
+    return [frame["data"] for frame in socket.frames() if frame["type"] == "event"]
+
+
+async def resumed(
+    node: Instance, user: str, session: str, received: int, topics: list[str] | None = None
+) -> tuple[Session, FakeSocket, dict[str, Any]]:
+    new, socket = node.connect()
+    resume = {"session": session, "received": received}
+    socket.client_sends({"type": "auth", "token": token(user, topics), "resume": resume})
+    return new, socket, await socket.next_frame("welcome")
+
+
+async def dropped_after(node: Instance, user: str, events: int, topics: list[str] | None = None) -> tuple[str, int]:
+    """A signed-in client that got `events` events, then lost its connection; returns its session and count."""
+    session, socket = await signed_in(node, user, topics)
+    for n in range(events):
+        await node.publish(f"user.{user}", n)
+    await received_events(socket, events)
+    socket.client_leaves(1006)
+    await asyncio.wait_for(node.runs[-1], 2)
+    assert session.session_id is not None
+    return session.session_id, events
+
+
+async def test_a_dropped_session_is_resumed_with_what_it_missed_then_live(instance: Instance) -> None:
+    session_id, received = await dropped_after(instance, "alice", 3)
+    assert instance.directory.parked_count == 1
+    assert instance.broker.bound_topics == {"user.alice"}  # parked: still bound, still collecting
+    for n in range(3, 6):
+        await instance.publish("user.alice", n)
+    _, socket, welcome = await resumed(instance, "alice", session_id, received)
+    assert welcome["recovered"] is True and welcome["session"] != session_id
+    assert welcome["topics"] == ["user.alice"]
+    assert await received_events(socket, 3) == [3, 4, 5]
+    await instance.publish("user.alice", 6)
+    assert await received_events(socket, 4) == [3, 4, 5, 6]
+    assert instance.directory.parked_count == 0
+
+
+async def test_a_client_that_received_nothing_yet_is_recovered(instance: Instance) -> None:
+    session_id, _ = await dropped_after(instance, "alice", 0)
+    await instance.publish("user.alice", "while away")
+    _, socket, welcome = await resumed(instance, "alice", session_id, 0)
+    assert welcome["recovered"] is True
+    assert await received_events(socket, 1) == ["while away"]
+
+
+async def test_events_the_client_did_not_get_before_the_drop_are_replayed(instance: Instance) -> None:
+    session_id, _ = await dropped_after(instance, "alice", 5)
+    _, socket, welcome = await resumed(instance, "alice", session_id, 3)  # its last two were lost in flight
+    assert welcome["recovered"] is True
+    assert await received_events(socket, 2) == [3, 4]
+    await socket_stays_quiet(socket, 2)
+
+
+async def socket_stays_quiet(socket: FakeSocket, events: int) -> None:
+    await asyncio.sleep(0.05)
+    assert len([f for f in socket.frames() if f["type"] == "event"]) == events
+
+
+async def test_resumed_subscriptions_come_back_and_are_checked_against_the_new_token(instance: Instance) -> None:
+    session, socket = await signed_in(instance, "alice", topics=["news", "sport"])
+    for topic in ("news", "sport"):
+        socket.client_sends({"type": "subscribe", "topic": topic})
+        await socket.next_frame("subscribed")
+    socket.client_leaves(1006)
+    await asyncio.wait_for(instance.runs[-1], 2)
+    await instance.publish("news", "n1")
+    await instance.publish("sport", "s1")
+    assert session.session_id is not None
+    _, new_socket, welcome = await resumed(instance, "alice", session.session_id, 0, topics=["news"])
+    assert (welcome["recovered"], welcome["topics"], welcome["dropped"]) == (True, ["user.alice", "news"], ["sport"])
+    assert await received_events(new_socket, 1) == ["n1"]  # never an event of a topic no longer granted
+    await asyncio.sleep(0.05)
+    assert instance.broker.bound_topics == {"user.alice", "news"}
+
+
+async def test_a_goodbye_ends_the_session(instance: Instance) -> None:
+    session, socket = await signed_in(instance, "alice")
+    socket.client_leaves(1000)
+    await asyncio.wait_for(instance.runs[-1], 2)
+    assert instance.directory.parked_count == 0
+    assert instance.broker.bound_topics == set()
+    assert session.session_id is not None
+    _, _, welcome = await resumed(instance, "alice", session.session_id, 0)
+    assert welcome["recovered"] is False
+
+
+async def test_someone_elses_session_is_never_resumed(instance: Instance) -> None:
+    session_id, _ = await dropped_after(instance, "alice", 0)
+    await instance.publish("user.alice", "for alice only")
+    _, socket, welcome = await resumed(instance, "mallory", session_id, 0)
+    assert (welcome["recovered"], welcome["user"], welcome["topics"]) == (False, "mallory", ["user.mallory"])
+    await socket_stays_quiet(socket, 0)
+    _, alice, welcome = await resumed(instance, "alice", session_id, 0)  # still there for its owner
+    assert welcome["recovered"] is True
+    assert await received_events(alice, 1) == ["for alice only"]
+
+
+async def test_past_the_window_the_session_is_gone_and_released() -> None:
+    node = Instance(resume_window_s=0.1)
+    await node.broker.connect(node.hub.deliver)
+    session_id, _ = await dropped_after(node, "alice", 1)
+    await asyncio.sleep(0.3)
+    assert node.directory.parked_count == 0
+    assert node.broker.bound_topics == set()
+    _, _, welcome = await resumed(node, "alice", session_id, 1)
+    assert welcome["recovered"] is False
+
+
+async def test_a_parked_session_that_overflows_is_ended_at_once() -> None:
+    node = Instance(resume_max_events=3)
+    await node.broker.connect(node.hub.deliver)
+    session_id, _ = await dropped_after(node, "alice", 0)
+    for n in range(4):
+        await node.publish("user.alice", n)
+    await asyncio.sleep(0)
+    assert node.directory.parked_count == 0
+    assert node.broker.bound_topics == set()
+    _, socket, welcome = await resumed(node, "alice", session_id, 0)
+    assert welcome["recovered"] is False
+    await socket_stays_quiet(socket, 0)
+
+
+async def test_a_count_the_session_never_reached_is_not_recovered(instance: Instance) -> None:
+    session_id, _ = await dropped_after(instance, "alice", 2)
+    _, _, welcome = await resumed(instance, "alice", session_id, 5)
+    assert welcome["recovered"] is False
+
+
+async def test_a_half_open_connection_is_handed_over_and_dropped(instance: Instance) -> None:
+    old, old_socket = await signed_in(instance, "alice")
+    await instance.publish("user.alice", 0)
+    await received_events(old_socket, 1)
+    assert old.session_id is not None
+    _, socket, welcome = await resumed(instance, "alice", old.session_id, 1)
+    assert welcome["recovered"] is True
+    await asyncio.wait_for(asyncio.gather(instance.runs[0], return_exceptions=True), 2)  # the old one is dropped
+    await instance.publish("user.alice", 1)
+    assert await received_events(socket, 1) == [1]
+    assert instance.broker.bound_topics == {"user.alice"}
+    assert instance.admission.connections_of("alice") == 1
+
+
+async def test_a_parked_session_does_not_hold_a_users_connection_slot() -> None:
+    node = Instance(max_connections_per_user=1)
+    await node.broker.connect(node.hub.deliver)
+    session_id, _ = await dropped_after(node, "alice", 0)
+    _, _, welcome = await resumed(node, "alice", session_id, 0)
+    assert welcome["recovered"] is True
+
+
+async def test_a_bad_resume_field_before_auth_is_a_protocol_violation(instance: Instance) -> None:
+    _, socket = instance.connect()
+    socket.client_sends({"type": "auth", "token": token("alice"), "resume": {"session": 7, "received": -1}})
+    assert await socket.closed_with() == closecodes.PROTOCOL_VIOLATION.code
