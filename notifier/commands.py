@@ -60,15 +60,24 @@ def install(control: ControlPlane, node: Node) -> None:
         sessions = node.sessions_of(user)
         for session in sessions:
             session.close(close)
-        return {"closed": len(sessions)}
+        # A parked session could otherwise be resumed by a client that still holds a token.
+        parked = node.parked_sessions_of(user)
+        for session in parked:
+            node.directory.end(session)
+        return {"closed": len(sessions), "parked_ended": len(parked)}
 
     async def unsubscribe(args: CommandArgs) -> dict[str, Any]:
         user = _checked(check_user, args, "user")
         topic = _checked(check_topic, args, "topic")
+        # A parked session holding the topic ends: it has no socket to be told on, and a resume would bring
+        # the topic back unannounced. Its client reconnects as a fresh session.
+        parked = [session for session in node.parked_sessions_of(user) if topic in session.topics]
+        for session in parked:
+            node.directory.end(session)
         dropped = 0
         for session in node.sessions_of(user):
             dropped += await session.drop_topic_by_server(topic)
-        return {"unsubscribed": dropped}
+        return {"unsubscribed": dropped, "parked_ended": len(parked)}
 
     async def presence(args: CommandArgs) -> dict[str, Any]:
         user = _checked(check_user, args, "user")

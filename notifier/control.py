@@ -506,4 +506,4 @@ def create_control_plane(settings: Settings, broker: Broker) -> ControlPlane:
 
     if isinstance(broker, AmqpBroker):
         return AmqpControlPlane(settings, broker.instance_id, lambda: broker.connection)
-    return LocalControlPlane()
+    return LocalControlPlane(broker.instance_id)

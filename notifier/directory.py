@@ -82,6 +82,10 @@ class SessionDirectory:
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
 
+    def parked_sessions(self) -> list[Resumable]:
+        """The sessions parked now, oldest first."""
+        return [self._by_id[session_id] for session_id in self._parked if session_id in self._by_id]
+
     def end_all_parked(self) -> None:
         """End every parked session now (the instance is stopping)."""
         for session_id in tuple(self._parked):

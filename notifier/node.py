@@ -171,3 +171,8 @@ class Node:
     def sessions_of(self, user: str) -> list[Session]:
         """The open, authenticated connections of `user` on this instance."""
         return [session for session in self.sessions if session.user == user and session.state is State.OPEN]
+
+    def parked_sessions_of(self, user: str) -> list[Session]:
+        """The parked sessions of `user` on this instance (their connection is gone; a resume may claim them)."""
+        parked = self.directory.parked_sessions()
+        return [session for session in parked if isinstance(session, Session) and session.user == user]

@@ -140,6 +140,7 @@ async def test_the_sync_client_retries_with_the_same_id_too(server: RunningServe
     await alice.expect_silence(0.5)
 
 
+@pytest.mark.loopback
 async def test_an_unreachable_server_raises_a_connection_error() -> None:
     async with AsyncClient(f"http://127.0.0.1:{free_port()}", api_key=API_KEY, retries=1, timeout=1) as notifier:
         with pytest.raises(NotifierConnectionError):

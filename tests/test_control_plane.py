@@ -20,13 +20,7 @@ def control_of(running: RunningServer) -> Any:
 @pytest.fixture
 async def pair(start_server: StartServer) -> tuple[RunningServer, RunningServer]:
     first, second = await start_server(instance_id="cp-first"), await start_server(instance_id="cp-second")
-    for running in (first, second):
-        plane = control_of(running)
-
-        def both_known(plane: Any = plane) -> bool:
-            return len(plane.live_instances()) == 2
-
-        await wait_until(both_known, 5)
+    await wait_until(lambda: all(len(control_of(running).live_instances()) == 2 for running in (first, second)), 5)
     return first, second
 
 

@@ -85,7 +85,7 @@ async def test_local_control_plane_runs_a_repeated_command_once() -> None:
     await control.broadcast("record", {"n": 1}, command_id="same")
     assert runs == [{"n": 1}]
     gathered = await control.gather("record", {"n": 2}, timeout=1)
-    assert gathered.replies == {"local": {"count": 2}}
+    assert gathered.replies == {"local": {"count": 2}}  # the default instance id of a local plane
     assert gathered.instances == 1
 
 

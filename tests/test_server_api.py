@@ -14,7 +14,7 @@ import pytest
 
 from notifier import closecodes
 from tests.faults import close_connections_named
-from tests.support import API_KEY, ConnectClient, RunningServer, StartServer, wait_until
+from tests.support import API_KEY, ConnectClient, RunningServer, StartServer, token_for, wait_until
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -270,9 +270,9 @@ async def test_server_api_needs_a_known_api_key(
 
 
 async def test_server_api_answers_503_while_the_broker_is_down(start_server: StartServer) -> None:
-    from tests.support import free_port
+    from tests.support import amqp_url_through, free_port
 
-    running = await start_server(amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/", broker_timeout_s=1)
+    running = await start_server(amqp_url=amqp_url_through(free_port()), broker_timeout_s=1)
     for method, path, kwargs in [
         ("POST", "/api/disconnect", {"json": {"user": "a"}}),
         ("POST", "/api/unsubscribe", {"json": {"user": "a", "topic": "b"}}),
@@ -365,3 +365,22 @@ async def test_openapi_describes_the_server_api_and_the_docs_page_is_served_loca
         for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
             assert f"/docs/assets/{asset}" in page.text
             assert (await http.get(f"/docs/assets/{asset}")).status_code == 200
+
+
+async def test_disconnect_ends_a_parked_session_so_it_cannot_be_resumed(
+    server: RunningServer, connect: ConnectClient
+) -> None:
+    first = await connect(server)
+    await first.send({"type": "auth", "token": token_for("alice")})
+    welcome = await first.receive()
+    first.ws.transport.abort()  # the connection dies without a close: the session is parked for a resume
+    await wait_until(lambda: server.node.directory.parked_count == 1, 5)
+
+    response = await api(server, "POST", "/api/disconnect", json={"user": "alice"})
+    assert response.status_code == 202
+    await wait_until(lambda: server.node.directory.parked_count == 0, 2)
+    second = await connect(server)
+    await second.send(
+        {"type": "auth", "token": token_for("alice"), "resume": {"session": welcome["session"], "received": 0}}
+    )
+    assert (await second.receive())["recovered"] is False
