@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pydantic
+import structlog
 
 from notifier.auth import mint_token
 from notifier.logs import configure_logging
@@ -60,6 +61,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
         check_workers(settings)
     except ConfigError as error:
         fail(str(error))
+    if not settings.allowed_origins:
+        structlog.get_logger("notifier.cli").warning(
+            "allowed_origins_empty",
+            hint="only pages served from this server's own host and port may open sockets; "
+            "set NOTIFIER_ALLOWED_ORIGINS to your web app's origins",
+        )
     serve_workers(settings)
 
 

@@ -201,3 +201,21 @@ def test_publish_refuses_bad_json() -> None:
     result = run_cli("publish", "a", "{nope", "--api-key", "k")
     assert result.returncode == 2
     assert "not valid JSON" in result.stderr
+
+
+async def test_serve_without_allowed_origins_warns_and_lets_its_own_demo_page_connect(exchange: str) -> None:
+    port = free_port()
+    env = serve_env(port, exchange, NOTIFIER_DEMO_PAGE="true")
+    async with running_process(["serve"], env, port) as process:
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"http://127.0.0.1:{port}/")).status_code == 200  # the demo page is served
+        page_origin = f"http://127.0.0.1:{port}"
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws", origin=page_origin) as ws:  # type: ignore[arg-type]
+            await ws.send(orjson.dumps({"type": "auth", "token": token_for("alice")}).decode())
+            assert (await receive_json(ws))["type"] == "welcome"
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 15)
+        logs = (await process.stderr.read()).decode()  # type: ignore[union-attr]
+    warning = next(json.loads(line) for line in logs.splitlines() if "allowed_origins_empty" in line)
+    assert warning["level"] == "warning"
+    assert "NOTIFIER_ALLOWED_ORIGINS" in warning["hint"]
