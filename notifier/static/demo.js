@@ -83,6 +83,7 @@ function start(options) {
   client.on('subscribed', ({ topic }) => chipFor(topic).dataset.status = 'subscribed');
   client.on('event', showNotification);
   client.on('error', (error) => {
+    if (error.code === 'handshake_failed') $('#state').title = error.message; // why "Reconnecting" lasts
     if (!error.topic) return;
     showSubscribeError(error);
     if (error.code !== 'unavailable') dropChip(error.topic); // refused or no longer granted: the client let it go
