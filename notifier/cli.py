@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import os
 import secrets
@@ -151,13 +152,15 @@ def cmd_publish(args: argparse.Namespace) -> None:
 async def _publish_amqp(settings: Settings, topic: str, data: object, event_id: str | None) -> None:
     import aio_pika
 
-    from notifier.events import new_event_id
+    from notifier.events import EVENT_ID_RE, EVENT_ID_RULE, TIMESTAMP_MS_HEADER, new_event_id, now_ms
     from notifier.topics import InvalidTopic, validate_topic
 
     try:
         validate_topic(topic)
     except InvalidTopic as error:
         fail(f"TOPIC: {error}")
+    if event_id is not None and not EVENT_ID_RE.fullmatch(event_id):
+        fail(f"--id must be {EVENT_ID_RULE}")
     event_id = event_id or new_event_id()
     try:
         connection = await aio_pika.connect(settings.amqp_url, timeout=settings.broker_timeout_s)
@@ -166,7 +169,14 @@ async def _publish_amqp(settings: Settings, topic: str, data: object, event_id: 
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.declare_exchange(settings.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-        message = aio_pika.Message(json.dumps(data).encode(), content_type="application/json", message_id=event_id)
+        sent_ms = now_ms()
+        message = aio_pika.Message(
+            json.dumps(data).encode(),
+            content_type="application/json",
+            message_id=event_id,
+            headers={TIMESTAMP_MS_HEADER: sent_ms},
+            timestamp=datetime.datetime.fromtimestamp(sent_ms / 1000, datetime.UTC),
+        )
         await exchange.publish(message, routing_key=topic)
     print(json.dumps({"id": event_id, "topic": topic}))
 

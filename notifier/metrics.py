@@ -22,7 +22,7 @@ CLOSE_REASONS = {reason.code: reason.reason for reason in closecodes.ALL}
 
 
 class LatencyHistogram:
-    """Publish-to-hand-off latency of events whose publisher set the AMQP timestamp (whole seconds)."""
+    """Publish-to-hand-off latency of events whose publisher set a timestamp (ms header or AMQP seconds)."""
 
     BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -93,7 +93,7 @@ class NodeCollector(Collector):
         latency = hub.latency
         yield HistogramMetricFamily(
             "notifier_delivery_latency_seconds",
-            "From the publisher's AMQP timestamp to hand-off to clients (timestamps have 1 s resolution)",
+            "From the publisher's timestamp (timestamp_in_ms header, else AMQP timestamp) to hand-off to clients",
             buckets=latency.cumulative(),
             sum_value=latency.total_s,
         )

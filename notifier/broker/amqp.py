@@ -24,7 +24,7 @@ from aio_pika.abc import (
 )
 
 from notifier.broker.base import BrokerUnavailable, EventHandler
-from notifier.events import UnusableMessage, event_from_message
+from notifier.events import TIMESTAMP_MS_HEADER, UnusableMessage, event_from_message, now_ms, publish_time_ms
 from notifier.settings import Settings
 
 log = structlog.get_logger("notifier.broker")
@@ -196,11 +196,13 @@ class AmqpBroker:
     async def publish(self, topic: str, data: bytes, event_id: str) -> None:
         if self._publish_exchange is None or not self.ready:
             raise BrokerUnavailable("not connected to RabbitMQ")
+        sent_ms = now_ms()
         message = aio_pika.Message(
             data,
             content_type="application/json",
             message_id=event_id,
-            timestamp=datetime.datetime.now(datetime.UTC),
+            headers={TIMESTAMP_MS_HEADER: sent_ms},
+            timestamp=datetime.datetime.fromtimestamp(sent_ms / 1000, datetime.UTC),
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         try:
@@ -220,8 +222,9 @@ class AmqpBroker:
                 message.routing_key or "",
                 message.body,
                 event_id=message.message_id,
-                ts_ms=int(timestamp.timestamp() * 1000) if timestamp else None,
+                ts_ms=publish_time_ms(message.headers, timestamp.timestamp() if timestamp else None),
                 max_bytes=self._settings.max_event_bytes,
+                content_encoding=message.content_encoding,
             )
         except UnusableMessage as error:
             self.dead_lettered += 1
