@@ -15,6 +15,7 @@ from starlette.types import Scope
 
 from notifier.auth import mint_token
 from notifier.errors import ApiError
+from notifier.origins import same_origin
 from notifier.routes.publish import publish_request, read_json_object
 from notifier.settings import Settings
 from notifier.topics import InvalidTopic, is_valid_segment, validate_pattern
@@ -66,8 +67,25 @@ def build_router(settings: Settings, *, dev: bool) -> APIRouter:
     return router
 
 
+def refuse_cross_site(request: Request) -> None:
+    """The dev routes mint tokens and publish without a key, so only the server's own page may call them.
+
+    A JSON body cannot come from another site without a CORS preflight, which these routes never grant; and a
+    browser's `Origin` or `Sec-Fetch-Site` that names another site is refused outright.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+    origin = request.headers.get("origin")
+    if origin is not None and not same_origin(origin, request.headers.get("host")):
+        raise ApiError(403, "cross_site", "dev routes answer only the server's own pages")
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise ApiError(403, "cross_site", "dev routes answer only the server's own pages")
+
+
 async def dev_token(request: Request) -> JSONResponse:
     """Dev mode only: `{"user", "topics"?, "ttl_s"?}` → a token signed with the dev secret."""
+    refuse_cross_site(request)
     settings: Settings = request.app.state.node.settings
     payload = await read_json_object(request, 16 * 1024)
     user = payload.get("user")
@@ -92,4 +110,5 @@ async def dev_token(request: Request) -> JSONResponse:
 
 async def dev_publish(request: Request) -> JSONResponse:
     """Dev mode only: `{"topic", "data"}` published through the broker, as `POST /api/publish` does."""
+    refuse_cross_site(request)
     return await publish_request(request, request.app.state.node)
