@@ -8,9 +8,10 @@ import datetime
 import json
 import os
 import secrets
+import shutil
 import sys
-import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, NoReturn
@@ -18,14 +19,22 @@ from typing import Any, NoReturn
 import pydantic
 import structlog
 
+from notifier import devstate
 from notifier.auth import mint_token
 from notifier.logs import configure_logging
 from notifier.settings import ConfigError, Settings
 
 
-def dev_state_path(port: int) -> Path:
-    """Where `notifier dev` leaves its generated secret and API key for `notifier token` and `publish`."""
-    return Path(tempfile.gettempdir()) / f"notifier-dev-{os.getuid()}-{port}.json"
+def command_name() -> str:
+    """How the user can run this command again: `notifier` if that is what is on PATH, else the path they used,
+    else `python -m notifier`."""
+    invoked = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if invoked is None or invoked.name != "notifier":
+        return f"{sys.executable} -m notifier"
+    on_path = shutil.which("notifier")
+    if on_path and Path(on_path).resolve() == invoked.resolve():
+        return "notifier"
+    return str(invoked)
 
 
 def load_settings(env_file: str | None, **overrides: Any) -> Settings:
@@ -87,9 +96,11 @@ def cmd_dev(args: argparse.Namespace) -> None:
         demo_page=True,
         log_format="console",
     )
-    state = dev_state_path(port)
-    state.write_text(json.dumps({"jwt_secret": secret, "api_key": api_key}))
-    state.chmod(0o600)
+    url = f"http://{settings.host}:{port}"
+    try:
+        state = devstate.write(devstate.DevState(url, port, os.getpid(), secret, api_key))
+    except devstate.DevStateError as error:
+        fail(str(error))
     configure_logging(settings.log_format, settings.log_level)
     token = mint_token(secret, "demo", topics=["news.#"], ttl_s=24 * 3600)
     broker = "in-memory broker" if settings.uses_memory_broker else settings.amqp_url.split("@")[-1]
@@ -100,22 +111,30 @@ notifier dev: http://{settings.host}:{port}  ({broker}; not for production)
   WebSocket:  ws://{settings.host}:{port}/ws
   Demo token (user "demo", may subscribe to news.#, valid 24 h):
     {token}
-  Publish:    notifier publish user.demo '{{"hello": "world"}}'
+  Publish:    {command_name()} publish --url {url} user.demo '{{"hello": "world"}}'
   API key:    {api_key}
 """,
         flush=True,
     )
     from notifier.server import serve
 
-    serve(settings, dev=True)
-
-
-def _dev_state(port: int) -> dict[str, str]:
     try:
-        loaded: dict[str, str] = json.loads(dev_state_path(port).read_text())
-        return loaded
-    except (OSError, ValueError):
-        return {}
+        serve(settings, dev=True)
+    finally:
+        devstate.remove(state)
+
+
+def _dev_server(settings: Settings, url: str | None) -> devstate.DevState | None:
+    """The running `notifier dev` these flags and settings point at: the one on --url's port, or on
+    NOTIFIER_PORT when it is set, or else the only one running."""
+    if url is not None:
+        parts = urllib.parse.urlsplit(url)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            fail(f"--url {url} has no valid port")
+        return devstate.find(port)
+    return devstate.find(settings.port if "port" in settings.model_fields_set else None)
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
@@ -127,10 +146,13 @@ def cmd_publish(args: argparse.Namespace) -> None:
     if args.amqp:
         asyncio.run(_publish_amqp(settings, args.topic, data, args.id))
         return
-    url = args.url or f"http://{settings.host}:{settings.port}"
-    api_key = args.api_key or (settings.api_keys[0] if settings.api_keys else _dev_state(settings.port).get("api_key"))
+    dev = _dev_server(settings, args.url)
+    url = args.url or (dev.url if dev is not None else f"http://{settings.host}:{settings.port}")
+    api_key = args.api_key or (settings.api_keys[0] if settings.api_keys else dev.api_key if dev else None)
     if not api_key:
-        fail("no API key: pass --api-key or set NOTIFIER_API_KEYS (or run `notifier dev` on this port)")
+        running = sorted(state.port for state in devstate.running())
+        hint = f" (notifier dev runs on ports {running}: pass --url)" if len(running) > 1 else ""
+        fail(f"no API key: pass --api-key or set NOTIFIER_API_KEYS, or run `notifier dev`{hint}")
     body: dict[str, Any] = {"topic": args.topic, "data": data}
     if args.id:
         body["id"] = args.id
@@ -183,9 +205,10 @@ async def _publish_amqp(settings: Settings, topic: str, data: object, event_id: 
 
 def cmd_token(args: argparse.Namespace) -> None:
     settings = load_settings(args.env_file)
-    secret = settings.jwt_secret or _dev_state(settings.port).get("jwt_secret")
+    dev = _dev_server(settings, None)
+    secret = settings.jwt_secret or (dev.jwt_secret if dev is not None else None)
     if not secret:
-        fail("no secret: set NOTIFIER_JWT_SECRET (or run `notifier dev` on this port)")
+        fail("no secret: set NOTIFIER_JWT_SECRET, or run `notifier dev` (with several, set NOTIFIER_PORT to one)")
     from notifier.topics import InvalidTopic, is_valid_segment, validate_pattern
 
     if not is_valid_segment(args.user):
@@ -238,8 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("topic", metavar="TOPIC")
     publish.add_argument("data", metavar="JSON", help="the event's data, any JSON value")
     publish.add_argument("--id", help="event id (default: generated)")
-    publish.add_argument("--url", help="server URL (default http://NOTIFIER_HOST:NOTIFIER_PORT)")
-    publish.add_argument("--api-key", help="API key (default: first of NOTIFIER_API_KEYS, or the dev server's)")
+    publish.add_argument(
+        "--url",
+        help="server URL (default: the running `notifier dev` if there is one, else http://NOTIFIER_HOST:NOTIFIER_PORT)",
+    )
+    publish.add_argument(
+        "--api-key", help="API key (default: first of NOTIFIER_API_KEYS, or that of the `notifier dev` at the URL)"
+    )
     publish.add_argument("--amqp", action="store_true", help="publish straight to RabbitMQ at NOTIFIER_AMQP_URL")
     publish.set_defaults(func=cmd_publish)
 
