@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import difflib
 import json
 import os
 import secrets
@@ -38,15 +39,47 @@ def command_name() -> str:
 
 
 def load_settings(env_file: str | None, **overrides: Any) -> Settings:
-    """Read settings; a bad or missing one ends the program with one line that names it."""
+    """Read settings; bad ones end the program with one plain line each that names the setting. Unknown
+    NOTIFIER_* names (in the environment or the env file) get a warning, since a typo would otherwise be ignored."""
+    if env_file is not None and not Path(env_file).is_file():
+        fail(f"--env-file {env_file}: no such file")
+    warn_unknown_settings(env_file)
     try:
         settings = Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except pydantic.ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        name = f"NOTIFIER_{where.upper()}" if where else "settings"
-        fail(f"invalid setting {name}: {first['msg']}")
+        for line in setting_errors(error):
+            print(f"notifier: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
     return settings
+
+
+def setting_errors(error: pydantic.ValidationError) -> list[str]:
+    """One line per bad setting: `invalid setting NOTIFIER_X: why` (the alternatives of a union joined)."""
+    by_setting: dict[str, list[str]] = {}
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else ""
+        message = item["msg"].removeprefix("Value error, ")
+        messages = by_setting.setdefault(field, [])
+        if message not in messages:
+            messages.append(message)
+    return [
+        f"invalid setting NOTIFIER_{field.upper()}: {' or '.join(messages)}" if field else "; ".join(messages)
+        for field, messages in by_setting.items()
+    ]
+
+
+def warn_unknown_settings(env_file: str | None) -> None:
+    known = {f"NOTIFIER_{name.upper()}" for name in Settings.model_fields}
+    names = {name.upper() for name in os.environ}
+    if env_file is not None:
+        from dotenv import dotenv_values
+
+        names |= {name.upper() for name in dotenv_values(env_file)}
+    for name in sorted(names):
+        if name.startswith("NOTIFIER_") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            print(f"notifier: warning: unknown setting {name} is ignored{hint}", file=sys.stderr)
 
 
 def fail(message: str) -> NoReturn:
@@ -236,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Push RabbitMQ events to authenticated WebSocket clients. "
         "Settings come from NOTIFIER_* environment variables (see config/notifier.env).",
     )
-    parser.add_argument("--env-file", help="read NOTIFIER_* settings from this file too")
+    env_file_help = "read NOTIFIER_* settings from this file too (the environment wins)"
+    parser.add_argument("--env-file", help=env_file_help)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the service against RabbitMQ (production)")
@@ -276,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--topics", nargs="*", default=[], metavar="PATTERN", help="grant these topic patterns")
     token.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds (default 3600)")
     token.set_defaults(func=cmd_token)
+    for command in (serve, dev, publish, token):
+        # Also accepted after the command; SUPPRESS keeps a value given before it.
+        command.add_argument("--env-file", default=argparse.SUPPRESS, help=env_file_help)
     return parser
 
 
