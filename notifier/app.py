@@ -13,21 +13,34 @@ from fastapi import FastAPI
 from notifier.broker import Broker
 from notifier.errors import install_error_handlers
 from notifier.group_metrics import scrape_registry
+from notifier.logs import configure_logging
 from notifier.metrics import build_registry
 from notifier.node import Node
 from notifier.routes import demo, health, metrics, publish, websocket
+from notifier.server_signals import drain_before_server_stops
 from notifier.settings import Settings
 from notifier.wire import CaptureRawSend
 
 
 def create_app(
-    settings: Settings, broker: Broker | None = None, *, dev: bool = False, metrics_dir: Path | None = None
+    settings: Settings | None = None,
+    broker: Broker | None = None,
+    *,
+    dev: bool = False,
+    metrics_dir: Path | None = None,
 ) -> FastAPI:
     """Build the ASGI app; the broker connects when the app starts and drains when it stops.
+
+    With no `settings` they are read from the NOTIFIER_* environment and logging is set up from them, so any
+    ASGI server can build the app itself: `uvicorn --factory notifier.app:create_app`.
 
     `dev` adds the development-only routes of `notifier dev` (never on in `notifier serve`). `metrics_dir` is
     the supervisor's shared directory when this app is one of several workers: `/metrics` then reports them all.
     """
+    # Built by an ASGI server from the environment (not by `notifier serve`): that server stops on its own terms.
+    foreign_server = settings is None
+    if settings is None:
+        settings = settings_from_environment()
     node = Node(settings, broker)
     registry, group = scrape_registry(build_registry(node), metrics_dir)
 
@@ -35,9 +48,12 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await node.start()
         publisher = asyncio.create_task(group.publish_forever()) if group is not None else None
+        undo_signals = drain_before_server_stops(node.drain) if foreign_server else None
         try:
             yield
         finally:
+            if undo_signals is not None:
+                undo_signals()
             if publisher is not None:
                 publisher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -57,3 +73,11 @@ def create_app(
     app.state.dev = dev
     app.add_middleware(CaptureRawSend)
     return app
+
+
+def settings_from_environment() -> Settings:
+    """NOTIFIER_* settings for an app an ASGI server builds; a server cannot start without a token key."""
+    settings = Settings()
+    settings.require_token_key()
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
