@@ -24,6 +24,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # Files any frontend may load, from any origin (a module script from another origin needs CORS).
 CLIENT_FILES = frozenset({"notifier.js", "notifier.d.ts"})
 DEV_TOKEN_TTL_S = (10, 24 * 3600)
+TYPESCRIPT_MEDIA_TYPE = "text/plain; charset=utf-8"
 BODY_OVERHEAD_BYTES = 1024
 
 
@@ -40,6 +41,9 @@ class NotifierStatic(StaticFiles):
         response = await super().get_response(path, scope)
         if path in CLIENT_FILES:
             response.headers["Access-Control-Allow-Origin"] = "*"
+        if path.endswith(".d.ts") and response.status_code == 200:
+            # The system's MIME table calls .ts a Qt translation or an MPEG stream; these are TypeScript text.
+            response.headers["Content-Type"] = TYPESCRIPT_MEDIA_TYPE
         return response
 
 

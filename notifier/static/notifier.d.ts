@@ -71,7 +71,10 @@ export interface NotifierOptions {
   framesPerSecond?: number;
   /** Outgoing burst (default 30). */
   framesBurst?: number;
-  /** Recent event ids remembered to drop repeats (default 1000). */
+  /**
+   * Recent event ids remembered to drop repeats (default 1000). An event whose id was seen among them is
+   * dropped even if its topic or data differ: publishers must give every distinct event its own id.
+   */
   dedupeWindow?: number;
   /** WebSocket implementation (default: the global one). */
   WebSocket?: typeof WebSocket;

@@ -43,7 +43,8 @@
  * @property {number} [maxPendingRequests=200]  requests awaiting an answer; past this a request fails at once
  * @property {number} [framesPerSecond=15]      outgoing frame rate, kept under the server's limit
  * @property {number} [framesBurst=30]          outgoing burst, kept under the server's limit
- * @property {number} [dedupeWindow=1000]       how many recent event ids are remembered to drop repeats
+ * @property {number} [dedupeWindow=1000]       how many recent event ids are remembered to drop repeats (by id
+ *   alone: a second event with a reused id is dropped even if its topic or data differ)
  * @property {typeof WebSocket} [WebSocket]     WebSocket implementation (default: the global one)
  */
 

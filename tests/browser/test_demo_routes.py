@@ -75,6 +75,7 @@ def test_client_library_is_always_served_to_any_origin(serve_only: TestClient) -
     types = serve_only.get("/static/notifier.d.ts")
     assert types.status_code == 200
     assert "declare class NotifierClient" in types.text
+    assert types.headers["content-type"] == "text/plain; charset=utf-8"  # not the MIME table's Qt translation file
 
 
 def test_demo_page_is_served_at_root_when_enabled(serve_with_demo_page: TestClient) -> None:

@@ -174,3 +174,16 @@ test('sockets that open and then close do not count as handshake failures', asyn
   }
   assert.deepEqual(errors, []);
 });
+
+test('a repeat is recognised by id alone: a reused id with other data is dropped, as documented', async (t) => {
+  const { client, server } = await connectedClient(t);
+  const events = [];
+  client.on('event', (event) => events.push(event.data));
+  client.connect();
+  await flush();
+  server.socket.welcome();
+  server.socket.receive({ type: 'event', topic: 'user.ada', id: 'same', ts: 1, data: 'first' });
+  server.socket.receive({ type: 'event', topic: 'user.ada', id: 'same', ts: 2, data: 'second' });
+  server.socket.receive({ type: 'event', topic: 'user.ada', id: 'other', ts: 3, data: 'third' });
+  assert.deepEqual(events, ['first', 'third']);
+});
