@@ -4,8 +4,9 @@ The workers share one port, so a scrape reaches one of them at random. Each work
 of its own metrics into a private directory the supervisor created (every `SNAPSHOT_INTERVAL_S` and at each
 scrape it answers), and the worker that answers a scrape adds up its live metrics and the others' snapshots.
 
-Counters and histograms of a worker that died stay in the sum (its snapshot is kept), so the group's counters
-never go backwards when a worker is replaced; its gauges (connections, subscriptions, ...) leave the sum.
+Counters and histograms of a worker that died stay in the sum, so the group's counters never go backwards when
+a worker is replaced; its gauges (connections, subscriptions, ...) leave the sum. The supervisor folds a dead
+worker's snapshot into one `retired` snapshot, so the directory holds one file per live worker plus one.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ log = structlog.get_logger("notifier.group_metrics")
 
 SNAPSHOT_INTERVAL_S = 1.0
 SNAPSHOT_SUFFIX = ".json"
+RETIRED_NAME = "retired"
 # Kinds whose samples only mean something while their process lives.
 LIVE_ONLY_TYPES = frozenset({"gauge", "info", "stateset"})
 
@@ -60,6 +62,8 @@ def _families(registry: CollectorRegistry) -> list[dict[str, Any]]:
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -89,12 +93,7 @@ class GroupMetrics:
 
     def write(self, families: list[dict[str, Any]]) -> None:
         """Replace this worker's snapshot atomically, so a reader never sees half of one."""
-        data = json.dumps({"pid": self._pid, "families": families}).encode()
-        temporary = self._path.with_suffix(f"{SNAPSHOT_SUFFIX}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(temporary, self._path)
+        _write_atomically(self._path, {"pid": self._pid, "families": families})
 
     async def publish_forever(self) -> None:
         """Keep this worker's snapshot fresh until cancelled."""
@@ -105,23 +104,27 @@ class GroupMetrics:
                 log.warning("metrics_snapshot_failed", directory=str(self.directory), error=str(error))
             await asyncio.sleep(SNAPSHOT_INTERVAL_S)
 
-    def others(self) -> Iterator[tuple[bool, list[dict[str, Any]]]]:
-        """(alive, families) of every other worker's snapshot, living or dead."""
+    def others(self) -> list[tuple[bool, list[dict[str, Any]]]]:
+        """(alive, families) of every other worker's snapshot, living or dead, and of the retired ones."""
+        workers: dict[int, list[dict[str, Any]]] = {}
         for path in self.directory.glob(f"*{SNAPSHOT_SUFFIX}"):
-            if path == self._path:
+            if path == self._path or path.stem == RETIRED_NAME:
                 continue
-            try:
-                snapshot = json.loads(path.read_bytes())
-            except (OSError, ValueError):
-                continue  # replaced or removed while reading: the next scrape reads the new one
-            yield _alive(int(snapshot["pid"])), snapshot["families"]
+            snapshot = _read(path)
+            if snapshot is not None:
+                workers[int(snapshot["pid"])] = snapshot["families"]
+        # Read last: a worker retired meanwhile was written here before its own file was removed, so it is
+        # counted once, either way.
+        retired = _read(self.directory / f"{RETIRED_NAME}{SNAPSHOT_SUFFIX}") or {"pids": [], "families": []}
+        found = [(_alive(pid), families) for pid, families in workers.items() if pid not in retired["pids"]]
+        return [*found, (False, retired["families"])]
 
     def merged(self) -> Iterator[Metric]:
         own = self.snapshot()
         # A scrape answered is a value reported: keep it in the snapshot so a sum never falls below it.
         with contextlib.suppress(OSError):
             self.write(own)
-        others = list(self.others())
+        others = self.others()
         yield from merge([(True, own), *others])
         yield workers_reporting(1 + sum(alive for alive, _ in others))
 
@@ -141,6 +144,46 @@ def scrape_registry(own: CollectorRegistry, directory: Path | None) -> tuple[Col
         return own, None
     group = GroupMetrics(directory, own)
     return group.registry, group
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        loaded: dict[str, Any] = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None  # removed while listing, or never complete: the next scrape reads the new one
+    return loaded
+
+
+def _write_atomically(path: Path, data: dict[str, Any]) -> None:
+    temporary = path.with_suffix(f"{SNAPSHOT_SUFFIX}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(json.dumps(data).encode())
+    os.replace(temporary, path)
+
+
+def retire(directory: Path, pid: int) -> None:
+    """Fold the snapshot of worker `pid`, which has died, into the retired one (its counters stay in every
+    sum, its gauges leave), then remove its file: one file per worker restart would grow without bound."""
+    dead = _read(directory / f"{pid}{SNAPSHOT_SUFFIX}")
+    if dead is None:
+        return
+    retired_path = directory / f"{RETIRED_NAME}{SNAPSHOT_SUFFIX}"
+    retired = _read(retired_path) or {"pids": [], "families": []}
+    families = [
+        {
+            "name": metric.name,
+            "documentation": metric.documentation,
+            "type": metric.type,
+            "samples": [[sample.name, sample.labels, sample.value] for sample in metric.samples],
+        }
+        for metric in merge([(False, retired["families"]), (False, dead["families"])])
+    ]
+    try:
+        _write_atomically(retired_path, {"pid": 0, "pids": [*retired["pids"], pid], "families": families})
+        (directory / f"{pid}{SNAPSHOT_SUFFIX}").unlink()
+    except OSError as error:
+        log.warning("metrics_retire_failed", pid=pid, error=str(error))
 
 
 def merge(snapshots: Iterable[tuple[bool, list[dict[str, Any]]]]) -> Iterator[Metric]:

@@ -213,6 +213,8 @@ class Supervisor:
                 process = self._workers[index]
                 process.join()
                 log.error("worker_died", worker=index, pid=process.pid, exitcode=process.exitcode)
+                if self._metrics_dir is not None and process.pid is not None:
+                    group_metrics.retire(self._metrics_dir, process.pid)
                 if not self._may_restart():
                     log.error("worker_restart_limit", restarts=RESTART_LIMIT, window_s=RESTART_WINDOW_S)
                     return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from pathlib import Path
@@ -67,7 +68,24 @@ async def test_every_scrape_reports_all_workers_and_counters_never_fall(
             assert values["notifier_events_consumed_total"] == total
         assert delivered == [total] * 20
 
+        # A worker dies: its counts stay in the sum, its connections leave it, its replacement reports too.
         directory = Path(next(e["metrics_dir"] for e in service.log() if e["event"] == "supervisor_started"))
+        killed = service.worker_pids()[0]
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            values = await scrape(service)
+            assert values["notifier_events_delivered_total"] == total, "a counter went backwards"
+            assert values["notifier_events_consumed_total"] == total
+            replaced = len(service.live_worker_pids()) == 2 and killed not in service.live_worker_pids()
+            if replaced and values["notifier_workers_reporting"] == 2 and values["notifier_connections"] < total:
+                break
+            assert time.monotonic() < deadline, values
+            await asyncio.sleep(0.2)
+        files = sorted(path.name for path in directory.iterdir())
+        assert f"{killed}.json" not in files and "retired.json" in files, files
+        assert len(files) == 3, files  # two live workers and the retired one
+
         assert directory.stat().st_mode & 0o077 == 0, "the snapshot directory is private"
         service.process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(service.process.wait, 20) == 0
