@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -12,20 +15,37 @@ from notifier.broker import Broker
 from notifier.control import create_control_plane
 from notifier.errors import install_error_handlers
 from notifier.gate import AdmissionGate
+from notifier.group_metrics import scrape_registry
+from notifier.logs import configure_logging
 from notifier.metrics import build_registry
 from notifier.metrics_port import MetricsEndpoint
 from notifier.node import Node
 from notifier.publisher import EventPublisher
 from notifier.routes import demo, docs, health, metrics, publish, server_api, websocket
 from notifier.senders import CaptureRawSend
+from notifier.server_signals import drain_before_server_stops
 from notifier.settings import Settings
 
 
-def create_app(settings: Settings, broker: Broker | None = None, *, dev: bool = False) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    broker: Broker | None = None,
+    *,
+    dev: bool = False,
+    metrics_dir: Path | None = None,
+) -> FastAPI:
     """Build the ASGI app; the broker connects when the app starts and drains when it stops.
 
-    `dev` adds the development-only routes of `notifier dev` (never on in `notifier serve`).
+    With no `settings` they are read from the NOTIFIER_* environment and logging is set up from them, so any
+    ASGI server can build the app itself: `uvicorn --factory notifier.app:create_app`.
+
+    `dev` adds the development-only routes of `notifier dev` (never on in `notifier serve`). `metrics_dir` is
+    the supervisor's shared directory when this app is one of several workers: `/metrics` then reports them all.
     """
+    # Built by an ASGI server from the environment (not by `notifier serve`): that server stops on its own terms.
+    foreign_server = settings is None
+    if settings is None:
+        settings = settings_from_environment()
     node = Node(settings, broker)
     # The control plane rides on the broker's connection and acts on the node's connections.
     control = create_control_plane(settings, node.broker)
@@ -33,7 +53,7 @@ def create_app(settings: Settings, broker: Broker | None = None, *, dev: bool = 
     if not settings.uses_memory_broker:  # with one in-process instance there is nobody to hand sessions to
         node.attach_control(control)
 
-    registry = build_registry(node)
+    registry, group = scrape_registry(build_registry(node), metrics_dir)
     metrics_endpoint = (
         MetricsEndpoint(settings.host, settings.metrics_port, registry) if settings.metrics_port else None
     )
@@ -44,9 +64,17 @@ def create_app(settings: Settings, broker: Broker | None = None, *, dev: bool = 
             await metrics_endpoint.start()
         await node.start()
         await control.start()
+        publisher = asyncio.create_task(group.publish_forever()) if group is not None else None
+        undo_signals = drain_before_server_stops(node.drain) if foreign_server else None
         try:
             yield
         finally:
+            if undo_signals is not None:
+                undo_signals()
+            if publisher is not None:
+                publisher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await publisher
             await control.stop()
             await node.stop()
             if metrics_endpoint is not None:
@@ -74,3 +102,11 @@ def create_app(settings: Settings, broker: Broker | None = None, *, dev: bool = 
     app.add_middleware(CaptureRawSend)
     app.add_middleware(AdmissionGate, settings=settings, authenticated=lambda: node.admission.authenticated)
     return app
+
+
+def settings_from_environment() -> Settings:
+    """NOTIFIER_* settings for an app an ASGI server builds; a server cannot start without a token key."""
+    settings = Settings()
+    settings.require_token_key()
+    configure_logging(settings.log_format, settings.log_level)
+    return settings

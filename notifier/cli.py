@@ -4,38 +4,82 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
+import difflib
 import json
 import os
 import secrets
+import shutil
 import sys
-import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pydantic
+import structlog
 
+from notifier import devstate
 from notifier.auth import mint_token
 from notifier.logs import configure_logging
 from notifier.settings import ConfigError, Settings
 
 
-def dev_state_path(port: int) -> Path:
-    """Where `notifier dev` leaves its generated secret and API key for `notifier token` and `publish`."""
-    return Path(tempfile.gettempdir()) / f"notifier-dev-{os.getuid()}-{port}.json"
+def command_name() -> str:
+    """How the user can run this command again: `notifier` if that is what is on PATH, else the path they used,
+    else `python -m notifier`."""
+    invoked = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if invoked is None or invoked.name != "notifier":
+        return f"{sys.executable} -m notifier"
+    on_path = shutil.which("notifier")
+    if on_path and Path(on_path).resolve() == invoked.resolve():
+        return "notifier"
+    return str(invoked)
 
 
 def load_settings(env_file: str | None, **overrides: Any) -> Settings:
-    """Read settings; a bad or missing one ends the program with one line that names it."""
+    """Read settings; bad ones end the program with one plain line each that names the setting. Unknown
+    NOTIFIER_* names (in the environment or the env file) get a warning, since a typo would otherwise be ignored."""
+    if env_file is not None and not Path(env_file).is_file():
+        fail(f"--env-file {env_file}: no such file")
+    warn_unknown_settings(env_file)
     try:
         settings = Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except pydantic.ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        name = f"NOTIFIER_{where.upper()}" if where else "settings"
-        fail(f"invalid setting {name}: {first['msg']}")
+        for line in setting_errors(error):
+            print(f"notifier: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
     return settings
+
+
+def setting_errors(error: pydantic.ValidationError) -> list[str]:
+    """One line per bad setting: `invalid setting NOTIFIER_X: why` (the alternatives of a union joined)."""
+    by_setting: dict[str, list[str]] = {}
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else ""
+        message = item["msg"].removeprefix("Value error, ")
+        messages = by_setting.setdefault(field, [])
+        if message not in messages:
+            messages.append(message)
+    return [
+        f"invalid setting NOTIFIER_{field.upper()}: {' or '.join(messages)}" if field else "; ".join(messages)
+        for field, messages in by_setting.items()
+    ]
+
+
+def warn_unknown_settings(env_file: str | None) -> None:
+    known = {f"NOTIFIER_{name.upper()}" for name in Settings.model_fields}
+    names = {name.upper() for name in os.environ}
+    if env_file is not None:
+        from dotenv import dotenv_values
+
+        names |= {name.upper() for name in dotenv_values(env_file)}
+    for name in sorted(names):
+        if name.startswith("NOTIFIER_") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            print(f"notifier: warning: unknown setting {name} is ignored{hint}", file=sys.stderr)
 
 
 def fail(message: str) -> NoReturn:
@@ -60,6 +104,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
         check_workers(settings)
     except ConfigError as error:
         fail(str(error))
+    if not settings.allowed_origins:
+        structlog.get_logger("notifier.cli").warning(
+            "allowed_origins_empty",
+            hint="only pages served from this server's own host and port may open sockets; "
+            "set NOTIFIER_ALLOWED_ORIGINS to your web app's origins",
+        )
     serve_workers(settings)
 
 
@@ -79,9 +129,11 @@ def cmd_dev(args: argparse.Namespace) -> None:
         demo_page=True,
         log_format="console",
     )
-    state = dev_state_path(port)
-    state.write_text(json.dumps({"jwt_secret": secret, "api_key": api_key}))
-    state.chmod(0o600)
+    url = f"http://{settings.host}:{port}"
+    try:
+        state = devstate.write(devstate.DevState(url, port, os.getpid(), secret, api_key))
+    except devstate.DevStateError as error:
+        fail(str(error))
     configure_logging(settings.log_format, settings.log_level)
     token = mint_token(secret, "demo", topics=["news.#"], ttl_s=24 * 3600)
     broker = "in-memory broker" if settings.uses_memory_broker else settings.amqp_url.split("@")[-1]
@@ -92,22 +144,30 @@ notifier dev: http://{settings.host}:{port}  ({broker}; not for production)
   WebSocket:  ws://{settings.host}:{port}/ws
   Demo token (user "demo", may subscribe to news.#, valid 24 h):
     {token}
-  Publish:    notifier publish user.demo '{{"hello": "world"}}'
+  Publish:    {command_name()} publish --url {url} user.demo '{{"hello": "world"}}'
   API key:    {api_key}
 """,
         flush=True,
     )
     from notifier.server import serve
 
-    serve(settings, dev=True)
-
-
-def _dev_state(port: int) -> dict[str, str]:
     try:
-        loaded: dict[str, str] = json.loads(dev_state_path(port).read_text())
-        return loaded
-    except (OSError, ValueError):
-        return {}
+        serve(settings, dev=True)
+    finally:
+        devstate.remove(state)
+
+
+def _dev_server(settings: Settings, url: str | None) -> devstate.DevState | None:
+    """The running `notifier dev` these flags and settings point at: the one on --url's port, or on
+    NOTIFIER_PORT when it is set, or else the only one running."""
+    if url is not None:
+        parts = urllib.parse.urlsplit(url)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            fail(f"--url {url} has no valid port")
+        return devstate.find(port)
+    return devstate.find(settings.port if "port" in settings.model_fields_set else None)
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
@@ -119,10 +179,13 @@ def cmd_publish(args: argparse.Namespace) -> None:
     if args.amqp:
         asyncio.run(_publish_amqp(settings, args.topic, data, args.id))
         return
-    url = args.url or f"http://{settings.host}:{settings.port}"
-    api_key = args.api_key or (settings.api_keys[0] if settings.api_keys else _dev_state(settings.port).get("api_key"))
+    dev = _dev_server(settings, args.url)
+    url = args.url or (dev.url if dev is not None else f"http://{settings.host}:{settings.port}")
+    api_key = args.api_key or (settings.api_keys[0] if settings.api_keys else dev.api_key if dev else None)
     if not api_key:
-        fail("no API key: pass --api-key or set NOTIFIER_API_KEYS (or run `notifier dev` on this port)")
+        running = sorted(state.port for state in devstate.running())
+        hint = f" (notifier dev runs on ports {running}: pass --url)" if len(running) > 1 else ""
+        fail(f"no API key: pass --api-key or set NOTIFIER_API_KEYS, or run `notifier dev`{hint}")
     body: dict[str, Any] = {"topic": args.topic, "data": data}
     if args.id:
         body["id"] = args.id
@@ -144,13 +207,15 @@ def cmd_publish(args: argparse.Namespace) -> None:
 async def _publish_amqp(settings: Settings, topic: str, data: object, event_id: str | None) -> None:
     import aio_pika
 
-    from notifier.events import new_event_id
+    from notifier.events import EVENT_ID_RE, EVENT_ID_RULE, TIMESTAMP_MS_HEADER, new_event_id, now_ms
     from notifier.topics import InvalidTopic, validate_topic
 
     try:
         validate_topic(topic)
     except InvalidTopic as error:
         fail(f"TOPIC: {error}")
+    if event_id is not None and not EVENT_ID_RE.fullmatch(event_id):
+        fail(f"--id must be {EVENT_ID_RULE}")
     event_id = event_id or new_event_id()
     try:
         connection = await aio_pika.connect(settings.amqp_url, timeout=settings.broker_timeout_s)
@@ -159,16 +224,24 @@ async def _publish_amqp(settings: Settings, topic: str, data: object, event_id: 
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.declare_exchange(settings.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-        message = aio_pika.Message(json.dumps(data).encode(), content_type="application/json", message_id=event_id)
+        sent_ms = now_ms()
+        message = aio_pika.Message(
+            json.dumps(data).encode(),
+            content_type="application/json",
+            message_id=event_id,
+            headers={TIMESTAMP_MS_HEADER: sent_ms},
+            timestamp=datetime.datetime.fromtimestamp(sent_ms / 1000, datetime.UTC),
+        )
         await exchange.publish(message, routing_key=topic)
     print(json.dumps({"id": event_id, "topic": topic}))
 
 
 def cmd_token(args: argparse.Namespace) -> None:
     settings = load_settings(args.env_file)
-    secret = settings.jwt_secret or _dev_state(settings.port).get("jwt_secret")
+    dev = _dev_server(settings, None)
+    secret = settings.jwt_secret or (dev.jwt_secret if dev is not None else None)
     if not secret:
-        fail("no secret: set NOTIFIER_JWT_SECRET (or run `notifier dev` on this port)")
+        fail("no secret: set NOTIFIER_JWT_SECRET, or run `notifier dev` (with several, set NOTIFIER_PORT to one)")
     from notifier.grants import validate_patterns, validate_user
     from notifier.topics import InvalidTopic
 
@@ -198,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Push RabbitMQ events to authenticated WebSocket clients. "
         "Settings come from NOTIFIER_* environment variables (see config/notifier.env).",
     )
-    parser.add_argument("--env-file", help="read NOTIFIER_* settings from this file too")
+    env_file_help = "read NOTIFIER_* settings from this file too (the environment wins)"
+    parser.add_argument("--env-file", help=env_file_help)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the service against RabbitMQ (production)")
@@ -223,8 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("topic", metavar="TOPIC")
     publish.add_argument("data", metavar="JSON", help="the event's data, any JSON value")
     publish.add_argument("--id", help="event id (default: generated)")
-    publish.add_argument("--url", help="server URL (default http://NOTIFIER_HOST:NOTIFIER_PORT)")
-    publish.add_argument("--api-key", help="API key (default: first of NOTIFIER_API_KEYS, or the dev server's)")
+    publish.add_argument(
+        "--url",
+        help="server URL (default: the running `notifier dev` if there is one, else http://NOTIFIER_HOST:NOTIFIER_PORT)",
+    )
+    publish.add_argument(
+        "--api-key", help="API key (default: first of NOTIFIER_API_KEYS, or that of the `notifier dev` at the URL)"
+    )
     publish.add_argument("--amqp", action="store_true", help="publish straight to RabbitMQ at NOTIFIER_AMQP_URL")
     publish.set_defaults(func=cmd_publish)
 
@@ -233,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--topics", nargs="*", default=[], metavar="PATTERN", help="grant these topic patterns")
     token.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds (default 3600)")
     token.set_defaults(func=cmd_token)
+    for command in (serve, dev, publish, token):
+        # Also accepted after the command; SUPPRESS keeps a value given before it.
+        command.add_argument("--env-file", default=argparse.SUPPRESS, help=env_file_help)
     return parser
 
 

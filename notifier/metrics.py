@@ -75,7 +75,7 @@ class NodeCollector(Collector):
         latency = stats.latency
         yield HistogramMetricFamily(
             "notifier_delivery_latency_seconds",
-            "From the publisher's AMQP timestamp to hand-off to clients (timestamps have 1 s resolution)",
+            "From the publisher's timestamp (timestamp_in_ms header, else AMQP timestamp) to hand-off to clients",
             buckets=latency.cumulative(),
             sum_value=latency.total_s,
         )

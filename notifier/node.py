@@ -149,7 +149,7 @@ class Node:
     async def serve(self, websocket: WebSocket) -> None:
         """Serve one WebSocket from handshake to close."""
         origin = websocket.headers.get("origin")
-        if not self.origins.allows(origin):
+        if not self.origins.allows(origin, websocket.headers.get("host")):
             log.info("origin_refused", origin=origin[:200] if origin else None)
             await self.origins.refuse(websocket)
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import resource
 import socket
 import time
+from pathlib import Path
 
 import structlog
 import uvicorn
@@ -58,8 +59,8 @@ class NotifierServer(uvicorn.Server):
         self._captured_signals.clear()
 
 
-def build_server(settings: Settings, *, dev: bool = False) -> NotifierServer:
-    app = create_app(settings, dev=dev)
+def build_server(settings: Settings, *, dev: bool = False, metrics_dir: Path | None = None) -> NotifierServer:
+    app = create_app(settings, dev=dev, metrics_dir=metrics_dir)
     http_protocol, websocket_protocol = protocol_classes(settings)
     config = uvicorn.Config(
         app,
@@ -81,9 +82,11 @@ def build_server(settings: Settings, *, dev: bool = False) -> NotifierServer:
     return NotifierServer(config, app.state.node)
 
 
-def serve(settings: Settings, *, dev: bool = False, sock: socket.socket | None = None) -> None:
+def serve(
+    settings: Settings, *, dev: bool = False, sock: socket.socket | None = None, metrics_dir: Path | None = None
+) -> None:
     """Run one instance until SIGTERM or SIGINT; on `sock` if given (already bound and listening), else on
-    NOTIFIER_HOST:NOTIFIER_PORT."""
+    NOTIFIER_HOST:NOTIFIER_PORT. `metrics_dir`: the workers' shared metrics directory, if a worker."""
     capacity = raise_open_files_limit()
     log.info(
         "starting",
@@ -97,4 +100,4 @@ def serve(settings: Settings, *, dev: bool = False, sock: socket.socket | None =
         log.warning(
             "open_files_below_max_connections", open_files_capacity=capacity, max_connections=settings.max_connections
         )
-    build_server(settings, dev=dev).run(sockets=[sock] if sock is not None else None)
+    build_server(settings, dev=dev, metrics_dir=metrics_dir).run(sockets=[sock] if sock is not None else None)

@@ -5,7 +5,8 @@ across cores works exactly like growing across hosts: RabbitMQ routes each event
 hold its topic. The parent binds the socket once and forks the workers, which all accept on it. It forwards
 SIGTERM and SIGINT to them as SIGTERM, waits for them within `shutdown_bound_s`, and restarts a worker that
 dies on its own, at most `RESTART_LIMIT` times in `RESTART_WINDOW_S` (past that it stops everything and exits
-non-zero, so the orchestrator sees a broken instance instead of a crash loop hidden inside it).
+non-zero, so the orchestrator sees a broken instance instead of a crash loop hidden inside it). It also owns
+the private directory where workers share their metrics, so any worker's `/metrics` reports them all.
 
 With one worker there is no supervisor: the instance runs in this process.
 """
@@ -32,6 +33,7 @@ from types import FrameType
 
 import structlog
 
+from notifier import group_metrics
 from notifier.server import serve
 from notifier.settings import ConfigError, Settings
 
@@ -128,6 +130,7 @@ class Supervisor:
         self._sock: socket.socket | None = None
         self._wake_read: socket.socket | None = None
         self._wake_write: socket.socket | None = None
+        self._metrics_dir: Path | None = None
 
     def run(self) -> int:
         """Start the workers, keep them running until a signal, stop them; the exit code."""
@@ -137,6 +140,7 @@ class Supervisor:
         except OSError as error:
             log.error("listen_failed", host=settings.host, port=settings.port, error=str(error))
             return 1
+        self._metrics_dir = group_metrics.create_directory()
         self._wake_read, self._wake_write = socket.socketpair()
         self._wake_read.setblocking(False)
         self._wake_write.setblocking(False)
@@ -149,6 +153,7 @@ class Supervisor:
             workers=worker_count(settings),
             host=settings.host,
             port=self._sock.getsockname()[1],
+            metrics_dir=str(self._metrics_dir),
         )
         try:
             for index in range(worker_count(settings)):
@@ -160,6 +165,7 @@ class Supervisor:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
             self._sock.close()
+            group_metrics.remove_directory(self._metrics_dir)
             self._wake_read.close()
             self._wake_write.close()
 
@@ -172,7 +178,14 @@ class Supervisor:
         sys.stderr.flush()
         process = self._context.Process(
             target=_worker_main,
-            args=(worker_settings(self.settings, index), self._sock, index, os.getpid(), self._close_in_worker),
+            args=(
+                worker_settings(self.settings, index),
+                self._sock,
+                index,
+                os.getpid(),
+                self._close_in_worker,
+                self._metrics_dir,
+            ),
             name=f"notifier-worker-{index}",
         )
         process.start()
@@ -201,6 +214,8 @@ class Supervisor:
                 process = self._workers[index]
                 process.join()
                 log.error("worker_died", worker=index, pid=process.pid, exitcode=process.exitcode)
+                if self._metrics_dir is not None and process.pid is not None:
+                    group_metrics.retire(self._metrics_dir, process.pid)
                 if not self._may_restart():
                     log.error("worker_restart_limit", restarts=RESTART_LIMIT, window_s=RESTART_WINDOW_S)
                     return 1
@@ -260,7 +275,12 @@ def _send(process: BaseProcess, sig: int) -> None:
 
 
 def _worker_main(
-    settings: Settings, sock: socket.socket, index: int, parent_pid: int, close_inherited: Callable[[], None]
+    settings: Settings,
+    sock: socket.socket,
+    index: int,
+    parent_pid: int,
+    close_inherited: Callable[[], None],
+    metrics_dir: Path | None,
 ) -> None:
     """A forked worker: one full instance on the shared socket."""
     signal.set_wakeup_fd(-1)
@@ -270,7 +290,7 @@ def _worker_main(
         signal.signal(sig, _exit_quietly)
     _stop_with_parent(parent_pid)
     structlog.contextvars.bind_contextvars(worker=index)
-    serve(settings, sock=sock)
+    serve(settings, sock=sock, metrics_dir=metrics_dir)
     # The instance has drained and stopped; leave now rather than wait in interpreter teardown for helper
     # threads a library may have left behind, which once held a stopped worker for seconds.
     logging.shutdown()

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +29,8 @@ from websockets.typing import Origin
 from notifier.node import Node
 from tests.support import (
     AMQP_URL,
+    API_KEY,
+    SECRET,
     Client,
     ConnectClient,
     Publisher,
@@ -35,6 +40,7 @@ from tests.support import (
     make_settings,
     token_for,
 )
+from tests.support_workers import SHUTDOWN_TIMEOUT_S, Service, delete_queues, group_alive, instance_queues
 
 # Tiers that keep a test out of `unit`: it needs a service, the network, or minutes.
 NOT_UNIT = ("rabbitmq", "browser", "loopback", "slow")
@@ -223,3 +229,44 @@ async def publisher(rabbitmq: str, exchange: str) -> AsyncIterator[Publisher]:
     declared = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
     yield Publisher(connection, declared)
     await connection.close()
+
+
+@pytest.fixture
+def start_service(exchange: str, tmp_path: Path) -> Iterator[Any]:
+    started: list[Service] = []
+
+    def start(*args: str) -> Service:
+        port = free_port()
+        env = {
+            **{key: value for key, value in os.environ.items() if not key.startswith("NOTIFIER_")},
+            "NOTIFIER_HOST": "127.0.0.1",
+            "NOTIFIER_PORT": str(port),
+            "NOTIFIER_AMQP_URL": AMQP_URL,
+            "NOTIFIER_EXCHANGE": exchange,
+            "NOTIFIER_DEAD_LETTER_EXCHANGE": f"{exchange}.dead",
+            "NOTIFIER_JWT_SECRET": SECRET,
+            "NOTIFIER_API_KEYS": API_KEY,
+            "NOTIFIER_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
+            "NOTIFIER_QUEUE_EXPIRES_S": "5",
+            "NOTIFIER_LOG_FORMAT": "json",
+        }
+        log_path = tmp_path / f"notifier-{len(started)}.log"
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "notifier", "serve", *args],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group, so the test can see that every worker ended
+            )
+        service = Service(process, env, log_path, port, exchange)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        if group_alive(service.process.pid):
+            os.killpg(service.process.pid, signal.SIGKILL)
+        service.process.wait(10)
+        asyncio.run(delete_queues(service.seen_queues | instance_queues(exchange)))

@@ -255,6 +255,19 @@ async def test_foreign_origin_is_refused_with_403(start_server: StartServer) -> 
     await allowed.close()
 
 
+async def test_same_origin_page_is_allowed_without_a_list(start_server: StartServer) -> None:
+    running = await start_server(allowed_origins=[])
+    port = running.settings.port
+    own = await websockets.connect(running.ws_url, origin=f"http://127.0.0.1:{port}")  # type: ignore[arg-type]
+    await own.send('{"type": "auth", "token": "' + token_for("alice") + '"}')
+    assert "welcome" in str(await own.recv())
+    await own.close()
+    for foreign in (f"http://127.0.0.1:{port + 1}", f"http://localhost:{port}", "https://evil.example.net", "null"):
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(running.ws_url, origin=foreign)  # type: ignore[arg-type]
+        assert refused.value.response.status_code == 403, foreign
+
+
 @pytest.mark.parametrize("write_path", WRITE_PATHS)
 async def test_slow_client_is_closed_and_others_keep_receiving(
     start_server: StartServer, connect: ConnectClient, publisher: Publisher, write_path: str

@@ -8,8 +8,11 @@ import re
 import signal
 import time
 from contextlib import suppress
+from typing import Any
 
+import httpx
 import jwt
+import orjson
 import pytest
 import websockets
 
@@ -136,3 +139,58 @@ def test_a_short_api_key_is_a_clear_config_error() -> None:
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "NOTIFIER_API_KEYS" in result.stderr
     assert "at least 16 characters" in result.stderr
+
+
+async def test_serve_without_allowed_origins_warns_and_lets_its_own_demo_page_connect(exchange: str) -> None:
+    port = free_port()
+    env = serve_env(port, exchange, NOTIFIER_DEMO_PAGE="true")
+    async with running_process(["serve"], env, port) as process:
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"http://127.0.0.1:{port}/")).status_code == 200  # the demo page is served
+        page_origin = f"http://127.0.0.1:{port}"
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws", origin=page_origin) as ws:  # type: ignore[arg-type]
+            await ws.send(orjson.dumps({"type": "auth", "token": token_for("alice")}).decode())
+            assert (await receive_json(ws))["type"] == "welcome"
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 15)
+        logs = (await process.stderr.read()).decode()  # type: ignore[union-attr]
+    warning = next(json.loads(line) for line in logs.splitlines() if "allowed_origins_empty" in line)
+    assert warning["level"] == "warning"
+    assert "NOTIFIER_ALLOWED_ORIGINS" in warning["hint"]
+
+
+def test_env_file_works_before_and_after_the_command_and_a_missing_one_is_an_error(tmp_path: Any) -> None:
+    env_file = tmp_path / "notifier.env"
+    env_file.write_text(f"NOTIFIER_JWT_SECRET={SECRET}\n")
+    for args in (("--env-file", str(env_file), "token", "bob"), ("token", "bob", "--env-file", str(env_file))):
+        result = run_cli(*args)
+        assert result.returncode == 0, result.stderr
+        assert jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])["sub"] == "bob"
+    missing = run_cli("token", "bob", "--env-file", str(tmp_path / "nope.env"))
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"notifier: --env-file {tmp_path / 'nope.env'}: no such file"
+
+
+def test_a_misspelled_setting_is_warned_about_with_a_suggestion(tmp_path: Any) -> None:
+    env_file = tmp_path / "notifier.env"
+    env_file.write_text(f"NOTIFIER_JWT_SECRET={SECRET}\nNOTIFIER_ALLOWED_ORIGIN=https://app.example.com\n")
+    result = run_cli("token", "bob", "--env-file", str(env_file), env={"NOTIFIER_PROT": "9000"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "notifier: warning: unknown setting NOTIFIER_ALLOWED_ORIGIN is ignored "
+        "(did you mean NOTIFIER_ALLOWED_ORIGINS?)",
+        "notifier: warning: unknown setting NOTIFIER_PROT is ignored (did you mean NOTIFIER_PORT?)",
+    ]
+
+
+def test_each_bad_setting_gets_one_plain_line() -> None:
+    result = run_cli("serve", env={"NOTIFIER_PORT": "eighty", "NOTIFIER_WORKERS": "0", "NOTIFIER_JWT_SECRET": SECRET})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "notifier: invalid setting NOTIFIER_PORT: Input should be a valid integer, "
+        "unable to parse string as an integer",
+        "notifier: invalid setting NOTIFIER_WORKERS: Input should be greater than or equal to 1 "
+        "or Input should be 'auto'",
+    ]
+    short = run_cli("serve", env={"NOTIFIER_JWT_SECRET": "short"})
+    assert short.stderr.strip() == "notifier: NOTIFIER_JWT_SECRET must be at least 32 bytes long"

@@ -165,8 +165,11 @@ def test_compose_load_balancer_proxies_websockets_to_every_replica() -> None:
     text = re.sub(r"#.*", "", config_files[0].read_text())
     directives = {" ".join(line.split()).rstrip(";") for line in text.splitlines() if line.strip()}
 
-    assert f"server notifier:{image_port()} resolve" in directives, "one upstream entry that follows the replicas"
-    assert "proxy_pass http://notifier" in directives
+    # A variable proxy_pass is resolved per request (every 10 s at most) over all the replicas' addresses.
+    assert f"set $notifier_upstream http://notifier:{image_port()}" in directives
+    assert "proxy_pass $notifier_upstream" in directives
+    assert "resolver 127.0.0.11 valid=10s ipv6=off" in directives
+    assert "proxy_set_header Host $http_host" in directives, "Host with its port, for the same-origin check"
     assert "proxy_http_version 1.1" in directives
     assert "proxy_set_header Upgrade $http_upgrade" in directives
     # Connection must say "upgrade" when the client asked for one.

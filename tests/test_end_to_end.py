@@ -121,13 +121,19 @@ async def test_poisoned_message_is_dead_lettered_and_next_event_still_delivered(
 
     channel = await publisher.connection.channel()
     dead_queue = await channel.declare_queue(f"{exchange}.dead", passive=True)
-    dead_ids: list[str | None] = []
+    reasons = {}
     for _ in range(2):
         message = await dead_queue.get(timeout=5)
         assert message is not None
-        dead_ids.append(message.message_id)
+        assert message.routing_key == "user.alice"
+        reasons[message.message_id] = message.headers["x-notifier-error"]
         await message.ack()
-    assert sorted(dead_ids, key=str) == ["huge", "poison"]
+    assert reasons.keys() == {"huge", "poison"}
+    assert str(reasons["poison"]).startswith("body is not JSON")
+    assert str(reasons["huge"]) == f"body is {server.settings.max_event_bytes + 1} bytes, over the limit of " + str(
+        server.settings.max_event_bytes
+    )
+    assert await dead_queue.get(fail=False) is None, "each unusable message is dead-lettered once"
 
 
 async def test_two_instances_bind_only_their_clients_topics_and_deliver_only_to_them(

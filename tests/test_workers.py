@@ -4,182 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import httpx
 import pytest
-import websockets
 
 from notifier.settings import Settings
 from notifier.workers import shutdown_bound_s
-from tests.support import AMQP_URL, API_KEY, SECRET, Client, Publisher, free_port, rabbitmqctl_rows, token_for
-
-SHUTDOWN_TIMEOUT_S = 3.0
-START_TIMEOUT_S = 30.0
-
-
-def instance_queues(exchange: str) -> set[str]:
-    return {row[0] for row in rabbitmqctl_rows("list_queues", "name") if row[0].startswith(f"{exchange}.instance.")}
-
-
-def queue_of_topic(exchange: str) -> dict[str, str]:
-    """Which instance queue each topic is bound to: tells which worker holds a client's subscription."""
-    rows = rabbitmqctl_rows("list_bindings", "source_name", "destination_name", "routing_key")
-    return {row[2]: row[1] for row in rows if row[0] == exchange}
-
-
-@dataclass
-class Service:
-    """A `notifier serve` process group, its environment and its JSON log."""
-
-    process: subprocess.Popen[bytes]
-    env: dict[str, str]
-    log_path: Path
-    port: int
-    exchange: str
-    seen_queues: set[str] = field(default_factory=set)
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> list[dict[str, Any]]:
-        lines = self.log_path.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
-
-    def worker_pids(self) -> list[int]:
-        return [entry["pid"] for entry in self.log() if entry["event"] == "worker_started"]
-
-    def live_worker_pids(self) -> set[int]:
-        return {pid for pid in self.worker_pids() if _alive(pid)}
-
-    def wait_for_queues(self, count: int, *, besides: set[str] | None = None) -> set[str]:
-        """Wait until `count` instance queues exist that are not in `besides`."""
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert self.process.poll() is None, self.log_path.read_text()
-            queues = instance_queues(self.exchange) - (besides or set())
-            self.seen_queues |= queues
-            if len(queues) >= count:
-                return queues
-            assert time.monotonic() < deadline, f"{len(queues)} of {count} instance queues after {START_TIMEOUT_S}s"
-            time.sleep(0.3)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(OSError):
-        # A zombie has exited; it only waits for its parent to collect it.
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-@pytest.fixture
-def start_service(exchange: str, tmp_path: Path) -> Iterator[Any]:
-    started: list[Service] = []
-
-    def start(*args: str) -> Service:
-        port = free_port()
-        env = {
-            **{key: value for key, value in os.environ.items() if not key.startswith("NOTIFIER_")},
-            "NOTIFIER_HOST": "127.0.0.1",
-            "NOTIFIER_PORT": str(port),
-            "NOTIFIER_AMQP_URL": AMQP_URL,
-            "NOTIFIER_EXCHANGE": exchange,
-            "NOTIFIER_DEAD_LETTER_EXCHANGE": f"{exchange}.dead",
-            "NOTIFIER_JWT_SECRET": SECRET,
-            "NOTIFIER_API_KEYS": API_KEY,
-            "NOTIFIER_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
-            "NOTIFIER_QUEUE_EXPIRES_S": "5",
-            "NOTIFIER_LOG_FORMAT": "json",
-        }
-        log_path = tmp_path / f"notifier-{len(started)}.log"
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "notifier", "serve", *args],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # its own process group, so the test can see that every worker ended
-            )
-        service = Service(process, env, log_path, port, exchange)
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        if _group_alive(service.process.pid):
-            os.killpg(service.process.pid, signal.SIGKILL)
-        service.process.wait(10)
-        asyncio.run(_delete_queues(service.seen_queues | instance_queues(exchange)))
-
-
-async def _delete_queues(names: set[str]) -> None:
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        for name in names:
-            await channel.queue_delete(name)
-
-
-async def connect_user(service: Service, user: str, opened: list[Client]) -> Client:
-    connection = await websockets.connect(service.ws_url, open_timeout=5)
-    client = Client(connection)
-    opened.append(client)
-    await client.send({"type": "auth", "token": token_for(user)})
-    welcome = await client.receive()
-    assert welcome["type"] == "welcome", welcome
-    return client
-
-
-async def connect_until_every_queue_has_clients(
-    service: Service, queues: set[str], opened: list[Client], *, prefix: str = "w"
-) -> dict[str, Client]:
-    """Connect clients, a few at a time, until each instance queue holds some client's personal topic."""
-    by_user: dict[str, Client] = {}
-    while len(by_user) < 64:
-        for _ in range(6):
-            user = f"{prefix}{len(by_user)}"
-            by_user[user] = await connect_user(service, user, opened)
-        holders = {queue for topic, queue in queue_of_topic(service.exchange).items() if topic.startswith("user.")}
-        if holders >= queues:
-            return by_user
-    raise AssertionError(f"64 clients and still not every worker has one: {queue_of_topic(service.exchange)}")
-
-
-async def expect_each_user_gets_its_event(service: Service, publisher: Publisher, by_user: dict[str, Client]) -> None:
-    for user in by_user:
-        await publisher.publish(f"user.{user}", {"to": user})
-    for user, client in by_user.items():
-        event = await client.expect_event(f"user.{user}")
-        assert event["data"] == {"to": user}
+from tests.support import API_KEY, SECRET, Client, Publisher, rabbitmqctl_rows
+from tests.support_workers import (
+    SHUTDOWN_TIMEOUT_S,
+    START_TIMEOUT_S,
+    Service,
+    connect_until_every_queue_has_clients,
+    expect_each_user_gets_its_event,
+    group_alive,
+)
 
 
 def test_workers_setting_is_bounded() -> None:
@@ -241,7 +87,7 @@ async def test_two_workers_are_two_instances_and_drain_on_sigterm(start_service:
         exit_code = await asyncio.to_thread(service.process.wait, bound)
         assert exit_code == 0, service.log_path.read_text()
         assert time.monotonic() - stop_requested < bound
-        assert not _group_alive(service.process.pid), "a worker outlived the supervisor"
+        assert not group_alive(service.process.pid), "a worker outlived the supervisor"
         stopped = [entry for entry in service.log() if entry["event"] == "worker_stopped"]
         assert sorted(entry["exitcode"] for entry in stopped) == [0, 0]
     finally:
@@ -285,7 +131,7 @@ async def test_a_worker_that_dies_is_replaced_by_a_new_instance(start_service: A
     bound = shutdown_bound_s(Settings(_env_file=None, shutdown_timeout_s=SHUTDOWN_TIMEOUT_S))  # type: ignore[call-arg]
     code = await asyncio.to_thread(service.process.wait, bound)
     assert code == 0, service.log_path.read_text()
-    assert not _group_alive(service.process.pid)
+    assert not group_alive(service.process.pid)
 
 
 def test_auto_workers_is_one_per_usable_core() -> None:

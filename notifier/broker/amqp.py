@@ -25,7 +25,7 @@ from aio_pika.abc import (
 )
 
 from notifier.broker.base import BrokerUnavailable, EventHandler
-from notifier.events import UnusableMessage, event_from_message
+from notifier.events import TIMESTAMP_MS_HEADER, UnusableMessage, event_from_message, now_ms, publish_time_ms
 from notifier.settings import Settings
 
 log = structlog.get_logger("notifier.broker")
@@ -35,6 +35,10 @@ ACK_BATCH = 64
 
 # Channels used for bind and unbind, so that several can be in flight at once.
 BIND_CHANNELS = 4
+
+# The header that tells an operator reading the dead-letter queue why notifier refused a message.
+ERROR_HEADER = "x-notifier-error"
+ERROR_HEADER_MAX_CHARS = 500
 
 # What aio-pika and aiormq raise when the connection or channel is gone or the broker refuses.
 _BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, asyncio.TimeoutError)
@@ -74,6 +78,9 @@ class AmqpBroker:
         self._connection: AbstractRobustConnection | None = None
         self._exchange_name = settings.exchange
         self._publish_exchange: AbstractExchange | None = None
+        self._dead_letter_exchange: AbstractExchange | None = None
+        # Dead letters being republished: while any is, no `multiple` ack may cover it before it is confirmed.
+        self._dead_lettering = 0
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._on_event: EventHandler | None = None
@@ -143,6 +150,7 @@ class AmqpBroker:
         self._bind_channels = [await connection.channel() for _ in range(BIND_CHANNELS)]
         publish_channel = await connection.channel(publisher_confirms=True)
         self._publish_exchange = await publish_channel.get_exchange(settings.exchange, ensure=False)
+        self._dead_letter_exchange = await publish_channel.get_exchange(settings.dead_letter_exchange, ensure=False)
         self._consumer_tag = await self._queue.consume(self._on_message)
 
     async def _declare_dead_letters(self, connection: AbstractRobustConnection) -> None:
@@ -221,11 +229,13 @@ class AmqpBroker:
     async def publish(self, topic: str, data: bytes, event_id: str) -> None:
         if self._publish_exchange is None or not self.ready:
             raise BrokerUnavailable("not connected to RabbitMQ")
+        sent_ms = now_ms()
         message = aio_pika.Message(
             data,
             content_type="application/json",
             message_id=event_id,
-            timestamp=datetime.datetime.now(datetime.UTC),
+            headers={TIMESTAMP_MS_HEADER: sent_ms},
+            timestamp=datetime.datetime.fromtimestamp(sent_ms / 1000, datetime.UTC),
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         if self._pending_publishes >= self._settings.max_pending_publishes:
@@ -252,8 +262,9 @@ class AmqpBroker:
                 message.routing_key or "",
                 message.body,
                 event_id=message.message_id,
-                ts_ms=int(timestamp.timestamp() * 1000) if timestamp else None,
+                ts_ms=publish_time_ms(message.headers, timestamp.timestamp() if timestamp else None),
                 max_bytes=self._settings.max_event_bytes,
+                content_encoding=message.content_encoding,
             )
         except UnusableMessage as error:
             self.dead_lettered += 1
@@ -263,10 +274,46 @@ class AmqpBroker:
                 event_id=message.message_id,
                 reason=str(error),
             )
-            await self._settle(message.reject(requeue=False))
+            self._dead_lettering += 1
+            task = asyncio.ensure_future(self._dead_letter(message, str(error)))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
             return
         on_event(event)
         self._ack_after_burst(message)
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        """Republish an unusable message to the dead-letter exchange with the reason in a header, then ack it;
+        if that cannot be confirmed, reject it so RabbitMQ dead-letters it without the reason."""
+        try:
+            if self._dead_letter_exchange is None:
+                raise BrokerUnavailable("not connected to RabbitMQ")
+            headers = dict(message.headers or {})
+            headers[ERROR_HEADER] = reason[:ERROR_HEADER_MAX_CHARS]
+            copy = aio_pika.Message(
+                message.body,
+                headers=headers,
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                message_id=message.message_id,
+                timestamp=message.timestamp,
+                type=message.type,
+                app_id=message.app_id,
+                correlation_id=message.correlation_id,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            )
+            await self._dead_letter_exchange.publish(
+                copy, routing_key=message.routing_key or "", timeout=self._settings.broker_timeout_s
+            )
+        except (*_BROKER_ERRORS, BrokerUnavailable) as error:
+            log.warning("dead_letter_republish_failed", event_id=message.message_id, error=repr(error))
+            await self._settle(message.reject(requeue=False))
+        else:
+            await self._settle(message.ack())
+        finally:
+            self._dead_lettering -= 1
+            if not self._dead_lettering:
+                self._flush_acks()
 
     def _ack_after_burst(self, message: AbstractIncomingMessage) -> None:
         """Acknowledge handed-off messages with one `multiple` ack per burst rather than one ack each.
@@ -285,8 +332,8 @@ class AmqpBroker:
     def _flush_acks(self) -> None:
         self._ack_flush_scheduled = False
         message = self._last_unacked
-        if message is None:
-            return
+        if message is None or self._dead_lettering:
+            return  # a dead letter in flight flushes when it is settled
         self._last_unacked = None
         self._unacked = 0
         task = asyncio.ensure_future(self._settle(message.ack(multiple=True)))

@@ -16,6 +16,7 @@ from starlette.types import Scope
 from notifier.auth import mint_token
 from notifier.errors import ApiError
 from notifier.grants import validate_patterns, validate_user
+from notifier.origins import same_origin
 from notifier.routes.publish import publish_request, read_json_object
 from notifier.settings import Settings
 from notifier.topics import InvalidTopic
@@ -24,6 +25,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # Files any frontend may load, from any origin (a module script from another origin needs CORS).
 CLIENT_FILES = frozenset({"notifier.js", "notifier.d.ts"})
 DEV_TOKEN_TTL_S = (10, 24 * 3600)
+TYPESCRIPT_MEDIA_TYPE = "text/plain; charset=utf-8"
 BODY_OVERHEAD_BYTES = 1024
 
 
@@ -40,6 +42,9 @@ class NotifierStatic(StaticFiles):
         response = await super().get_response(path, scope)
         if path in CLIENT_FILES:
             response.headers["Access-Control-Allow-Origin"] = "*"
+        if path.endswith(".d.ts") and response.status_code == 200:
+            # The system's MIME table calls .ts a Qt translation or an MPEG stream; these are TypeScript text.
+            response.headers["Content-Type"] = TYPESCRIPT_MEDIA_TYPE
         return response
 
 
@@ -67,8 +72,25 @@ def build_router(settings: Settings, *, dev: bool) -> APIRouter:
     return router
 
 
+def refuse_cross_site(request: Request) -> None:
+    """The dev routes mint tokens and publish without a key, so only the server's own page may call them.
+
+    A JSON body cannot come from another site without a CORS preflight, which these routes never grant; and a
+    browser's `Origin` or `Sec-Fetch-Site` that names another site is refused outright.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
+    origin = request.headers.get("origin")
+    if origin is not None and not same_origin(origin, request.headers.get("host")):
+        raise ApiError(403, "cross_site", "dev routes answer only the server's own pages")
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise ApiError(403, "cross_site", "dev routes answer only the server's own pages")
+
+
 async def dev_token(request: Request) -> JSONResponse:
     """Dev mode only: `{"user", "topics"?, "ttl_s"?}` → a token signed with the dev secret."""
+    refuse_cross_site(request)
     settings: Settings = request.app.state.node.settings
     payload = await read_json_object(request, 16 * 1024)
     try:
@@ -94,4 +116,5 @@ async def dev_token(request: Request) -> JSONResponse:
 
 async def dev_publish(request: Request) -> JSONResponse:
     """Dev mode only: `{"topic", "data"}` published through the broker, as `POST /api/publish` does."""
+    refuse_cross_site(request)
     return await publish_request(request, request.app.state.node)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import re
 from typing import Any
 
 import orjson
@@ -12,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from notifier.broker import BrokerUnavailable
 from notifier.errors import ApiError
-from notifier.events import new_event_id
+from notifier.events import EVENT_ID_RE, new_event_id
 from notifier.node import Node
 from notifier.publisher import EventPublisher, OutgoingEvent
 from notifier.routes.schemas import (
@@ -28,7 +27,6 @@ from notifier.topics import InvalidTopic, validate_topic
 
 router = APIRouter()
 
-EVENT_ID_RE = re.compile(r"[A-Za-z0-9_\-:.@]{1,128}")
 # The request body holds the data plus the topic, id and JSON punctuation around it.
 BODY_OVERHEAD_BYTES = 1024
 # The deepest `data` the JSON encoder writes back out (orjson's recursion limit).

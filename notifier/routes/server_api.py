@@ -12,7 +12,8 @@ from notifier import commands
 from notifier.broker import BrokerUnavailable
 from notifier.control import ControlPlane
 from notifier.errors import ApiError
-from notifier.routes.publish import EVENT_ID_RE, check_api_key, read_json_object
+from notifier.events import EVENT_ID_RE
+from notifier.routes.publish import check_api_key, read_json_object
 from notifier.routes.schemas import (
     API_KEY_SECURITY,
     CommandAccepted,

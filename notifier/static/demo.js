@@ -23,6 +23,9 @@ for (const element of document.querySelectorAll(config.dev ? '.token-only textar
 
 const STATE_LABELS = { connecting: 'Connecting…', open: 'Connected', reconnecting: 'Reconnecting', closed: 'Not connected' };
 
+/** The client's hint after handshakes kept failing (a refused Origin, a wrong URL); cleared once connected. */
+let handshakeHint = '';
+
 function showState(state, detail = {}) {
   const badge = $('#state');
   badge.dataset.state = state;
@@ -32,6 +35,8 @@ function showState(state, detail = {}) {
   if (state === 'closed' && detail.error) label = `Stopped: ${detail.error.code}`;
   badge.querySelector('.label').textContent = label;
   badge.title = detail.code ? `last close code ${detail.code}${detail.reason ? ` (${detail.reason})` : ''}` : '';
+  if (state === 'open') handshakeHint = '';
+  if (handshakeHint && state !== 'open') badge.title = handshakeHint; // why "Reconnecting" lasts
   if (state === 'reconnecting' || state === 'closed') {
     for (const chip of chips.values()) chip.dataset.status = 'pending';
   }
@@ -84,6 +89,7 @@ function start(options) {
   client.on('event', showNotification);
   client.on('unsubscribed', ({ topic }) => dropChip(topic)); // the server took it away
   client.on('error', (error) => {
+    if (error.code === 'handshake_failed') $('#state').title = handshakeHint = error.message;
     if (!error.topic) return;
     showSubscribeError(error);
     if (error.code !== 'unavailable') dropChip(error.topic); // refused or no longer granted: the client let it go

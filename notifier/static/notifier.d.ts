@@ -79,6 +79,11 @@ export interface NotifierOptions {
   refreshBefore?: number;
   /** Consecutive token refusals (close 4001 / 4500) before giving up (default 3). */
   maxTokenRefusals?: number;
+  /**
+   * Consecutive sockets that closed before opening (a refused Origin, a wrong URL, a server that is down)
+   * before an `error` event with code `handshake_failed`; the client keeps retrying (default 3).
+   */
+  handshakeFailures?: number;
   /** Topics one client may hold (default 100, the server's default limit). */
   maxSubscriptions?: number;
   /** Requests awaiting an answer; past this a request fails at once with `too_many_pending` (default 200). */
@@ -87,7 +92,10 @@ export interface NotifierOptions {
   framesPerSecond?: number;
   /** Outgoing burst (default 30). */
   framesBurst?: number;
-  /** Recent event ids remembered to drop repeats (default 1000). */
+  /**
+   * Recent event ids remembered to drop repeats (default 1000). An event whose id was seen among them is
+   * dropped even if its topic or data differ: publishers must give every distinct event its own id.
+   */
   dedupeWindow?: number;
   /**
    * Keep the session id and its event count in `sessionStorage` (true) or in the given store, so a reloaded
@@ -121,6 +129,7 @@ export declare const CloseCode: Readonly<{
  * An error with a machine-readable code: an `error` frame's code (`forbidden`, `invalid_topic`,
  * `too_many_subscriptions`, `unavailable`, `invalid_token`, `token_expired`) or one of the client's own
  * (`timeout`, `closed`, `unsubscribed`, `too_many_pending`, `token_unavailable`, `no_token`, `bad_url`,
+ * `handshake_failed`,
  * `message_too_big`, `protocol_violation`, `user_connection_limit`, `disconnected`, `terminal_close`).
  */
 export declare class NotifierError extends Error {

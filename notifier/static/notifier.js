@@ -49,11 +49,14 @@
  * @property {number} [refreshBefore=60000]     renew the token this many ms before it expires (at most half
  *   of its remaining lifetime)
  * @property {number} [maxTokenRefusals=3]      consecutive token refusals (4001, 4500) before giving up
+ * @property {number} [handshakeFailures=3]     consecutive sockets that never opened before an `error` event
+ *   with code `handshake_failed` (the client keeps retrying)
  * @property {number} [maxSubscriptions=100]    topics one client may hold (the server's default limit)
  * @property {number} [maxPendingRequests=200]  requests awaiting an answer; past this a request fails at once
  * @property {number} [framesPerSecond=15]      outgoing frame rate, kept under the server's limit
  * @property {number} [framesBurst=30]          outgoing burst, kept under the server's limit
- * @property {number} [dedupeWindow=1000]       how many recent event ids are remembered to drop repeats
+ * @property {number} [dedupeWindow=1000]       how many recent event ids are remembered to drop repeats (by id
+ *   alone: a second event with a reused id is dropped even if its topic or data differ)
  * @property {boolean | SessionStore} [persistSession=false]  keep the session in `sessionStorage` (or this store)
  *   so a reloaded page resumes it
  * @property {typeof WebSocket} [WebSocket]     WebSocket implementation (default: the global one)
@@ -151,6 +154,7 @@ const DEFAULTS = Object.freeze({
   requestTimeout: 15000,
   refreshBefore: 60000,
   maxTokenRefusals: 3,
+  handshakeFailures: 3,
   maxSubscriptions: 100,
   maxPendingRequests: 200,
   framesPerSecond: 15,
@@ -282,6 +286,8 @@ export class NotifierClient {
     this._nextId = 1;
     this._attempt = 0;
     this._tokenRefusals = 0;
+    /** consecutive sockets that closed without ever opening (refused or unreachable) */
+    this._handshakeFailures = 0;
     /** @type {string | null} */
     this._user = null;
     /** @type {number | null} */
@@ -360,6 +366,7 @@ export class NotifierClient {
     if (this._state !== 'closed') return;
     this._attempt = 0;
     this._tokenRefusals = 0;
+    this._handshakeFailures = 0;
     if (typeof addEventListener === 'function') addEventListener('online', this._onOnline);
     this._setState('connecting');
     this._dial();
@@ -507,16 +514,37 @@ export class NotifierClient {
     }
     this._ws = ws;
     const authFrame = JSON.stringify(this._authFrame(token));
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
+      this._handshakeFailures = 0;
       if (this._ws === ws) ws.send(authFrame);
     };
     ws.onmessage = (message) => {
       if (this._ws === ws) this._onFrame(message.data);
     };
     ws.onclose = (closeEvent) => {
-      if (this._ws === ws) this._onClose(closeEvent.code, closeEvent.reason);
+      if (this._ws !== ws) return;
+      if (!opened) this._handshakeFailed();
+      this._onClose(closeEvent.code, closeEvent.reason);
     };
     ws.onerror = () => {}; // a close event follows and carries what can be known
+  }
+
+  /**
+   * A socket closed before it opened. Browsers hide why (a 403 for this page's Origin, a wrong URL, a server
+   * that is down all look alike), so after a few in a row tell the page what to check; retrying goes on.
+   */
+  _handshakeFailed() {
+    this._handshakeFailures += 1;
+    if (this._handshakeFailures !== this._opts.handshakeFailures) return;
+    const origin = typeof location !== 'undefined' ? location.origin : 'this page';
+    this._emit('error', new NotifierError(
+      'handshake_failed',
+      `the WebSocket handshake failed ${this._handshakeFailures} times in a row; check that ${this._url} is ` +
+        `right and the server runs, and that ${origin} is the server's own origin or listed in ` +
+        'NOTIFIER_ALLOWED_ORIGINS (a refused Origin gets HTTP 403)',
+    ));
   }
 
   /** @param {unknown} text */

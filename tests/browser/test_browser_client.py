@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, expect
 
-from notifier.cli import dev_state_path
+from notifier import devstate
 from tests.browser.conftest import NotifierProcess, Publisher, notes, sign_in_with_token, subscribe, token_for
 from tests.support import free_port
 
@@ -141,7 +141,7 @@ async def test_demo_page_in_dev_mode_signs_in_subscribes_and_publishes(
         await page.screenshot(path=str(SCREENSHOT), animations="disabled")
     finally:
         await dev.stop()
-        dev_state_path(dev.port).unlink(missing_ok=True)  # the secret and API key `notifier dev` left for the CLI
+    assert not devstate.state_path(dev.port).exists(), "notifier dev removes the state it left for the CLI"
 
 
 async def test_a_long_lived_page_renews_its_token_and_keeps_one_connection(

@@ -76,6 +76,7 @@ def test_client_library_is_always_served_to_any_origin(serve_only: TestClient) -
     types = serve_only.get("/static/notifier.d.ts")
     assert types.status_code == 200
     assert "declare class NotifierClient" in types.text
+    assert types.headers["content-type"] == "text/plain; charset=utf-8"  # not the MIME table's Qt translation file
 
 
 def test_demo_page_is_served_at_root_when_enabled(serve_with_demo_page: TestClient) -> None:
@@ -140,3 +141,38 @@ def test_dev_publish_refuses_bad_input(dev: TestClient, payload: dict[str, Any],
     response = dev.post("/dev/publish", json=payload)
     assert response.status_code == status
     assert response.json()["error"] == code
+
+
+CROSS_SITE_REQUESTS = [
+    # What a page on another site can send without a CORS preflight: text/plain (or a form) with its Origin.
+    ({"Content-Type": "text/plain", "Origin": "https://evil.example.net"}, 415, "unsupported_media_type"),
+    ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
+    # JSON with another site's Origin or Sec-Fetch-Site (only possible after a preflight that is never granted).
+    ({"Content-Type": "application/json", "Origin": "https://evil.example.net"}, 403, "cross_site"),
+    ({"Content-Type": "application/json", "Origin": "http://testserver:8001"}, 403, "cross_site"),
+    ({"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"}, 403, "cross_site"),
+]
+
+
+@pytest.mark.parametrize("path", ["/dev/token", "/dev/publish"])
+@pytest.mark.parametrize(("headers", "status", "code"), CROSS_SITE_REQUESTS)
+def test_dev_routes_refuse_cross_site_requests(
+    dev: TestClient, path: str, headers: dict[str, str], status: int, code: str
+) -> None:
+    body = b'{"user": "mallory", "topic": "user.ada", "data": "forged"}'
+    with dev.websocket_connect("/ws") as websocket:
+        websocket.send_json({"type": "auth", "token": dev.post("/dev/token", json={"user": "ada"}).json()["token"]})
+        assert websocket.receive_json()["type"] == "welcome"
+        response = dev.post(path, content=body, headers=headers)
+        assert response.status_code == status, response.text
+        assert response.json()["error"] == code
+        # Nothing was published: the next thing the socket sees is our own event, not the forged one.
+        assert dev.post("/dev/publish", json={"topic": "user.ada", "data": "ours"}).status_code == 202
+        assert websocket.receive_json()["data"] == "ours"
+
+
+def test_dev_routes_answer_the_servers_own_page(dev: TestClient) -> None:
+    headers = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
+    response = dev.post("/dev/publish", json={"topic": "user.ada", "data": 1}, headers=headers)
+    assert response.status_code == 202, response.text
+    assert dev.post("/dev/token", json={"user": "ada"}, headers=headers).status_code == 200

@@ -138,3 +138,52 @@ test('page-relative and http(s) URLs become ws(s) URLs', async (t) => {
   await flush();
   assert.equal(server.socket.url, 'wss://push.example.com/ws');
 });
+
+test('a handshake that keeps failing is reported once with a hint, and retrying goes on', async (t) => {
+  const { client, server, states, errors } = await connectedClient(t, { handshakeFailures: 3 });
+  client.connect();
+  for (let attempt = 1; attempt <= 5; attempt += 1) {
+    await flush();
+    server.socket.serverClose(1006); // refused before opening, as a browser reports a 403
+    assert.equal(errors.length, attempt >= 3 ? 1 : 0, `after ${attempt} failures`);
+    t.mock.timers.tick(states.at(-1).delay);
+  }
+  assert.equal(errors[0].code, 'handshake_failed');
+  assert.match(errors[0].message, /NOTIFIER_ALLOWED_ORIGINS/);
+  assert.match(errors[0].message, /ws:\/\/notifier\.test\/ws/);
+  assert.equal(client.state, 'reconnecting');
+  await flush();
+  server.socket.welcome(); // an opened socket starts the count again
+  server.socket.serverClose(1006);
+  for (let attempt = 1; attempt <= 2; attempt += 1) {
+    t.mock.timers.tick(states.at(-1).delay);
+    await flush();
+    server.socket.serverClose(1006);
+  }
+  assert.equal(errors.length, 1, 'two failures after an opened socket are not yet reported');
+});
+
+test('sockets that open and then close do not count as handshake failures', async (t) => {
+  const { client, server, states, errors } = await connectedClient(t, { handshakeFailures: 2 });
+  client.connect();
+  for (let attempt = 0; attempt < 4; attempt += 1) {
+    await flush();
+    server.socket.open();
+    server.socket.serverClose(1006);
+    t.mock.timers.tick(states.at(-1).delay);
+  }
+  assert.deepEqual(errors, []);
+});
+
+test('a repeat is recognised by id alone: a reused id with other data is dropped, as documented', async (t) => {
+  const { client, server } = await connectedClient(t);
+  const events = [];
+  client.on('event', (event) => events.push(event.data));
+  client.connect();
+  await flush();
+  server.socket.welcome();
+  server.socket.receive({ type: 'event', topic: 'user.ada', id: 'same', ts: 1, data: 'first' });
+  server.socket.receive({ type: 'event', topic: 'user.ada', id: 'same', ts: 2, data: 'second' });
+  server.socket.receive({ type: 'event', topic: 'user.ada', id: 'other', ts: 3, data: 'third' });
+  assert.deepEqual(events, ['first', 'third']);
+});
