@@ -41,18 +41,7 @@ def command(server: str, port: int) -> list[str]:
     ]
 
 
-SERVERS = [
-    "uvicorn",
-    "hypercorn",
-    pytest.param(
-        "granian",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="granian has no uvicorn transport, so frames go through the session's plain-ASGI send path, "
-            "which falls behind a burst and closes a fast reader with 4002",
-        ),
-    ),
-]
+SERVERS = ["uvicorn", "hypercorn", "granian"]
 
 
 @pytest.mark.rabbitmq
