@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import uuid
@@ -38,6 +39,16 @@ class Event:
 
 def new_event_id() -> str:
     return uuid.uuid4().hex
+
+
+def derived_event_id(topic: str, body: bytes, ts_ms: int | None) -> str:
+    """The id of a message published without one, made from the message itself, so every instance (and a
+    redelivery) gives it the same id: resume merges by it, and clients drop repeats by it."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(topic.encode())
+    digest.update(b"\0%d\0" % (ts_ms if ts_ms is not None else -1))
+    digest.update(body)
+    return "m-" + digest.hexdigest()
 
 
 def now_ms() -> int:
@@ -104,7 +115,7 @@ def event_from_message(
         raise UnusableMessage(f"body is not JSON: {error}") from None
     return Event(
         topic=topic,
-        id=event_id or new_event_id(),
+        id=event_id or derived_event_id(topic, body, ts_ms),
         data=body.strip(),
         ts_ms=ts_ms or now_ms(),
         stamped=ts_ms is not None,
