@@ -22,7 +22,7 @@ def app_with(*, dev: bool, demo_page: bool) -> FastAPI:
         _env_file=None,
         amqp_url="memory://",
         jwt_secret=SECRET,
-        api_keys=["key"],
+        api_keys=["demo-routes-test-key-0123"],
         demo_page=demo_page,
         log_format="console",
         shutdown_timeout_s=1,
