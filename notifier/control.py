@@ -477,7 +477,8 @@ class AmqpControlPlane:
             type="reply",
             correlation_id=message.correlation_id,
             app_id=self.instance_id,
-            expiration=self._settings.control_reply_timeout_s,
+            # As long as the longest wait of a requester (presence or a session hand-over).
+            expiration=max(self._settings.control_reply_timeout_s, self._settings.resume_timeout_s),
         )
         try:
             await self._reply_exchange.publish(reply, routing_key=reply_to, timeout=self._settings.broker_timeout_s)

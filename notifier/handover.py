@@ -68,12 +68,18 @@ class SessionHandOver:
             return None
         return holder
 
+    def _alive(self, holder: str) -> bool:
+        """False when the control plane knows the holder is gone (it said goodbye, or went quiet): then the
+        answer is `recovered: false` at once rather than after a timeout."""
+        live_instances = getattr(self._control, "live_instances", None)
+        return live_instances is None or holder in live_instances()
+
     # The asking side.
 
     async def topics_of(self, session_id: str, user: str) -> list[str] | None:
         """The topics the session holds on its instance, or None if it cannot be resumed from there."""
         holder = self.holder(session_id)
-        if holder is None:
+        if holder is None or not self._alive(holder):
             return None
         reply = await self._control.ask(
             holder, DESCRIBE, {"session": session_id, "user": user}, timeout=self._timeout_s

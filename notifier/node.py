@@ -128,7 +128,7 @@ class Node:
 
     def attach_control(self, control: ControlPlane) -> None:
         """Resume sessions held by other instances, and hand ours over, through `control`."""
-        self._hand_over = SessionHandOver(control, self.directory, timeout_s=self.settings.control_reply_timeout_s)
+        self._hand_over = SessionHandOver(control, self.directory, timeout_s=self.settings.resume_timeout_s)
         self._session_context = dataclasses.replace(self._session_context, remote_sessions=self._hand_over)
 
     async def stop(self) -> None:
