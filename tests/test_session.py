@@ -4,6 +4,7 @@ network, milliseconds per test."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -146,7 +147,10 @@ class Instance:
         return session, socket
 
     async def publish(self, topic: str, data: Any) -> None:
-        await self.broker.publish(topic, orjson.dumps(data), f"id-{topic}-{data}")
+        # The same id on every instance for the same event, as RabbitMQ's message_id would be.
+        await self.broker.publish(
+            topic, orjson.dumps(data), "e-" + hashlib.sha1(orjson.dumps([topic, data])).hexdigest()
+        )
 
 
 @pytest.fixture
