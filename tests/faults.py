@@ -10,13 +10,13 @@ from tests.support import amqp_host, amqp_port, amqp_vhost, rabbitmqctl, rabbitm
 
 
 class CuttableProxy:
-    """Forwards 127.0.0.1:<port> to RabbitMQ; `cut()` drops every connection and refuses new ones until
-    `restore()`, which is what a network partition between one instance and the broker looks like.
+    """Forwards 127.0.0.1:<port> to RabbitMQ (or to `target`); `cut()` drops every connection and refuses new
+    ones until `restore()`, which is what a network partition looks like.
     `stall()` keeps every connection open but silent (bytes either way are swallowed), like a broker that
     hangs or a firewall that drops packets without a reset."""
 
-    def __init__(self) -> None:
-        self._target = (amqp_host(), amqp_port())
+    def __init__(self, target: tuple[str, int] | None = None) -> None:
+        self._target = target or (amqp_host(), amqp_port())
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._cut = False

@@ -11,6 +11,7 @@ from playwright.async_api import Browser, Page, expect
 
 from notifier import devstate
 from tests.browser.conftest import NotifierProcess, Publisher, notes, sign_in_with_token, subscribe, token_for
+from tests.faults import CuttableProxy
 from tests.support import free_port
 
 WAIT_MS = 15_000
@@ -182,3 +183,32 @@ async def test_a_long_lived_page_renews_its_token_and_keeps_one_connection(
     assert log["errors"] == []
     assert log["events"] == [{"still": "here"}]
     assert len(minted) >= 4, "getToken was asked before each renewal"
+
+
+async def test_a_page_whose_connection_drops_gets_every_event_it_missed_once_in_order(
+    service: NotifierProcess, publisher: Publisher, page: Page
+) -> None:
+    """The network between the browser and the server is cut while events are published: the page resumes its
+    session when the line is back and shows each missed event once, in order, then the live ones."""
+    line = CuttableProxy(target=("127.0.0.1", service.port))
+    await line.start()
+    try:
+        await sign_in_with_token(page, f"http://127.0.0.1:{line.port}", token_for("alice", ["news.#"]))
+        await subscribe(page, "news.sport")
+        await publisher.publish("news.sport", {"title": "before"})
+        await expect(notes(page, "news.sport")).to_have_count(1)
+
+        line.cut()
+        await expect(page.locator("#state")).to_have_attribute("data-state", "reconnecting")
+        for n in range(3):
+            await publisher.publish("news.sport", {"title": f"missed {n}"})
+        line.restore()
+
+        await expect(page.locator("#state")).to_have_attribute("data-state", "open", timeout=RECONNECT_WAIT_MS)
+        await expect(notes(page, "news.sport")).to_have_count(4)
+        await publisher.publish("news.sport", {"title": "after"})
+        await expect(notes(page, "news.sport")).to_have_count(5)
+        titles = await notes(page, "news.sport").locator(".title").all_inner_texts()
+        assert titles == ["after", "missed 2", "missed 1", "missed 0", "before"]  # newest first, each once
+    finally:
+        await line.stop()
