@@ -9,7 +9,7 @@ from typing import Protocol
 
 import structlog
 
-from notifier import frames
+from notifier import messages
 from notifier.broker import Broker
 from notifier.events import Event, now_ms
 from notifier.stats import Stats
@@ -102,7 +102,7 @@ class Hub:
         subscribers = self._subscribers.get(event.topic)
         if not subscribers:
             return
-        frame = Frame(frames.event(event), event.topic, event.id)
+        frame = Frame(messages.event(event), event.topic, event.id)
         for subscriber in subscribers:
             subscriber.offer(frame)
         stats.frames_out += len(subscribers)

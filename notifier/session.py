@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import structlog
 from starlette.websockets import WebSocketDisconnect
 
-from notifier import closecodes, frames
+from notifier import closecodes, messages
 from notifier.admission import Admission
 from notifier.auth import Identity, TokenRejected
 from notifier.broker import BrokerUnavailable
@@ -282,46 +282,46 @@ class Session:
             return
         text = message.get("text")
         if text is None:
-            self._reply_or_violate(frames.BadFrame("bad_request", "binary frames are not accepted; send JSON text"))
+            self._reply_or_violate(messages.BadMessage("bad_request", "binary frames are not accepted; send JSON text"))
             return
         if len(text) > self._settings.max_frame_bytes or len(text.encode()) > self._settings.max_frame_bytes:
             self.close(closecodes.MESSAGE_TOO_BIG)
             return
         try:
-            frame = frames.parse_client_frame(text)
-        except frames.BadFrame as bad:
+            frame = messages.parse_client_message(text)
+        except messages.BadMessage as bad:
             self._reply_or_violate(bad)
             return
-        await self._on_frame(frame)
+        await self._on_request(frame)
 
-    def _reply_or_violate(self, bad: frames.BadFrame) -> None:
+    def _reply_or_violate(self, bad: messages.BadMessage) -> None:
         if self.state is State.AWAITING_AUTH:
             self.close(closecodes.PROTOCOL_VIOLATION)
         else:
-            self.reply(frames.error(bad.code, bad.message, bad.request_id))
+            self.reply(messages.error(bad.code, bad.message, bad.request_id))
 
-    async def _on_frame(self, frame: frames.ClientFrame) -> None:
+    async def _on_request(self, frame: messages.ClientMessage) -> None:
         if self.state is State.AWAITING_AUTH:
-            if isinstance(frame, frames.Auth):
+            if isinstance(frame, messages.Auth):
                 await self._authenticate(frame.token, request_id=frame.id, resume=frame.resume)
             else:
                 self.close(closecodes.PROTOCOL_VIOLATION)
             return
-        if isinstance(frame, frames.Subscribe):
+        if isinstance(frame, messages.Subscribe):
             await self._subscribe(frame)
-        elif isinstance(frame, frames.Unsubscribe):
+        elif isinstance(frame, messages.Unsubscribe):
             await self._unsubscribe(frame)
-        elif isinstance(frame, frames.Ping):
-            self.reply(frames.pong(frame.id))
-        elif isinstance(frame, frames.Refresh):
+        elif isinstance(frame, messages.Ping):
+            self.reply(messages.pong(frame.id))
+        elif isinstance(frame, messages.Refresh):
             await self._refresh(frame)
         else:
-            self.reply(frames.error("bad_request", "already authenticated; use 'refresh' for a new token", frame.id))
+            self.reply(messages.error("bad_request", "already authenticated; use 'refresh' for a new token", frame.id))
 
     # Authentication and token lifetime.
 
     async def _authenticate(
-        self, token: str, request_id: frames.RequestId, resume: frames.Resume | None = None
+        self, token: str, request_id: messages.RequestId, resume: messages.Resume | None = None
     ) -> None:
         self._cancel_timer("auth")
         context = self._context
@@ -375,12 +375,12 @@ class Session:
         self.state = State.OPEN
         self._schedule_expiry(identity.expires_at)
         self._log.info("connection_authenticated", recovered=recovered)
-        welcome = frames.welcome(
+        welcome = messages.welcome(
             identity.user, topics, identity.expires_at, self.session_id, recovered=recovered, dropped=dropped
         )
         self._outbox.offer(Frame(welcome))
 
-    def _resume(self, identity: Identity, resume: frames.Resume) -> bool:
+    def _resume(self, identity: Identity, resume: messages.Resume) -> bool:
         """Take over the session the client had, if it is here, the same user's and still whole; all or nothing.
 
         Runs without awaiting: no event can slip between the replay and the live ones that follow it."""
@@ -420,7 +420,7 @@ class Session:
         self._log.info("session_resumed", replayed=len(replay), received=resume.received)
         return True
 
-    async def _resume_from(self, remote: RemoteSessions, identity: Identity, resume: frames.Resume) -> None:
+    async def _resume_from(self, remote: RemoteSessions, identity: Identity, resume: messages.Resume) -> None:
         """Resume a session another instance holds: bind its topics first (this session keeps their events from
         the bind on), then take its events after the client's count, then merge both by event id."""
         context = self._context
@@ -505,16 +505,16 @@ class Session:
         if old is not None:
             await old._release()
 
-    async def _refresh(self, frame: frames.Refresh) -> None:
+    async def _refresh(self, frame: messages.Refresh) -> None:
         assert self.identity is not None
         try:
             identity = await self._context.verifier.verify(frame.token)
         except TokenRejected as rejected:
             code = "token_expired" if rejected.expired else "invalid_token"
-            self.reply(frames.error(code, str(rejected), frame.id))
+            self.reply(messages.error(code, str(rejected), frame.id))
             return
         if identity.user != self.identity.user:
-            self.reply(frames.error("forbidden", "a refresh token must be for the same user", frame.id))
+            self.reply(messages.error("forbidden", "a refresh token must be for the same user", frame.id))
             return
         self.identity = identity
         self._schedule_expiry(identity.expires_at)
@@ -523,7 +523,7 @@ class Session:
             self.topics.discard(topic)
             self._context.budgets.release(identity.user, topic)
             await self._context.hub.unsubscribe(self, topic)
-        self.reply(frames.refreshed(frame.id, identity.expires_at, dropped))
+        self.reply(messages.refreshed(frame.id, identity.expires_at, dropped))
 
     def _schedule_expiry(self, expires_at: float) -> None:
         self._start_timer("expiry", max(0.0, expires_at - time.time()), closecodes.TOKEN_EXPIRED)
@@ -549,25 +549,25 @@ class Session:
 
     # Subscriptions.
 
-    async def _subscribe(self, frame: frames.Subscribe) -> None:
+    async def _subscribe(self, frame: messages.Subscribe) -> None:
         assert self.identity is not None
         topic = frame.topic
         try:
             validate_topic(topic)
         except InvalidTopic as error:
-            self.reply(frames.error("invalid_topic", str(error), frame.id, topic=topic[:300]))
+            self.reply(messages.error("invalid_topic", str(error), frame.id, topic=topic[:300]))
             return
         if not self.identity.grants.allows(topic):
-            self.reply(frames.error("forbidden", "this token does not grant that topic", frame.id, topic=topic))
+            self.reply(messages.error("forbidden", "this token does not grant that topic", frame.id, topic=topic))
             return
         if topic not in self.topics:
             if len(self.topics) >= self._settings.max_subscriptions:
                 message = f"at most {self._settings.max_subscriptions} subscriptions per connection"
-                self.reply(frames.error("too_many_subscriptions", message, frame.id, topic=topic))
+                self.reply(messages.error("too_many_subscriptions", message, frame.id, topic=topic))
                 return
             refusal = self._take_user_budget(topic)
             if refusal is not None:
-                self.reply(frames.error(*refusal, frame.id, topic=topic))
+                self.reply(messages.error(*refusal, frame.id, topic=topic))
                 return
             self.topics.add(topic)
             try:
@@ -575,12 +575,12 @@ class Session:
             except BrokerUnavailable:
                 self.topics.discard(topic)
                 self._context.budgets.release(self.identity.user, topic)
-                self.reply(frames.error("unavailable", "broker unavailable, try again", frame.id, topic=topic))
+                self.reply(messages.error("unavailable", "broker unavailable, try again", frame.id, topic=topic))
                 return
             if self.state is not State.OPEN:
                 return
         self._log.debug("subscribed", topic=topic)
-        self.reply(frames.subscription("subscribed", topic, frame.id))
+        self.reply(messages.subscription("subscribed", topic, frame.id))
 
     def _take_user_budget(self, topic: str) -> tuple[str, str] | None:
         """The user's budgets across its connections (notifier/budgets.py): the error code and message if
@@ -595,19 +595,19 @@ class Session:
             return "too_many_subscriptions", f"at most {budgets.max_topics} topics per user"
         return None
 
-    async def _unsubscribe(self, frame: frames.Unsubscribe) -> None:
+    async def _unsubscribe(self, frame: messages.Unsubscribe) -> None:
         topic = frame.topic
         try:
             validate_topic(topic)
         except InvalidTopic as error:
-            self.reply(frames.error("invalid_topic", str(error), frame.id, topic=topic[:300]))
+            self.reply(messages.error("invalid_topic", str(error), frame.id, topic=topic[:300]))
             return
         if topic in self.topics:
             self.topics.discard(topic)
             if self.identity is not None:
                 self._context.budgets.release(self.identity.user, topic)
             await self._context.hub.unsubscribe(self, topic)
-        self.reply(frames.subscription("unsubscribed", topic, frame.id))
+        self.reply(messages.subscription("unsubscribed", topic, frame.id))
 
     async def drop_topic_by_server(self, topic: str) -> bool:
         """The server API took `topic` from this connection: no further event of it reaches the client, which
@@ -617,7 +617,7 @@ class Session:
         self.topics.discard(topic)
         if self.identity is not None:
             self._context.budgets.release(self.identity.user, topic)
-        self.reply(frames.unsubscribed_by_server(topic))
+        self.reply(messages.unsubscribed_by_server(topic))
         # Leaves the fan-out before its first await, so no event comes between the frame and the removal,
         # and a disconnect right behind this command finds the frame already queued.
         await self._context.hub.unsubscribe(self, topic)

@@ -1,4 +1,4 @@
-"""Parsing client frames and encoding server frames."""
+"""Parsing client messages and encoding server messages."""
 
 from __future__ import annotations
 
@@ -7,30 +7,30 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from notifier import frames
+from notifier import messages
 from notifier.events import Event, UnusableMessage, event_from_message
 
 
 def test_parse_each_frame_type() -> None:
-    assert frames.parse_client_frame('{"type":"subscribe","topic":"a","id":1}') == frames.Subscribe("a", 1)
-    assert frames.parse_client_frame('{"type":"unsubscribe","topic":"a"}') == frames.Unsubscribe("a", None)
-    assert frames.parse_client_frame('{"type":"ping","id":"p"}') == frames.Ping("p")
-    assert frames.parse_client_frame('{"type":"auth","token":"t"}') == frames.Auth("t")
-    assert frames.parse_client_frame('{"type":"refresh","token":"t","id":2}') == frames.Refresh("t", 2)
+    assert messages.parse_client_message('{"type":"subscribe","topic":"a","id":1}') == messages.Subscribe("a", 1)
+    assert messages.parse_client_message('{"type":"unsubscribe","topic":"a"}') == messages.Unsubscribe("a", None)
+    assert messages.parse_client_message('{"type":"ping","id":"p"}') == messages.Ping("p")
+    assert messages.parse_client_message('{"type":"auth","token":"t"}') == messages.Auth("t")
+    assert messages.parse_client_message('{"type":"refresh","token":"t","id":2}') == messages.Refresh("t", 2)
 
 
 @pytest.mark.parametrize("request_id", [True, 1.5, [1], 2**60, "x" * 65])
 def test_bad_ids_are_refused(request_id: object) -> None:
-    with pytest.raises(frames.BadFrame) as bad:
-        frames.parse_client_frame(orjson.dumps({"type": "ping", "id": request_id}).decode())
+    with pytest.raises(messages.BadMessage) as bad:
+        messages.parse_client_message(orjson.dumps({"type": "ping", "id": request_id}).decode())
     assert bad.value.code == "bad_request"
 
 
 @given(st.text(max_size=200))
 def test_any_text_parses_or_is_refused_with_a_code(text: str) -> None:
     try:
-        frames.parse_client_frame(text)
-    except frames.BadFrame as bad:
+        messages.parse_client_message(text)
+    except messages.BadMessage as bad:
         assert bad.code in {"bad_request", "unknown_type"}
 
 
@@ -44,7 +44,7 @@ JSON = st.recursive(
 @given(JSON)
 def test_event_frame_carries_data_unchanged(data: object) -> None:
     event = event_from_message("a.b", orjson.dumps(data), event_id="e", ts_ms=5, max_bytes=10_000)
-    frame = orjson.loads(frames.event(event))
+    frame = orjson.loads(messages.event(event))
     assert frame == {"type": "event", "topic": "a.b", "id": "e", "ts": 5, "data": data}
 
 

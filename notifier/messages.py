@@ -1,4 +1,8 @@
-"""The WebSocket frames: parsing what a client sends, encoding what the server sends."""
+"""The protocol's JSON messages: parsing what a client sends, encoding what the server sends.
+
+Words used across the code: a *message* is one JSON object of the protocol (this module); a *frame* is the
+WebSocket frame that carries it (notifier/wire.py builds a server message's frame once for every receiver).
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ MAX_SESSION_ID_LENGTH = 128
 RequestId = str | int | None
 
 
-class BadFrame(Exception):
-    """A client frame that cannot be used; `code` is the error frame's code."""
+class BadMessage(Exception):
+    """A client message that cannot be used; `code` is the error frame's code."""
 
     def __init__(self, code: str, message: str, request_id: RequestId = None) -> None:
         super().__init__(message)
@@ -63,7 +67,7 @@ class Ping:
     id: RequestId = None
 
 
-ClientFrame = Auth | Refresh | Subscribe | Unsubscribe | Ping
+ClientMessage = Auth | Refresh | Subscribe | Unsubscribe | Ping
 
 
 def _request_id(raw: dict[str, Any]) -> RequestId:
@@ -71,18 +75,18 @@ def _request_id(raw: dict[str, Any]) -> RequestId:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise BadFrame("bad_request", "id must be a string or an integer")
+        raise BadMessage("bad_request", "id must be a string or an integer")
     if isinstance(value, str) and len(value) > MAX_ID_LENGTH:
-        raise BadFrame("bad_request", f"id must be at most {MAX_ID_LENGTH} characters")
+        raise BadMessage("bad_request", f"id must be at most {MAX_ID_LENGTH} characters")
     if isinstance(value, int) and not -(2**53) < value < 2**53:
-        raise BadFrame("bad_request", "id must be a safe integer")
+        raise BadMessage("bad_request", "id must be a safe integer")
     return value
 
 
 def _string_field(raw: dict[str, Any], name: str, request_id: RequestId) -> str:
     value = raw.get(name)
     if not isinstance(value, str):
-        raise BadFrame("bad_request", f"'{name}' must be a string", request_id)
+        raise BadMessage("bad_request", f"'{name}' must be a string", request_id)
     return value
 
 
@@ -91,24 +95,24 @@ def _resume_field(raw: dict[str, Any], request_id: RequestId) -> Resume | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise BadFrame("bad_request", "'resume' must be an object", request_id)
+        raise BadMessage("bad_request", "'resume' must be an object", request_id)
     session = value.get("session")
     received = value.get("received")
     if not isinstance(session, str) or not 0 < len(session) <= MAX_SESSION_ID_LENGTH:
-        raise BadFrame("bad_request", f"'resume.session' must be a string of 1-{MAX_SESSION_ID_LENGTH}", request_id)
+        raise BadMessage("bad_request", f"'resume.session' must be a string of 1-{MAX_SESSION_ID_LENGTH}", request_id)
     if isinstance(received, bool) or not isinstance(received, int) or not 0 <= received < 2**53:
-        raise BadFrame("bad_request", "'resume.received' must be a count of events (an integer >= 0)", request_id)
+        raise BadMessage("bad_request", "'resume.received' must be a count of events (an integer >= 0)", request_id)
     return Resume(session, received)
 
 
-def parse_client_frame(text: str) -> ClientFrame:
-    """Parse one client text frame, or raise BadFrame with the error code to answer."""
+def parse_client_message(text: str) -> ClientMessage:
+    """Parse one client text frame, or raise BadMessage with the error code to answer."""
     try:
         raw = orjson.loads(text)
     except orjson.JSONDecodeError:
-        raise BadFrame("bad_request", "frame is not valid JSON") from None
+        raise BadMessage("bad_request", "frame is not valid JSON") from None
     if not isinstance(raw, dict):
-        raise BadFrame("bad_request", "frame must be a JSON object")
+        raise BadMessage("bad_request", "frame must be a JSON object")
     request_id = _request_id(raw)
     kind = raw.get("type")
     if kind == "subscribe":
@@ -122,8 +126,8 @@ def parse_client_frame(text: str) -> ClientFrame:
     if kind == "refresh":
         return Refresh(_string_field(raw, "token", request_id), request_id)
     if not isinstance(kind, str):
-        raise BadFrame("bad_request", "frame needs a string 'type'", request_id)
-    raise BadFrame("unknown_type", f"unknown frame type {kind[:40]!r}", request_id)
+        raise BadMessage("bad_request", "frame needs a string 'type'", request_id)
+    raise BadMessage("unknown_type", f"unknown frame type {kind[:40]!r}", request_id)
 
 
 def _encode(frame: dict[str, Any]) -> bytes:
