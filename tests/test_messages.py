@@ -67,5 +67,5 @@ def test_unusable_messages_say_why(topic: str, body: bytes, reason: str) -> None
 def test_missing_event_id_is_assigned() -> None:
     event = event_from_message("a", b"1", event_id=None, ts_ms=None, max_bytes=100)
     assert isinstance(event, Event)
-    assert len(event.id) == 32
+    assert event.id.startswith("m-") and len(event.id) == 34  # made from the message (tests/test_event_ids.py)
     assert event.ts_ms > 0
