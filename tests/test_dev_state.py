@@ -18,6 +18,9 @@ import websockets
 
 from tests.support import free_port, receive_json, run_cli, running_process
 
+# Each test runs `notifier dev` on loopback.
+pytestmark = pytest.mark.loopback
+
 
 def private_env(tmp_path: Path) -> dict[str, str]:
     """A temp dir of this test's own (so no other run's state is seen) and no runtime dir."""
