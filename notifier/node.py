@@ -128,13 +128,17 @@ class Node:
         return True
 
     async def forget(self, session: Session) -> None:
-        """Release everything a finished session held; it leaves `sessions` last, once nothing is held."""
-        for topic in tuple(session.topics):
-            await self.hub.unsubscribe(session, topic)
-        session.topics.clear()
+        """Release everything a finished session held.
+
+        The connection stops counting against its user and the connection limit first: its unbinds may wait
+        for the broker, and a user who comes straight back must not be refused for a connection that is gone.
+        """
         if session.identity is not None:
             user = session.identity.user
             self._connections_per_user[user] -= 1
             if self._connections_per_user[user] <= 0:
                 del self._connections_per_user[user]
         self.sessions.discard(session)
+        for topic in tuple(session.topics):
+            await self.hub.unsubscribe(session, topic)
+        session.topics.clear()

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     dead_letter_max_length: int = Field(default=100_000, ge=1)
     prefetch: int = Field(default=512, ge=1, le=65535)
     broker_timeout_s: float = Field(default=5.0, gt=0)
+    # Binding topics at RabbitMQ: how long a connecting client waits its turn for its bind, how many binds may
+    # wait at once (past that a client is refused with 1013 at once), and how long a topic no one holds any
+    # more stays bound (a client that comes back within it needs no bind).
+    bind_wait_s: float = Field(default=20.0, gt=0)
+    bind_queue_size: int = Field(default=10_000, ge=1)
+    bind_linger_s: float = Field(default=10.0, ge=0)
 
     # Tokens
     jwt_secret: str = ""
