@@ -1,4 +1,4 @@
-"""Real faults for the tests: a TCP proxy in front of RabbitMQ that can cut the line, and rabbitmqctl."""
+"""Real faults for the tests: a TCP proxy in front of RabbitMQ that can cut or slow the line, and rabbitmqctl."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ class CuttableProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._cut = False
+        self._delay_s = 0.0
         self.port = 0
 
     async def start(self) -> None:
@@ -37,6 +38,10 @@ class CuttableProxy:
     def restore(self) -> None:
         self._cut = False
 
+    def slow_down(self, delay_s: float) -> None:
+        """Hold what the client sends for `delay_s` before passing it on (0 for a normal line)."""
+        self._delay_s = delay_s
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._cut:
             writer.transport.abort()
@@ -48,12 +53,16 @@ class CuttableProxy:
             return
         self._writers.update((writer, upstream_writer))
         await asyncio.gather(
-            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer), return_exceptions=True
+            self._pipe(reader, upstream_writer, upstream=True),
+            self._pipe(upstream_reader, writer, upstream=False),
+            return_exceptions=True,
         )
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool) -> None:
         try:
             while data := await reader.read(65536):
+                if upstream and self._delay_s > 0:
+                    await asyncio.sleep(self._delay_s)
                 writer.write(data)
                 await writer.drain()
         finally:
