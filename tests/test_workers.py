@@ -112,7 +112,8 @@ def _group_alive(pgid: int) -> bool:
 def start_service(exchange: str, tmp_path: Path) -> Iterator[Any]:
     started: list[Service] = []
 
-    def start(*args: str) -> Service:
+    def start(*args: str, **settings: str) -> Service:
+        """Start `notifier serve *args`; `settings` are extra NOTIFIER_* variables."""
         port = free_port()
         env = {
             **{key: value for key, value in os.environ.items() if not key.startswith("NOTIFIER_")},
@@ -125,6 +126,7 @@ def start_service(exchange: str, tmp_path: Path) -> Iterator[Any]:
             "NOTIFIER_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
             "NOTIFIER_QUEUE_EXPIRES_S": "5",
             "NOTIFIER_LOG_FORMAT": "json",
+            **settings,
         }
         log_path = tmp_path / f"notifier-{len(started)}.log"
         with log_path.open("wb") as log_file:
@@ -187,6 +189,33 @@ async def expect_each_user_gets_its_event(service: Service, publisher: Publisher
     for user, client in by_user.items():
         event = await client.expect_event(f"user.{user}")
         assert event["data"] == {"to": user}
+
+
+async def open_user(service: Service, user: str) -> tuple[websockets.ClientConnection, dict[str, Any]]:
+    """Connect and authenticate `user`; its first answer is a welcome, or a close with its code."""
+    connection = await websockets.connect(service.ws_url, open_timeout=30)
+    try:
+        await connection.send(json.dumps({"type": "auth", "token": token_for(user)}))
+        return connection, json.loads(await asyncio.wait_for(connection.recv(), 60))
+    except websockets.ConnectionClosed as closed:
+        return connection, {"type": "closed", "code": closed.rcvd.code if closed.rcvd else None}
+
+
+@pytest.mark.slow
+async def test_a_reconnect_storm_on_two_workers_leaves_no_binding_and_refuses_no_one(start_service: Any) -> None:
+    service: Service = start_service("--workers", "2", NOTIFIER_BIND_LINGER_S="1")
+    service.wait_for_queues(2)
+    users = [f"storm{n}" for n in range(600)]
+    for _round in range(2):  # everyone connects at once; then everyone drops and comes back at once
+        opened = await asyncio.gather(*(open_user(service, user) for user in users))
+        refused = [answer for _, answer in opened if answer["type"] != "welcome"]
+        assert refused == []
+        await asyncio.gather(*(connection.close() for connection, _ in opened))
+
+    deadline = time.monotonic() + 30
+    while bound := queue_of_topic(service.exchange):
+        assert time.monotonic() < deadline, f"{len(bound)} bindings left, e.g. {list(bound.items())[:3]}"
+        await asyncio.sleep(0.5)
 
 
 def test_workers_setting_is_bounded() -> None:
