@@ -105,3 +105,26 @@ async def test_a_connect_and_leave_storm_leaves_no_binding(start_server: StartSe
 
     await wait_until(nothing_bound, 30, interval=0.5)
     assert running.node.hub.bound_topics == frozenset()
+
+
+async def test_connections_wait_their_turn_for_the_broker_up_to_the_bind_queue_size(
+    start_server: StartServer, proxy: CuttableProxy
+) -> None:
+    running = await start_server(
+        amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/", bind_queue_size=3, bind_wait_s=15
+    )
+    proxy.slow_down(1.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def timed(user: str) -> tuple[dict[str, object], float]:
+        client, answer = await open_authenticated(running, user)
+        await client.close()
+        return answer, loop.time() - started
+
+    answers = await asyncio.gather(*(timed(f"queued{n}") for n in range(8)))
+    welcomed = [seconds for answer, seconds in answers if answer["type"] == "welcome"]
+    refused = [seconds for answer, seconds in answers if answer.get("code") == closecodes.TRY_AGAIN_LATER.code]
+    # Three wait for the slow broker and get in; the rest are told at once, not after a timeout.
+    assert len(welcomed) == 3 and len(refused) == 5, answers
+    assert max(refused) < 1.0 <= min(welcomed)

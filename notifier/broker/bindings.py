@@ -178,6 +178,7 @@ class Bindings:
             for topic in batch:
                 del self._to_bind[topic]
             self._maybe_bound.update(batch)
+            sent_at = time.monotonic()
             try:
                 channel = await channel_source()
                 for topic in batch[:-1]:
@@ -194,6 +195,7 @@ class Bindings:
                 await asyncio.sleep(RETRY_S)
                 continue
             self.binds_sent += len(batch)
+            log.debug("binds_confirmed", topics=len(batch), seconds=round(time.monotonic() - sent_at, 3))
             for topic in batch:
                 self._confirmed.add(topic)
                 future = self._confirmations.pop(topic, None)
