@@ -237,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"storm: {system.name}")
                 entry = report["systems"].setdefault(system.name, {"label": system.label, "note": system.note})
                 entry[str(users)] = run_storm(system, users, cpus, Path(workdir), log)
+                report["seconds"] = round(time.time() - started_at, 1)
+                write_report(report, out)  # after each system, so a long run shows its progress
     report["seconds"] = round(time.time() - started_at, 1)
     for path in write_report(report, out):
         log(f"storm: wrote {path}")
