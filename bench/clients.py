@@ -240,8 +240,8 @@ class Worker:
                     failures.append(repr(error)[:200])
                     why = str(client.closed_code) if client is not None and client.closed_code else type(error).__name__
                     codes[why] = codes.get(why, 0) + 1
-                    if client is not None and client.ready_future.done():
-                        client.ready_future.exception()
+                    if client is not None and client.ready_future.done() and not client.ready_future.cancelled():
+                        client.ready_future.exception()  # retrieved, so asyncio does not warn about it
                     return
                 slots[number] = client
 
