@@ -13,6 +13,7 @@ import json
 import os
 import resource
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,7 +87,9 @@ def leave(clients: Clients, exchange: str, binds_per_user: bool) -> dict[str, An
     }
 
 
-def run_storm(system: System, users: int, cpus: dict[str, set[int]], workdir: Path, log: Any) -> dict[str, Any]:
+def run_storm(
+    system: System, users: int, cpus: dict[str, set[int]], workdir: Path, log: Any, keep_logs: Path | None = None
+) -> dict[str, Any]:
     exchange = f"bench.storm.{system.name}.{secrets.token_hex(4)}"
     secret = secrets.token_urlsafe(32)
     results: dict[str, Any] = {}
@@ -111,6 +114,9 @@ def run_storm(system: System, users: int, cpus: dict[str, set[int]], workdir: Pa
                 results["leave"] = leave(clients, exchange, binds_per_user)
             finally:
                 clients.stop()
+                if keep_logs is not None:
+                    keep_logs.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(running.log_path, keep_logs / f"{system.name}-{users}.log")
     except (RuntimeError, TimeoutError, OSError, EOFError) as error:
         results["error"] = repr(error)[:500]
         log(f"    error: {error!r}")
@@ -180,7 +186,7 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
                 )
         lines.append("")
     lines += [
-        "notifier lingers a topic NOTIFIER_BIND_LINGER_S (10 s) after its last subscriber left, so its bindings go "
+        "notifier lingers a topic NOTIFIER_BIND_LINGER_S (30 s) after its last subscriber left, so its bindings go "
         "some seconds after everyone left; the `websockets` baseline binds `#` once and keeps it.",
         "",
     ]
@@ -196,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="50 users: checks the scenarios run, measures nothing")
     parser.add_argument("--note", default="", help="a line for the report (for instance: what else ran meanwhile)")
     parser.add_argument("--out", type=Path, help="directory for storm.md/json (default bench/results)")
+    parser.add_argument("--keep-logs", type=Path, help="copy each server's log into this directory")
     args = parser.parse_args(argv)
     sizes = [50] if args.smoke else [int(size) for size in args.clients.split(",")]
     systems = {system.name: system for system in storm_systems()}
@@ -204,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown systems {sorted(unknown)}; known: {sorted(systems)}")
     chosen = [systems[name] for name in args.systems.split(",")]
     out = args.out or (RESULTS_DIR / "smoke" if args.smoke else RESULTS_DIR)
+    if args.smoke:
+        os.environ.setdefault("NOTIFIER_BIND_LINGER_S", "1")  # the servers inherit it: a short leave phase
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the servers started here inherit it
@@ -236,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             for system in chosen:
                 log(f"storm: {system.name}")
                 entry = report["systems"].setdefault(system.name, {"label": system.label, "note": system.note})
-                entry[str(users)] = run_storm(system, users, cpus, Path(workdir), log)
+                entry[str(users)] = run_storm(system, users, cpus, Path(workdir), log, args.keep_logs)
                 report["seconds"] = round(time.time() - started_at, 1)
                 write_report(report, out)  # after each system, so a long run shows its progress
     report["seconds"] = round(time.time() - started_at, 1)

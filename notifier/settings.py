@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     # more stays bound (a client that comes back within it needs no bind).
     bind_wait_s: float = Field(default=20.0, gt=0)
     bind_queue_size: int = Field(default=10_000, ge=1)
-    bind_linger_s: float = Field(default=10.0, ge=0)
+    bind_linger_s: float = Field(default=30.0, ge=0)
 
     # Tokens
     jwt_secret: str = ""
