@@ -136,3 +136,22 @@ async def test_past_the_bind_queue_size_a_bind_is_refused_at_once(
     channel.open.set()
     await asyncio.gather(*waiting)
     assert bindings.waiting == 0
+
+
+async def test_a_failed_request_is_sent_again_and_its_waiter_still_gets_in(
+    channel: RecordingChannel, stop_after: list[Bindings]
+) -> None:
+    failures = [ConnectionError("connection lost")]
+    original = channel.queue_bind
+
+    async def fails_once(queue: str, exchange: str, routing_key: str, nowait: bool = False) -> None:
+        await original(queue, exchange, routing_key, nowait)
+        if failures:
+            raise failures.pop()
+
+    channel.queue_bind = fails_once  # type: ignore[method-assign]
+    bindings = await make(channel)
+    stop_after.append(bindings)
+    await asyncio.wait_for(bindings.bind("user.a"), 3)
+    assert channel.sent == [("bind", "user.a", False), ("bind", "user.a", False)]
+    assert bindings.maybe_bound == {"user.a"}

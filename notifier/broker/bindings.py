@@ -34,7 +34,9 @@ ChannelSource = Callable[[], Awaitable[aiormq.abc.AbstractChannel]]
 # How long to wait before sending again after a request failed (the robust connection is reconnecting).
 RETRY_S = 0.5
 
-_REQUEST_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
+# A sender must outlive any failure of one request (a dead sender would leave every later bind waiting), so
+# it catches every Exception: it logs it, keeps the topics for the next attempt and sends again after RETRY_S.
+_REQUEST_ERRORS = (Exception,)
 
 
 class Bindings:
