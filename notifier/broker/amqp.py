@@ -33,8 +33,9 @@ log = structlog.get_logger("notifier.broker")
 # Acknowledge with one `multiple` ack per burst of messages, at most this many at a time.
 ACK_BATCH = 64
 
-# Channels that send binds (pipelined batches, one sender each), plus one that sends unbinds.
-BIND_CHANNELS = 3
+# Channels that send binds (pipelined batches, one sender each), plus one that sends unbinds. Six come close
+# to the broker's own ceiling from one instance (python -m bench.bindrate; three gave about two thirds of it).
+BIND_CHANNELS = 6
 # Binds sent back to back before one confirmed bind acts as the barrier for them all.
 BIND_BATCH = 256
 
