@@ -211,6 +211,7 @@ class Worker:
         base = self.spec["url"]
         gate = asyncio.Semaphore(concurrency)
         failures: list[str] = []
+        codes: dict[str, int] = {}  # why clients were not welcomed: close code, or the error's type
         tokens = [mint(secret, item["user"]) for item in plan]
         started = time.perf_counter()
 
@@ -237,8 +238,10 @@ class Worker:
                     await asyncio.wait_for(client.ready_future, 60)
                 except (OSError, RuntimeError, TimeoutError, AssertionError) as error:
                     failures.append(repr(error)[:200])
-                    if client is not None and client.ready_future.done():
-                        client.ready_future.exception()
+                    why = str(client.closed_code) if client is not None and client.closed_code else type(error).__name__
+                    codes[why] = codes.get(why, 0) + 1
+                    if client is not None and client.ready_future.done() and not client.ready_future.cancelled():
+                        client.ready_future.exception()  # retrieved, so asyncio does not warn about it
                     return
                 slots[number] = client
 
@@ -251,6 +254,7 @@ class Worker:
             "connected": len(self.clients),
             "failed": len(failures),
             "failures": failures[:5],
+            "codes": codes,
             "seconds": time.perf_counter() - started,
         }
 

@@ -146,6 +146,7 @@ class Clients:
             "connected": connected,
             "failed": sum(answer["failed"] for answer in answers),
             "failures": [failure for answer in answers for failure in answer["failures"]][:5],
+            "codes": merged_counts(answer.get("codes", {}) for answer in answers),
             "seconds": round(seconds, 3),
             "per_s": round(connected / seconds, 1) if seconds else 0.0,
         }
@@ -153,6 +154,13 @@ class Clients:
     def reset(self, timing: bool) -> None:
         for worker in self.workers:
             worker.call("reset", timing=timing)
+
+    def disconnect(self) -> None:
+        """Drop every client's connection at once (all client processes together)."""
+        for worker in self.workers:
+            worker.send("close")
+        for worker in self.workers:
+            worker.receive(60)
 
     def stats(self, latencies: bool = False) -> dict[str, Any]:
         answers = [worker.call("stats", latencies=latencies) for worker in self.workers]
@@ -179,6 +187,14 @@ class Clients:
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
+
+
+def merged_counts(parts: Iterator[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in parts:
+        for key, count in part.items():
+            total[key] = total.get(key, 0) + count
+    return total
 
 
 def client_plan(scenario: Scenario, index: int, prefix: str) -> dict[str, Any]:

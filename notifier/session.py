@@ -207,8 +207,10 @@ class Session:
         else:
             context.directory.forget(self)
             self.state = State.ENDED
-            await self._release()
+            # The connection stops counting first: its unbinds may wait for the broker, and a user who comes
+            # straight back must not be refused for a connection that is gone.
             context.on_finished(self)
+            await self._release()
 
     def _is_live(self) -> bool:
         return self.state is State.OPEN or self.state is State.AWAITING_AUTH
@@ -249,14 +251,14 @@ class Session:
             self._context.admission.release_user(self.identity.user)
 
     async def _release(self) -> None:
-        """Give back every topic and the user's connection slot."""
+        """Give back the user's connection slot, then every topic."""
+        self._release_user_slot()
         hub = self._context.hub
         for topic in tuple(self.topics):
             if self.identity is not None:
                 self._context.budgets.release(self.identity.user, topic)
             await hub.unsubscribe(self, topic)
         self.topics.clear()
-        self._release_user_slot()
 
     async def _read_loop(self) -> None:
         receive = self._receive

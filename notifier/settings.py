@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     broker_timeout_s: float = Field(default=5.0, gt=0)
     broker_heartbeat_s: int = Field(default=3, ge=1, le=60)
     max_pending_publishes: int = Field(default=256, ge=1)
+    # Binding topics at RabbitMQ: how long a connecting client waits its turn for its bind, how many binds may
+    # wait at once (past that a client is refused with 1013 at once), and how long a topic no one holds any
+    # more stays bound (a client that comes back within it needs no bind).
+    bind_wait_s: float = Field(default=20.0, gt=0)
+    bind_queue_size: int = Field(default=10_000, ge=1)
+    bind_linger_s: float = Field(default=30.0, ge=0)
 
     # Tokens
     jwt_secret: str = ""

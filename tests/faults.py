@@ -1,5 +1,5 @@
-"""Real faults for the tests: a TCP proxy in front of RabbitMQ that can cut the line, and closing our own
-broker connections with rabbitmqctl."""
+"""Real faults for the tests: a TCP proxy in front of RabbitMQ that can cut, stall or slow the line, and
+closing our own broker connections with rabbitmqctl."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ class CuttableProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._cut = False
         self._stalled = False
+        self._delay_s = 0.0
         self.port = 0
 
     async def start(self) -> None:
@@ -46,6 +47,10 @@ class CuttableProxy:
         self._cut = False
         self._stalled = False
 
+    def slow_down(self, delay_s: float) -> None:
+        """Hold what the client sends for `delay_s` before passing it on (0 for a normal line)."""
+        self._delay_s = delay_s
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._cut:
             writer.transport.abort()
@@ -57,14 +62,18 @@ class CuttableProxy:
             return
         self._writers.update((writer, upstream_writer))
         await asyncio.gather(
-            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer), return_exceptions=True
+            self._pipe(reader, upstream_writer, upstream=True),
+            self._pipe(upstream_reader, writer, upstream=False),
+            return_exceptions=True,
         )
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool) -> None:
         try:
             while data := await reader.read(65536):
                 if self._stalled:
                     continue
+                if upstream and self._delay_s > 0:
+                    await asyncio.sleep(self._delay_s)
                 writer.write(data)
                 await writer.drain()
         finally:

@@ -52,3 +52,25 @@ def test_bench_smoke_delivers_every_event_to_every_subscriber(tmp_path: Path) ->
                 # Every event published reached every client subscribed to its topic, exactly once.
                 assert step["complete"], (name, scenario, step)
                 assert step["delivered"] == step["expected"] > 0, (name, scenario, step)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_storm_smoke_welcomes_everyone_and_leaves_no_binding(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.storm", "--smoke", "--systems", "notifier,websockets", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "storm.json").read_text())
+    assert "| notifier | drop + reconnect at once |" in (tmp_path / "storm.md").read_text()
+    for name in ("notifier", "websockets"):
+        result = report["systems"][name]["50"]
+        assert "error" not in result, (name, result)
+        for phase in ("connect", "reconnect", "reconnect_2s"):
+            assert (result[phase]["welcomed"], result[phase]["refused"]) == (50, 0), (name, phase, result[phase])
+    assert report["systems"]["notifier"]["50"]["leave"]["bindings_left"] == 0

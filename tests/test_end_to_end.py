@@ -139,8 +139,8 @@ async def test_poisoned_message_is_dead_lettered_and_next_event_still_delivered(
 async def test_two_instances_bind_only_their_clients_topics_and_deliver_only_to_them(
     start_server: StartServer, connect: ConnectClient, publisher: Publisher, exchange: str
 ) -> None:
-    first = await start_server()
-    second = await start_server()
+    first = await start_server(bind_linger_s=0.5)
+    second = await start_server(bind_linger_s=0.5)
     alice = await connect(first, "alice", topics=["rooms.*"])
     bob = await connect(second, "bob", topics=["rooms.*"])
     await alice.subscribe("rooms.red")
@@ -160,7 +160,7 @@ async def test_two_instances_bind_only_their_clients_topics_and_deliver_only_to_
     await alice.expect_silence()
     assert first.node.stats.events_in == 1  # RabbitMQ routed only alice's event to the first instance
 
-    # The last subscriber leaving unbinds the topic at the broker.
+    # The last subscriber leaving unbinds the topic at the broker, once it lingered NOTIFIER_BIND_LINGER_S.
     await alice.request({"type": "unsubscribe", "topic": "rooms.red"})
     await alice.close()
     await bob.close()

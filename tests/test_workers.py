@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -14,10 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from notifier.settings import Settings
 from notifier.workers import shutdown_bound_s
-from tests.support import API_KEY, SECRET, Client, Publisher, rabbitmqctl_rows
+from tests.support import API_KEY, SECRET, Client, Publisher, rabbitmqctl_rows, token_for
 from tests.support_workers import (
     SHUTDOWN_TIMEOUT_S,
     START_TIMEOUT_S,
@@ -25,7 +27,35 @@ from tests.support_workers import (
     connect_until_every_queue_has_clients,
     expect_each_user_gets_its_event,
     group_alive,
+    queue_of_topic,
 )
+
+
+async def open_user(service: Service, user: str) -> tuple[websockets.ClientConnection, dict[str, Any]]:
+    """Connect and authenticate `user`; its first answer is a welcome, or a close with its code."""
+    connection = await websockets.connect(service.ws_url, open_timeout=30)
+    try:
+        await connection.send(json.dumps({"type": "auth", "token": token_for(user)}))
+        return connection, json.loads(await asyncio.wait_for(connection.recv(), 60))
+    except websockets.ConnectionClosed as closed:
+        return connection, {"type": "closed", "code": closed.rcvd.code if closed.rcvd else None}
+
+
+@pytest.mark.slow
+async def test_a_reconnect_storm_on_two_workers_leaves_no_binding_and_refuses_no_one(start_service: Any) -> None:
+    service: Service = start_service("--workers", "2", NOTIFIER_BIND_LINGER_S="1")
+    service.wait_for_queues(2)
+    users = [f"storm{n}" for n in range(600)]
+    for _round in range(2):  # everyone connects at once; then everyone drops and comes back at once
+        opened = await asyncio.gather(*(open_user(service, user) for user in users))
+        refused = [answer for _, answer in opened if answer["type"] != "welcome"]
+        assert refused == []
+        await asyncio.gather(*(connection.close() for connection, _ in opened))
+
+    deadline = time.monotonic() + 30
+    while bound := queue_of_topic(service.exchange):
+        assert time.monotonic() < deadline, f"{len(bound)} bindings left, e.g. {list(bound.items())[:3]}"
+        await asyncio.sleep(0.5)
 
 
 def test_workers_setting_is_bounded() -> None:

@@ -25,6 +25,7 @@ from aio_pika.abc import (
 )
 
 from notifier.broker.base import BrokerUnavailable, EventHandler
+from notifier.broker.bindings import Bindings, ChannelSource
 from notifier.events import TIMESTAMP_MS_HEADER, UnusableMessage, event_from_message, now_ms, publish_time_ms
 from notifier.settings import Settings
 
@@ -33,8 +34,11 @@ log = structlog.get_logger("notifier.broker")
 # Acknowledge with one `multiple` ack per burst of messages, at most this many at a time.
 ACK_BATCH = 64
 
-# Channels used for bind and unbind, so that several can be in flight at once.
-BIND_CHANNELS = 4
+# Channels that send binds (pipelined batches, one sender each), plus one that sends unbinds. Six come close
+# to the broker's own ceiling from one instance (python -m bench.bindrate; three gave about two thirds of it).
+BIND_CHANNELS = 6
+# Binds sent back to back before one confirmed bind acts as the barrier for them all.
+BIND_BATCH = 256
 
 # The header that tells an operator reading the dead-letter queue why notifier refused a message.
 ERROR_HEADER = "x-notifier-error"
@@ -88,11 +92,14 @@ class AmqpBroker:
         self._unacked = 0
         self._ack_flush_scheduled = False
         self._settling: set[asyncio.Task[None]] = set()
-        # Unbinds that failed while disconnected; retried after each reconnect so no stale binding stays.
-        self._pending_unbinds: set[str] = set()
-        self._bound: set[str] = set()
-        self._bind_channels: list[AbstractRobustChannel] = []
-        self._next_bind_channel = 0
+        self.bindings = Bindings(
+            self.queue_name,
+            self._exchange_name,
+            wait_s=settings.bind_wait_s,
+            max_waiting=settings.bind_queue_size,
+            linger_s=settings.bind_linger_s,
+            batch=BIND_BATCH,
+        )
         self.reconnects = 0
         self.dead_lettered = 0
         self._pending_publishes = 0
@@ -147,7 +154,7 @@ class AmqpBroker:
                 "x-overflow": "drop-head",
             },
         )
-        self._bind_channels = [await connection.channel() for _ in range(BIND_CHANNELS)]
+        await self._start_bindings(connection)
         publish_channel = await connection.channel(publisher_confirms=True)
         self._publish_exchange = await publish_channel.get_exchange(settings.exchange, ensure=False)
         self._dead_letter_exchange = await publish_channel.get_exchange(settings.dead_letter_exchange, ensure=False)
@@ -183,6 +190,7 @@ class AmqpBroker:
             await asyncio.wait(self._settling, timeout=self._settings.broker_timeout_s)
 
     async def close(self) -> None:
+        await self.bindings.stop()
         if self._connection is not None:
             connection, self._connection = self._connection, None
             try:
@@ -193,38 +201,15 @@ class AmqpBroker:
     async def bind(self, topic: str) -> None:
         if not self.ready:
             raise BrokerUnavailable("not connected to RabbitMQ")
-        try:
-            await within(self._queue_bind(topic), self._settings.broker_timeout_s)
-        except _BROKER_ERRORS as error:
-            raise BrokerUnavailable(f"cannot bind {topic}: {error!r}") from None
-        self._bound.add(topic)
-        self._pending_unbinds.discard(topic)
+        await self.bindings.bind(topic)
 
     async def unbind(self, topic: str) -> None:
-        self._bound.discard(topic)
-        try:
-            if not self.ready:
-                raise BrokerUnavailable("not connected to RabbitMQ")
-            await within(self._queue_unbind(topic), self._settings.broker_timeout_s)
-        except (*_BROKER_ERRORS, BrokerUnavailable) as error:
-            log.warning("broker_unbind_deferred", topic=topic, error=repr(error))
-            self._pending_unbinds.add(topic)
+        self.bindings.unbind(topic)
 
-    async def _queue_bind(self, topic: str) -> None:
-        channel = await self._binding_channel()
-        await channel.queue_bind(self.queue_name, self._exchange_name, routing_key=topic)
-
-    async def _queue_unbind(self, topic: str) -> None:
-        channel = await self._binding_channel()
-        await channel.queue_unbind(self.queue_name, self._exchange_name, routing_key=topic)
-
-    async def _binding_channel(self) -> aiormq.abc.AbstractChannel:
-        """The next of a few channels for bind/unbind: one channel runs one request at a time, and a burst
-        of connecting clients (each binding its personal topic) should not queue behind a single one."""
-        if not self._bind_channels:
-            raise BrokerUnavailable("not connected to RabbitMQ")
-        self._next_bind_channel = (self._next_bind_channel + 1) % len(self._bind_channels)
-        return await self._bind_channels[self._next_bind_channel].get_underlay_channel()
+    async def _start_bindings(self, connection: AbstractRobustConnection) -> None:
+        channels = [await connection.channel() for _ in range(BIND_CHANNELS + 1)]
+        await self.bindings.stop()  # from an earlier attempt to connect
+        self.bindings.start([_underlay(channel) for channel in channels[:-1]], _underlay(channels[-1]))
 
     async def publish(self, topic: str, data: bytes, event_id: str) -> None:
         if self._publish_exchange is None or not self.ready:
@@ -349,16 +334,17 @@ class AmqpBroker:
 
     async def _after_reconnect(self, *_: object) -> None:
         """Bindings live on the queue, which outlives a short outage; if it expired meanwhile, aio-pika
-        re-declared it empty, so bind every topic again (binding twice is harmless) and finish the unbinds
+        re-declared it empty, so bind every topic again (binding twice is harmless) and send the unbinds
         that could not be sent while disconnected."""
         self.reconnects += 1
         log.info("broker_reconnected", queue=self.queue_name, reconnects=self.reconnects)
-        try:
-            for topic in tuple(self._bound):
-                await asyncio.wait_for(self._queue_bind(topic), self._settings.broker_timeout_s)
-        except _BROKER_ERRORS as error:
-            log.warning("broker_rebind_failed", error=repr(error))
-        for topic in tuple(self._pending_unbinds):
-            await self.unbind(topic)
-            if topic not in self._pending_unbinds:
-                log.info("broker_unbind_done", topic=topic)
+        self.bindings.after_reconnect()
+
+
+def _underlay(channel: AbstractRobustChannel) -> ChannelSource:
+    """The robust channel's current underlying channel (a new one after each reconnect)."""
+
+    async def source() -> aiormq.abc.AbstractChannel:
+        return await channel.get_underlay_channel()
+
+    return source
