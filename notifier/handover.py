@@ -9,11 +9,13 @@ handed-over events first, then the ones it received itself that were not among t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import structlog
 
+from notifier.broker import BrokerUnavailable
 from notifier.directory import SessionDirectory
 from notifier.wire import Frame
 
@@ -24,6 +26,9 @@ HAND_OVER = "session.hand_over"
 
 # A hand-over larger than this is refused (the client gets `recovered: false`): it travels as one message.
 MAX_HANDOVER_BYTES = 16 * 1024 * 1024
+# Requests to other instances in flight at once; in a reconnect storm the rest wait their turn rather than
+# overrun the control plane's bound on pending requests (the wait is not counted against the timeout).
+MAX_REQUESTS_IN_FLIGHT = 200
 
 Reply = dict[str, Any] | None
 
@@ -58,6 +63,7 @@ class SessionHandOver:
         self._control = control
         self._directory = directory
         self._timeout_s = timeout_s
+        self._in_flight = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
         control.on(DESCRIBE, self._describe)
         control.on(HAND_OVER, self._hand_over)
 
@@ -81,9 +87,7 @@ class SessionHandOver:
         holder = self.holder(session_id)
         if holder is None or not self._alive(holder):
             return None
-        reply = await self._control.ask(
-            holder, DESCRIBE, {"session": session_id, "user": user}, timeout=self._timeout_s
-        )
+        reply = await self._ask(holder, DESCRIBE, {"session": session_id, "user": user})
         if not reply or not reply.get("found"):
             return None
         topics = reply.get("topics")
@@ -99,7 +103,7 @@ class SessionHandOver:
         if holder is None:
             return None
         args = {"session": session_id, "user": user, "received": received}
-        reply = await self._control.ask(holder, HAND_OVER, args, timeout=self._timeout_s)
+        reply = await self._ask(holder, HAND_OVER, args)
         if not reply or not reply.get("found"):
             return None
         try:
@@ -107,6 +111,15 @@ class SessionHandOver:
         except (KeyError, TypeError, AttributeError):
             log.warning("handover_bad_reply", holder=holder, kind=HAND_OVER)
             return None
+
+    async def _ask(self, holder: str, kind: str, args: dict[str, Any]) -> Reply:
+        """The holder's answer, or None when there is none in time (or the request could not be sent)."""
+        async with self._in_flight:
+            try:
+                return await self._control.ask(holder, kind, args, timeout=self._timeout_s)
+            except BrokerUnavailable as error:
+                log.info("handover_request_not_sent", holder=holder, kind=kind, error=str(error))
+                return None
 
     # The holding side.
 
