@@ -109,27 +109,22 @@ async def sign_in(url: str, client: Tracked, secret: str) -> Any:
     return ws
 
 
-async def follow(client: Tracked, ws: Any, second_url: str, secret: str, stop: asyncio.Event) -> None:
-    """Read events; after the 1012, resume on the second instance and read on until told to stop."""
-    moved = False
-    while not stop.is_set():
+async def follow(client: Tracked, ws: Any, second_url: str, secret: str) -> None:
+    """Read events; after the 1012, resume on the second instance and read on until cancelled."""
+    while True:
         try:
-            raw = await asyncio.wait_for(ws.recv(), 0.5)
-        except TimeoutError:
-            continue
+            async for raw in ws:
+                frame = orjson.loads(raw)
+                if frame["type"] == "event":
+                    client.received += 1
+                    client.numbers.append(frame["data"]["n"])
         except websockets.ConnectionClosed:
-            if moved:
-                raise
-            client.closed_at = time.monotonic()
-            ws = await sign_in(second_url, client, secret)
-            client.welcomed_again_at = time.monotonic()
-            moved = True
-            continue
-        frame = orjson.loads(raw)
-        if frame["type"] == "event":
-            client.received += 1
-            client.numbers.append(frame["data"]["n"])
-    await ws.close()
+            pass
+        if client.closed_at is not None:
+            return  # the second connection ended too
+        client.closed_at = time.monotonic()
+        ws = await sign_in(second_url, client, secret)
+        client.welcomed_again_at = time.monotonic()
 
 
 async def publish(exchange: str, users: list[str], stop: asyncio.Event, sent: dict[str, int]) -> None:
@@ -159,7 +154,7 @@ async def run(count: int, workdir: Path) -> dict[str, Any]:
     ports = free_port(), free_port()
     first = start_instance(ports[0], exchange, secret, workdir / "first.log")
     second = start_instance(ports[1], exchange, secret, workdir / "second.log")
-    stop_publishing, stop_reading = asyncio.Event(), asyncio.Event()
+    stop_publishing = asyncio.Event()
     try:
         await wait_ready(ports[0], first)
         await wait_ready(ports[1], second)
@@ -177,7 +172,7 @@ async def run(count: int, workdir: Path) -> dict[str, Any]:
         connect_s = time.monotonic() - started
         sent: dict[str, int] = {}
         readers = [
-            asyncio.create_task(follow(client, ws, second_url, secret, stop_reading))
+            asyncio.create_task(follow(client, ws, second_url, secret))
             for client, ws in zip(clients, sockets, strict=True)
         ]
         publisher = asyncio.create_task(publish(exchange, [client.user for client in clients], stop_publishing, sent))
@@ -198,8 +193,9 @@ async def run(count: int, workdir: Path) -> dict[str, Any]:
         settle_until = time.monotonic() + 10
         while time.monotonic() < settle_until and any(len(c.numbers) < sent.get(c.user, 0) for c in clients):
             await asyncio.sleep(0.1)
-        stop_reading.set()
         failures = [repr(task.exception()) for task in readers if task.done() and task.exception()]
+        for task in readers:
+            task.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
         first_exit = first.wait(40)
         first_stop_s = time.monotonic() - sigterm_at

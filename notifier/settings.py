@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     resume_max_events: int = Field(default=500, ge=1, le=100_000)
     max_parked_sessions: int = Field(default=10_000, ge=0)
     # How long an instance waits for another to hand a session over (each of its two requests).
-    resume_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    resume_timeout_s: float = Field(default=5.0, gt=0, le=30)
 
     # Processes: each worker is a full instance (own instance id, queue and bindings) on the same port.
     # Processes, each a full instance; "auto" is one per usable core (cgroup CPU quota or CPU affinity).
