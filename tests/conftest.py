@@ -235,7 +235,7 @@ async def publisher(rabbitmq: str, exchange: str) -> AsyncIterator[Publisher]:
 def start_service(exchange: str, tmp_path: Path) -> Iterator[Any]:
     started: list[Service] = []
 
-    def start(*args: str) -> Service:
+    def start(*args: str, **extra_env: str) -> Service:
         port = free_port()
         env = {
             **{key: value for key, value in os.environ.items() if not key.startswith("NOTIFIER_")},
@@ -249,6 +249,12 @@ def start_service(exchange: str, tmp_path: Path) -> Iterator[Any]:
             "NOTIFIER_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
             "NOTIFIER_QUEUE_EXPIRES_S": "5",
             "NOTIFIER_LOG_FORMAT": "json",
+            # Every test client comes from 127.0.0.1: the per-address limits are tested on their own (test_abuse).
+            "NOTIFIER_MAX_CONNECTIONS_PER_ADDRESS": "100000",
+            "NOTIFIER_NEW_CONNECTIONS_PER_S_PER_ADDRESS": "100000",
+            "NOTIFIER_NEW_CONNECTIONS_BURST_PER_ADDRESS": "100000",
+            "NOTIFIER_MAX_UNAUTHENTICATED_CONNECTIONS": "100000",
+            **extra_env,
         }
         log_path = tmp_path / f"notifier-{len(started)}.log"
         with log_path.open("wb") as log_file:
