@@ -7,55 +7,55 @@ back says how many it received; everything after that is replayed, if the histor
 
 from __future__ import annotations
 
-import time
 from collections import deque
-from collections.abc import Callable
 
 from notifier.wire import Frame
+
+# Records between two sweeps of frames past the window (a power of two, minus one).
+EXPIRY_EVERY = 31
 
 
 class History:
     """The last event frames of one session, bounded by age (`window_s`) and by count (`max_events`)."""
 
-    __slots__ = ("_clock", "_entries", "_max_events", "_window_s", "sent")
+    __slots__ = ("_entries", "_max_events", "_window_s", "sent")
 
-    def __init__(
-        self, *, window_s: float, max_events: int, sent: int = 0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, *, window_s: float, max_events: int, sent: int = 0) -> None:
         self._window_s = window_s
         self._max_events = max_events
-        self._clock = clock
-        self._entries: deque[tuple[float, Frame]] = deque()
+        # The frames themselves, oldest first: each carries the time it was made (one clock read per event,
+        # not per receiver, and no allocation per receiver on the hot path).
+        self._entries: deque[Frame] = deque(maxlen=max_events)  # the deque drops the oldest past the cap
         self.sent = sent  # event frames handed to this session so far: the number of the newest entry
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    @property
-    def full(self) -> bool:
-        return len(self._entries) >= self._max_events
-
     def record(self, frame: Frame) -> None:
-        """Number `frame` as the next event frame of the session; forget the oldest past either bound."""
-        now = self._clock()
-        entries = self._entries
-        entries.append((now, frame))
+        """Number `frame` as the next event frame of the session (the oldest goes past the count cap). Called
+        once per receiver of every event, so frames past the window are dropped only every few records."""
+        self._entries.append(frame)
         self.sent += 1
-        if len(entries) > self._max_events:
-            entries.popleft()
-        horizon = now - self._window_s
-        while entries and entries[0][0] < horizon:
-            entries.popleft()
+        if not self.sent & EXPIRY_EVERY:
+            self._forget_expired()
+
+    def _forget_expired(self) -> None:
+        entries = self._entries
+        if entries:
+            horizon = entries[-1].created - self._window_s
+            while entries[0].created < horizon:
+                entries.popleft()
 
     def after(self, received: int) -> list[Frame] | None:
         """The frames after the `received`-th, in order; None if some of them are no longer held (or the count
         is not one this session reached)."""
         if not 0 <= received <= self.sent:
             return None
+        self._forget_expired()
         missed = self.sent - received
         if missed > len(self._entries):
             return None
         if missed == 0:
             return []
         entries = self._entries
-        return [entries[index][1] for index in range(len(entries) - missed, len(entries))]
+        return [entries[index] for index in range(len(entries) - missed, len(entries))]

@@ -105,6 +105,7 @@ class Session:
         self.topics: set[str] = set()
         self.history = History(window_s=settings.resume_window_s, max_events=settings.resume_max_events)
         self._holds_user_slot = False
+        self._sent_when_parked = 0
         self._dropped_on_resume: Session | None = None  # a resumed session whose leftover topics are released
         self._close_reason: CloseReason | None = None
         self._client_close_code: int | None = None
@@ -134,7 +135,7 @@ class Session:
         elif state is State.CLOSING or state is State.AWAITING_AUTH:
             self.history.record(frame)  # sent after the welcome, or replayed if the session is resumed
         elif state is State.PARKED:
-            if self.history.full:
+            if self.history.sent - self._sent_when_parked >= self._settings.resume_max_events:
                 self._log.info("parked_session_overflowed", user=self.user)
                 self._context.directory.end(self)  # it missed more than it can hold: never recoverable
             else:
@@ -200,6 +201,7 @@ class Session:
             context.on_finished(self)  # a new connection holds its topics now
         elif self._parkable():
             self.state = State.PARKED
+            self._sent_when_parked = self.history.sent
             self._release_user_slot()
             context.on_finished(self)
             context.directory.park(self)

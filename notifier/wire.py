@@ -6,6 +6,8 @@ receiver: the hub builds them once and each session's sender writes them (see no
 
 from __future__ import annotations
 
+import time
+
 _TEXT_OPCODE_FIN = 0x81
 
 
@@ -25,11 +27,12 @@ class Frame:
     """A server message as a WebSocket text frame: its JSON payload and its wire bytes, made once and shared by
     every receiver."""
 
-    __slots__ = ("event_id", "payload", "topic", "wire")
+    __slots__ = ("created", "event_id", "payload", "topic", "wire")
 
     def __init__(self, payload: bytes, topic: str | None = None, event_id: str | None = None) -> None:
         self.payload = payload
         self.wire = encode_text_frame(payload)
+        self.created = time.monotonic()  # once per event, so a session's history needs no clock per receiver
         # An event frame's topic and event id (for a resume); None for the server's other messages.
         self.topic = topic
         self.event_id = event_id
