@@ -348,12 +348,8 @@ class Session:
             if remote is not None and remote.holder(resume.session) is not None:
                 await self._resume_from(remote, identity, resume)
                 return
-        if not context.admission.admit_user(identity.user):
-            self.close(closecodes.USER_CONNECTION_LIMIT)
+        if not self._admit(identity):
             return
-        self.identity = identity
-        self._holds_user_slot = True
-        self._log = self._log.bind(user=identity.user)
         personal = identity.grants.personal_topic
         try:
             await context.hub.subscribe(self, personal)
@@ -369,6 +365,16 @@ class Session:
         # Events of the personal topic that arrived between the bind and the welcome follow it.
         for frame in self.history.after(0) or ():
             self._outbox.offer(frame)
+
+    def _admit(self, identity: Identity) -> bool:
+        """Take one of the user's connection slots for this session, or close it with 4502."""
+        if not self._context.admission.admit_user(identity.user):
+            self.close(closecodes.USER_CONNECTION_LIMIT)
+            return False
+        self.identity = identity
+        self._holds_user_slot = True
+        self._log = self._log.bind(user=identity.user)
+        return True
 
     def _go_live(
         self, identity: Identity, topics: list[str], *, recovered: bool, dropped: list[str] | None = None
@@ -431,12 +437,8 @@ class Session:
         held = await remote.topics_of(resume.session, identity.user)
         if not self._is_awaiting_auth():
             return
-        if not context.admission.admit_user(identity.user):
-            self.close(closecodes.USER_CONNECTION_LIMIT)
+        if not self._admit(identity):
             return
-        self.identity = identity
-        self._holds_user_slot = True
-        self._log = self._log.bind(user=identity.user)
         personal = identity.grants.personal_topic
         granted = {topic for topic in held or () if identity.grants.allows(topic)} - {personal}
         others = sorted(topic for topic in granted if context.budgets.hold(identity.user, topic))

@@ -27,6 +27,7 @@ import websockets
 from websockets.typing import Origin
 
 from notifier.node import Node
+from tests.faults import CuttableProxy
 from tests.support import (
     AMQP_URL,
     API_KEY,
@@ -276,3 +277,12 @@ def start_service(exchange: str, tmp_path: Path) -> Iterator[Any]:
             os.killpg(service.process.pid, signal.SIGKILL)
         service.process.wait(10)
         asyncio.run(delete_queues(service.seen_queues | instance_queues(exchange)))
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[CuttableProxy]:
+    """A TCP line to the broker under test that the test can cut, stall or slow down (tests/faults.py)."""
+    line = CuttableProxy()
+    await line.start()
+    yield line
+    await line.stop()

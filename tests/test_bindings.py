@@ -4,7 +4,6 @@ comes straight back is never refused for its own old connection, and no binding 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 import websockets
@@ -23,14 +22,6 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.rabbitmq
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[CuttableProxy]:
-    line = CuttableProxy()
-    await line.start()
-    yield line
-    await line.stop()
 
 
 async def open_authenticated(running: RunningServer, user: str) -> tuple[Client, dict[str, object]]:

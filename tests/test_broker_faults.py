@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
 import aio_pika
 import httpx
@@ -30,14 +29,6 @@ OUTAGE_S = 30.0
 async def readyz(running: RunningServer) -> int:
     async with httpx.AsyncClient(base_url=running.http_url) as http:
         return (await http.get("/readyz")).status_code
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[CuttableProxy]:
-    line = CuttableProxy()
-    await line.start()
-    yield line
-    await line.stop()
 
 
 async def test_connection_closed_by_rabbitmq_is_restored_with_its_bindings(

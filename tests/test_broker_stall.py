@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import httpx
-import pytest
 
 from notifier import closecodes
 from tests.faults import CuttableProxy
 from tests.support import API_KEY, ConnectClient, StartServer, token_for, wait_until
 
 TIMEOUT_S = 3.0
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[CuttableProxy]:
-    line = CuttableProxy()
-    await line.start()
-    yield line
-    await line.stop()
 
 
 async def test_a_stalled_broker_is_noticed_and_answers_stay_bounded(
