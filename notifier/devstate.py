@@ -17,6 +17,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from notifier.pids import process_exists
+
 FILE_PREFIX = "dev-"
 FILE_SUFFIX = ".json"
 MAX_STATE_BYTES = 64 * 1024
@@ -109,16 +111,6 @@ def _read(path: Path) -> DevState | None:
         return None
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running() -> list[DevState]:
     """Every `notifier dev` of this user that is still running, by port."""
     try:
@@ -128,7 +120,7 @@ def running() -> list[DevState]:
     found = []
     for path in sorted(directory.glob(f"{FILE_PREFIX}*{FILE_SUFFIX}")):
         state = _read(path)
-        if state is not None and _running(state.pid):
+        if state is not None and process_exists(state.pid):
             found.append(state)
     return found
 

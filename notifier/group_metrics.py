@@ -25,6 +25,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from notifier.pids import process_exists
+
 log = structlog.get_logger("notifier.group_metrics")
 
 SNAPSHOT_INTERVAL_S = 1.0
@@ -59,18 +61,6 @@ def _families(registry: CollectorRegistry) -> list[dict[str, Any]]:
         }
         for metric in registry.collect()
     ]
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class GroupMetrics:
@@ -116,7 +106,7 @@ class GroupMetrics:
         # Read last: a worker retired meanwhile was written here before its own file was removed, so it is
         # counted once, either way.
         retired = _read(self.directory / f"{RETIRED_NAME}{SNAPSHOT_SUFFIX}") or {"pids": [], "families": []}
-        found = [(_alive(pid), families) for pid, families in workers.items() if pid not in retired["pids"]]
+        found = [(process_exists(pid), families) for pid, families in workers.items() if pid not in retired["pids"]]
         return [*found, (False, retired["families"])]
 
     def merged(self) -> Iterator[Metric]:
