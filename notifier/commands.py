@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from notifier import closecodes
 from notifier.closecodes import CloseReason
 from notifier.control import BadControlMessage, CommandArgs, ControlPlane
-from notifier.topics import InvalidTopic, is_valid_segment, validate_topic
+from notifier.grants import validate_user
+from notifier.topics import InvalidTopic, validate_topic
 
 if TYPE_CHECKING:
     from notifier.node import Node
@@ -22,10 +23,11 @@ MAX_REASON_BYTES = 100
 
 
 def check_user(value: object) -> str:
-    """A user id as tokens carry it in `sub`: one topic segment."""
-    if not isinstance(value, str) or not is_valid_segment(value):
-        raise ValueError("'user' must be a user id: 1-255 letters, digits or '_-:@' (no '.')")
-    return value
+    """A user id as tokens carry it in `sub` (the same rule: notifier/grants.py)."""
+    try:
+        return validate_user(value)
+    except InvalidTopic as error:
+        raise ValueError(f"'user': {error}") from None
 
 
 def check_reason(value: object) -> str | None:
