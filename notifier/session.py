@@ -106,7 +106,6 @@ class Session:
         self.history = History(window_s=settings.resume_window_s, max_events=settings.resume_max_events)
         self._holds_user_slot = False
         self._sent_when_parked = 0
-        self._dropped_on_resume: Session | None = None  # a resumed session whose leftover topics are released
         self._close_reason: CloseReason | None = None
         self._client_close_code: int | None = None
         self._outbox = Outbox(sender, settings.send_queue_size, self._on_outbox_overflow)
@@ -341,8 +340,9 @@ class Session:
             self.close(closecodes.RATE_LIMITED)
             return
         if resume is not None:
-            if self._resume(identity, resume):
-                await self._release_dropped_topics()
+            taken_over = self._resume(identity, resume)
+            if taken_over is not None:
+                await taken_over._release()  # the topics the new token no longer grants (or all, if refused)
                 return
             remote = context.remote_sessions
             if remote is not None and remote.holder(resume.session) is not None:
@@ -390,27 +390,23 @@ class Session:
         )
         self._outbox.offer(Frame(welcome))
 
-    def _resume(self, identity: Identity, resume: messages.Resume) -> bool:
+    def _resume(self, identity: Identity, resume: messages.Resume) -> Session | None:
         """Take over the session the client had, if it is here, the same user's and still whole; all or nothing.
+        Returns the session taken over, whose leftover topics the caller releases; None if there is none.
 
         Runs without awaiting: no event can slip between the replay and the live ones that follow it."""
         context = self._context
         old = context.directory.find(resume.session)
         if not isinstance(old, Session) or old is self or old.user != identity.user:
-            return False  # unknown here, or someone else's: a fresh session, and nothing of theirs is shown
+            return None  # unknown here, or someone else's: a fresh session, and nothing of theirs is shown
         replay = old.history.after(resume.received)
         if replay is None:
             if old.state is State.PARKED:
                 context.directory.end(old)  # the client can never get it back whole
-            return False
+            return None
         old.hand_over()
-        if not context.admission.admit_user(identity.user):
-            self._adopt_nothing_from(old)
-            self.close(closecodes.USER_CONNECTION_LIMIT)
-            return True
-        self.identity = identity
-        self._holds_user_slot = True
-        self._log = self._log.bind(user=identity.user)
+        if not self._admit(identity):
+            return old  # closed with 4502; the old session's topics are released all the same
         kept = {topic for topic in old.topics if identity.grants.allows(topic)}
         hub = context.hub
         for topic in kept:
@@ -422,13 +418,12 @@ class Session:
         )
         personal = identity.grants.personal_topic
         topics = [personal, *sorted(kept - {personal})]
-        self._dropped_on_resume = old
         self._go_live(identity, topics, recovered=True, dropped=sorted(old.topics))
         for frame in replay:
             if frame.topic in kept:
                 self.offer(frame)
         self._log.info("session_resumed", replayed=len(replay), received=resume.received)
-        return True
+        return old
 
     async def _resume_from(self, remote: RemoteSessions, identity: Identity, resume: messages.Resume) -> None:
         """Resume a session another instance holds: bind its topics first (this session keeps their events from
@@ -500,16 +495,6 @@ class Session:
         """Another instance resumed this session: let go of it and release what it holds."""
         self.hand_over()
         self._context.directory.release_later(self._release())
-
-    def _adopt_nothing_from(self, old: Session) -> None:
-        """A resume that cannot go on: the old session's topics are released all the same."""
-        self._dropped_on_resume = old
-
-    async def _release_dropped_topics(self) -> None:
-        old = self._dropped_on_resume
-        self._dropped_on_resume = None
-        if old is not None:
-            await old._release()
 
     async def _refresh(self, frame: messages.Refresh) -> None:
         assert self.identity is not None
