@@ -135,7 +135,10 @@ class Node:
         await self.drain()
         self.directory.end_all_parked()
         await self._within_deadline(self.directory.wait_released(), "release_parked_sessions")
-        await self._within_deadline(self.broker.close(), "broker_close")
+        # With resume on, whatever is left in the queue was for sessions that moved or ended: delete it with its
+        # bindings. With resume off, the queue keeps what was not consumed until it expires (docs/guarantees.md).
+        delete_queue = self.settings.resume_window_s > 0
+        await self._within_deadline(self.broker.close(delete_queue=delete_queue), "broker_close")
 
     async def _within_deadline(self, step: Coroutine[Any, Any, None], name: str) -> None:
         remaining = max(0.1, self._stop_deadline - time.monotonic())

@@ -44,10 +44,14 @@ class Settings(BaseSettings):
     max_pending_publishes: int = Field(default=256, ge=1)
     # Binding topics at RabbitMQ: how long a connecting client waits its turn for its bind, how many binds may
     # wait at once (past that a client is refused with 1013 at once), and how long a topic no one holds any
-    # more stays bound (a client that comes back within it needs no bind).
+    # more stays bound (a client that comes back within it needs no bind). From bind_cover_at waiting binds on
+    # (a storm; 0: never), a namespace is bound whole (`user.#`) until its own binds are done, so clients need
+    # not wait for theirs; at most bind_max_covers namespaces at once.
     bind_wait_s: float = Field(default=20.0, gt=0)
-    bind_queue_size: int = Field(default=10_000, ge=1)
+    bind_queue_size: int = Field(default=50_000, ge=1)
     bind_linger_s: float = Field(default=30.0, ge=0)
+    bind_cover_at: int = Field(default=64, ge=0)
+    bind_max_covers: int = Field(default=16, ge=0)
 
     # Tokens
     jwt_secret: str = ""

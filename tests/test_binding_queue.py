@@ -46,7 +46,7 @@ async def make(channel: RecordingChannel, **overrides: Any) -> Bindings:
     async def source() -> Any:
         return channel
 
-    bindings.start([source], source)
+    bindings.start([source], source, source)
     return bindings
 
 
@@ -155,3 +155,87 @@ async def test_a_failed_request_is_sent_again_and_its_waiter_still_gets_in(
     await asyncio.wait_for(bindings.bind("user.a"), 3)
     assert channel.sent == [("bind", "user.a", False), ("bind", "user.a", False)]
     assert bindings.maybe_bound == {"user.a"}
+
+
+async def make_with_cover(
+    binds: RecordingChannel, others: RecordingChannel, cover_at: int, max_covers: int = 4
+) -> Bindings:
+    """Binds go on `binds`; unbinds and covers on `others`, so a test can hold up the binds alone."""
+    bindings = Bindings(
+        "q", "x", wait_s=5.0, max_waiting=100, linger_s=0.0, batch=4, cover_at=cover_at, max_covers=max_covers
+    )
+
+    async def bind_source() -> Any:
+        return binds
+
+    async def other_source() -> Any:
+        return others
+
+    bindings.start([bind_source], other_source, other_source)
+    return bindings
+
+
+async def test_in_a_storm_a_cover_lets_clients_in_before_their_own_binds(stop_after: list[Bindings]) -> None:
+    binds, others = RecordingChannel(), RecordingChannel()
+    binds.open.clear()  # RabbitMQ is busy with binds
+    bindings = await make_with_cover(binds, others, cover_at=3)
+    stop_after.append(bindings)
+    first = [asyncio.create_task(bindings.bind(f"user.{n}")) for n in range(2)]
+    await settle()
+    # From the third waiting bind on, `user.#` is bound on its own channel and each client gets in at once.
+    covered = [asyncio.create_task(bindings.bind(f"user.{n}")) for n in range(2, 10)]
+    await asyncio.wait_for(asyncio.gather(*covered), 2)
+    assert others.sent == [("bind", "user.#", False)]
+    assert bindings.covers == {"user"}
+    assert not any(task.done() for task in first)  # below the threshold they wait for their own bind
+    assert bindings.waiting == 10
+
+    binds.open.set()
+    await asyncio.wait_for(asyncio.gather(*first), 2)
+    await settle()
+    # Every bind it stood in for is confirmed: the cover is removed, the topics stay bound one by one.
+    assert bindings.waiting == 0
+    assert bindings.covers == frozenset()
+    assert others.sent == [("bind", "user.#", False), ("unbind", "user.#", False)]
+    assert bindings.maybe_bound == {f"user.{n}" for n in range(10)}
+    assert sorted(topic for kind, topic, _ in binds.sent if kind == "bind") == sorted(f"user.{n}" for n in range(10))
+
+
+async def test_a_cover_covers_only_its_namespace_and_their_number_is_bounded(stop_after: list[Bindings]) -> None:
+    binds, others = RecordingChannel(), RecordingChannel()
+    binds.open.clear()
+    bindings = await make_with_cover(binds, others, cover_at=2, max_covers=1)
+    stop_after.append(bindings)
+    waiting = [asyncio.create_task(bindings.bind(topic)) for topic in ("user.a", "user.b", "user.c")]
+    await settle()
+    assert bindings.covers == {"user"}
+    # Another namespace in the same storm would need a second cover: past NOTIFIER_BIND_MAX_COVERS it waits.
+    room = asyncio.create_task(bindings.bind("room.1"))
+    await settle()
+    assert not room.done()
+    assert others.sent == [("bind", "user.#", False)]
+    binds.open.set()
+    await asyncio.wait_for(asyncio.gather(room, *waiting), 2)
+
+
+async def test_without_a_storm_there_is_no_cover(channel: RecordingChannel, stop_after: list[Bindings]) -> None:
+    bindings = await make_with_cover(channel, channel, cover_at=3)
+    stop_after.append(bindings)
+    for n in range(10):
+        await bindings.bind(f"user.{n}")  # one at a time: never three waiting
+    assert [topic for _, topic, _ in channel.sent] == [f"user.{n}" for n in range(10)]
+    assert bindings.covers_bound == 0
+
+
+async def test_a_user_who_leaves_while_covered_is_unbound(stop_after: list[Bindings]) -> None:
+    binds, others = RecordingChannel(), RecordingChannel()
+    binds.open.clear()
+    bindings = await make_with_cover(binds, others, cover_at=1)
+    stop_after.append(bindings)
+    await asyncio.wait_for(bindings.bind("user.gone"), 2)  # in through the cover
+    bindings.unbind("user.gone")  # and gone before its own bind was confirmed
+    binds.open.set()
+    await asyncio.sleep(0.2)
+    assert bindings.covers == frozenset()
+    assert bindings.maybe_bound == frozenset()
+    assert bindings.waiting == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aio_pika
 import pytest
 import websockets
 
@@ -16,6 +17,7 @@ from tests.support import (
     Publisher,
     RunningServer,
     StartServer,
+    amqp_url_through,
     bindings_of,
     token_for,
     wait_until,
@@ -39,9 +41,7 @@ async def open_authenticated(running: RunningServer, user: str) -> tuple[Client,
 async def test_a_bind_that_times_out_refuses_only_its_own_connection(
     start_server: StartServer, connect: ConnectClient, publisher: Publisher, proxy: CuttableProxy, exchange: str
 ) -> None:
-    running = await start_server(
-        amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/", bind_wait_s=1.0, bind_linger_s=0
-    )
+    running = await start_server(amqp_url=amqp_url_through(proxy.port), bind_wait_s=1.0, bind_linger_s=0)
     proxy.slow_down(2.5)  # RabbitMQ answers every bind 2.5 s late, past NOTIFIER_BIND_WAIT_S
     late = await asyncio.gather(*(open_authenticated(running, f"late{n}") for n in range(6)))
     assert [answer for _, answer in late] == [{"type": "closed", "code": closecodes.TRY_AGAIN_LATER.code}] * 6
@@ -73,7 +73,7 @@ async def test_users_who_drop_and_come_back_at_once_are_not_refused_for_their_ol
 ) -> None:
     users = [f"back{n}" for n in range(30)]
     running = await start_server(
-        amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
+        amqp_url=amqp_url_through(proxy.port),
         max_connections=len(users),
         max_connections_per_user=1,
         bind_linger_s=0,
@@ -109,9 +109,7 @@ async def test_a_connect_and_leave_storm_leaves_no_binding(start_server: StartSe
 async def test_connections_wait_their_turn_for_the_broker_up_to_the_bind_queue_size(
     start_server: StartServer, proxy: CuttableProxy
 ) -> None:
-    running = await start_server(
-        amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/", bind_queue_size=3, bind_wait_s=15
-    )
+    running = await start_server(amqp_url=amqp_url_through(proxy.port), bind_queue_size=3, bind_wait_s=15)
     proxy.slow_down(1.0)
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -127,3 +125,52 @@ async def test_connections_wait_their_turn_for_the_broker_up_to_the_bind_queue_s
     # Three wait for the slow broker and get in; the rest are told at once, not after a timeout.
     assert len(welcomed) == 3 and len(refused) == 5, answers
     assert max(refused) < 1.0 <= min(welcomed)
+
+
+async def test_a_namespace_cover_routes_each_event_to_the_queue_once(rabbitmq: str, exchange: str) -> None:
+    """What a storm's cover relies on: `user.#` matches `user` and every `user.<...>`, and a message that matches
+    both the cover and a topic's own binding reaches the queue once."""
+    connection = await aio_pika.connect(rabbitmq)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        declared = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(declared, "user.#")
+        await queue.bind(declared, "user.a")
+        for topic in ("user.a", "user", "user.b.c", "room.1", "users.a"):
+            await declared.publish(aio_pika.Message(topic.encode()), routing_key=topic)
+        received = []
+        while (message := await queue.get(fail=False, no_ack=True)) is not None:
+            received.append(message.body.decode())
+        assert sorted(received) == ["user", "user.a", "user.b.c"]
+
+
+async def test_in_a_storm_clients_get_in_under_a_cover_and_each_event_arrives_once(
+    start_server: StartServer, publisher: Publisher, proxy: CuttableProxy, exchange: str
+) -> None:
+    users = [f"covered{n}" for n in range(60)]
+    running = await start_server(amqp_url=amqp_url_through(proxy.port), bind_cover_at=5, bind_linger_s=0)
+    proxy.slow_down(0.3)  # RabbitMQ is busy: binds pile up
+    bindings = running.node.broker.bindings  # type: ignore[attr-defined]
+
+    async def arrive(user: str) -> list[dict[str, object]]:
+        client, answer = await open_authenticated(running, user)
+        assert answer["type"] == "welcome", answer
+        await publisher.publish(f"user.{user}", user)  # right after the welcome, maybe before its own bind
+        await publisher.publish("user.nobody-here", user)  # routed here by the cover, held by no one
+        frames = [await client.expect_event(f"user.{user}")]
+        await client.expect_silence(1.0)  # and only once
+        await client.close()
+        return frames
+
+    delivered = await asyncio.gather(*(arrive(user) for user in users))
+    assert [frames[0]["data"] for frames in delivered] == users
+    assert bindings.covers_bound >= 1
+    proxy.slow_down(0)
+    queue = running.node.broker.queue_name  # type: ignore[attr-defined]
+
+    async def cover_removed_and_nothing_left() -> bool:
+        return not (await asyncio.to_thread(bindings_of, exchange)).get(queue)
+
+    await wait_until(cover_removed_and_nothing_left, 30, interval=0.5)
+    assert bindings.covers == frozenset()

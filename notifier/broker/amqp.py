@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 import uuid
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -34,7 +35,8 @@ log = structlog.get_logger("notifier.broker")
 # Acknowledge with one `multiple` ack per burst of messages, at most this many at a time.
 ACK_BATCH = 64
 
-# Channels that send binds (pipelined batches, one sender each), plus one that sends unbinds. Six come close
+# Channels that send binds (pipelined batches, one sender each), plus one that sends unbinds and one that
+# sends a storm's covers (notifier/broker/bindings.py). Six come close
 # to the broker's own ceiling from one instance (python -m bench.bindrate; three gave about two thirds of it).
 BIND_CHANNELS = 6
 # Binds sent back to back before one confirmed bind acts as the barrier for them all.
@@ -99,6 +101,8 @@ class AmqpBroker:
             max_waiting=settings.bind_queue_size,
             linger_s=settings.bind_linger_s,
             batch=BIND_BATCH,
+            cover_at=settings.bind_cover_at,
+            max_covers=settings.bind_max_covers,
         )
         self.reconnects = 0
         self.dead_lettered = 0
@@ -189,14 +193,32 @@ class AmqpBroker:
         if self._settling:
             await asyncio.wait(self._settling, timeout=self._settings.broker_timeout_s)
 
-    async def close(self) -> None:
+    async def close(self, *, delete_queue: bool = False) -> None:
         await self.bindings.stop()
+        if delete_queue:
+            await self._delete_queue()
         if self._connection is not None:
             connection, self._connection = self._connection, None
             try:
                 await asyncio.wait_for(connection.close(), self._settings.broker_timeout_s)
             except _BROKER_ERRORS as error:
                 log.warning("broker_close_failed", error=repr(error))
+
+    async def _delete_queue(self) -> None:
+        """One request removes the queue with all its bindings: unbinding 15,000 topics one by one would take
+        RabbitMQ longer than a graceful stop may last. If it fails, the queue expires after
+        NOTIFIER_QUEUE_EXPIRES_S, and its bindings with it."""
+        if self._connection is None or not self.ready:
+            return
+        started = time.monotonic()
+        try:
+            channel = await self._connection.channel()
+            await channel.queue_delete(self.queue_name)
+            await channel.close()
+        except _BROKER_ERRORS as error:
+            log.warning("broker_queue_delete_failed", queue=self.queue_name, error=repr(error))
+            return
+        log.info("broker_queue_deleted", queue=self.queue_name, seconds=round(time.monotonic() - started, 3))
 
     async def bind(self, topic: str) -> None:
         if not self.ready:
@@ -207,9 +229,9 @@ class AmqpBroker:
         self.bindings.unbind(topic)
 
     async def _start_bindings(self, connection: AbstractRobustConnection) -> None:
-        channels = [await connection.channel() for _ in range(BIND_CHANNELS + 1)]
+        channels = [_underlay(await connection.channel()) for _ in range(BIND_CHANNELS + 2)]
         await self.bindings.stop()  # from an earlier attempt to connect
-        self.bindings.start([_underlay(channel) for channel in channels[:-1]], _underlay(channels[-1]))
+        self.bindings.start(channels[:BIND_CHANNELS], unbind_channel=channels[-2], cover_channel=channels[-1])
 
     async def publish(self, topic: str, data: bytes, event_id: str) -> None:
         if self._publish_exchange is None or not self.ready:

@@ -34,8 +34,8 @@ class Broker(Protocol):
     async def stop_consuming(self) -> None:
         """Stop taking new events; unacknowledged ones go back to the queue."""
 
-    async def close(self) -> None:
-        """Disconnect."""
+    async def close(self, *, delete_queue: bool = False) -> None:
+        """Disconnect; with `delete_queue`, first delete this instance's queue and with it all its bindings."""
 
     async def bind(self, topic: str) -> None:
         """Route `topic` to this instance; returns once the broker confirmed it."""

@@ -14,12 +14,18 @@ the other, for every instance at once. So:
   topic any more it is unbound again.
 - a failed request (connection lost, channel closed) leaves its topics "maybe bound"; they are sent again
   once the connection is back, so no binding is left behind and none is missing.
+- in a storm (NOTIFIER_BIND_COVER_AT binds waiting), a client does not wait for its own bind: one binding
+  `<first word>.#` (a "cover", e.g. `user.#`) routes the whole namespace here at once, the client is
+  welcomed as soon as the cover is confirmed, and its own bind follows at the broker's pace. RabbitMQ copies a
+  message once per queue however many of its bindings match, so nothing arrives twice, and the hub drops the
+  events no local client holds. The cover is removed once every bind it stood in for is confirmed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable
 
 import aiormq
@@ -51,6 +57,8 @@ class Bindings:
         max_waiting: int,
         linger_s: float,
         batch: int,
+        cover_at: int = 0,
+        max_covers: int = 0,
     ) -> None:
         self._queue = queue
         self._exchange = exchange
@@ -58,6 +66,8 @@ class Bindings:
         self._max_waiting = max_waiting
         self._linger_s = linger_s
         self._batch = batch
+        self._cover_at = cover_at
+        self._max_covers = max_covers
         self._wanted: set[str] = set()
         self._confirmed: set[str] = set()  # bound at RabbitMQ, confirmed since the last (re)connect
         self._maybe_bound: set[str] = set()  # may be bound at RabbitMQ: what an unbind must cover
@@ -66,6 +76,10 @@ class Bindings:
         self._to_unbind: dict[str, None] = {}
         self._lingering: dict[str, float] = {}  # topic -> when to unbind it; in deadline order
         self._confirmations: dict[str, asyncio.Future[None]] = {}
+        self._waiting_by_namespace: dict[str, int] = {}  # unconfirmed binds of each namespace
+        self._covers: dict[str, asyncio.Future[None]] = {}  # namespace -> done once its cover is bound
+        self._cover_channel: ChannelSource | None = None
+        self._cover_tasks: set[asyncio.Task[None]] = set()
         self._bind_work = asyncio.Event()
         self._unbind_work = asyncio.Event()
         self._unbinding: str | None = None  # the topic whose unbind is in flight: its bind must wait for it
@@ -73,6 +87,7 @@ class Bindings:
         self.binds_sent = 0
         self.unbinds_sent = 0
         self.binds_refused = 0
+        self.covers_bound = 0
 
     @property
     def waiting(self) -> int:
@@ -83,22 +98,34 @@ class Bindings:
     def maybe_bound(self) -> frozenset[str]:
         return frozenset(self._maybe_bound)
 
-    def start(self, bind_channels: list[ChannelSource], unbind_channel: ChannelSource) -> None:
-        """Start one sender per bind channel, one for unbinds and one for lingering topics."""
+    @property
+    def covers(self) -> frozenset[str]:
+        """The namespaces routed here whole right now, because a storm of binds is waiting."""
+        return frozenset(self._covers)
+
+    def start(
+        self, bind_channels: list[ChannelSource], unbind_channel: ChannelSource, cover_channel: ChannelSource
+    ) -> None:
+        """Start one sender per bind channel, one for unbinds and one for lingering topics; covers are bound
+        on `cover_channel`, so that they never queue behind a batch of binds."""
+        self._cover_channel = cover_channel
         self._tasks = [asyncio.create_task(self._send_binds(channel), name="bind-sender") for channel in bind_channels]
         self._tasks.append(asyncio.create_task(self._send_unbinds(unbind_channel), name="unbind-sender"))
         self._tasks.append(asyncio.create_task(self._expire_lingering(), name="binding-linger"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._cover_tasks]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
-        for future in self._confirmations.values():
+        for future in (*self._confirmations.values(), *self._covers.values()):
             if not future.done():
                 future.set_exception(BrokerUnavailable("broker closed"))
                 future.exception()  # retrieved: a caller that already gave up must not cause a warning
         self._confirmations.clear()
+        self._waiting_by_namespace.clear()
+        self._covers.clear()
 
     async def bind(self, topic: str) -> None:
         """Return once RabbitMQ routes `topic` to the queue; raise BrokerUnavailable after NOTIFIER_BIND_WAIT_S,
@@ -113,13 +140,23 @@ class Bindings:
             if len(self._confirmations) >= self._max_waiting:
                 self.binds_refused += 1
                 raise BrokerUnavailable(f"{len(self._confirmations)} binds already waiting for RabbitMQ")
-            future = self._confirmations[topic] = asyncio.get_running_loop().create_future()
+            future = self._add_waiting(topic)
             self._to_bind[topic] = None
             self._bind_work.set()
         self._wanted.add(topic)
-        # asyncio.wait neither cancels the future nor the request behind it when the time is up.
-        done, _ = await asyncio.wait([future], timeout=self._wait_s)
-        if not done:
+        cover = self._cover_for(topic)
+        # asyncio.wait neither cancels the futures nor the requests behind them when the time is up.
+        deadline = time.monotonic() + self._wait_s
+        while cover is not None and not future.done():
+            await asyncio.wait([future, cover], timeout=deadline - time.monotonic(), return_when=FIRST_COMPLETED)
+            if not cover.done():
+                break  # out of time
+            if not cover.cancelled() and cover.exception() is None:
+                return  # routed here by the cover; the topic's own bind follows
+            cover = None  # the broker went away under the cover: wait for the bind itself
+        if not future.done():
+            await asyncio.wait([future], timeout=max(0.0, deadline - time.monotonic()))
+        if not future.done():
             self._wanted.discard(topic)
             self._give_up(topic)
             raise BrokerUnavailable(f"bind of {topic} not confirmed within {self._wait_s} s")
@@ -142,7 +179,12 @@ class Bindings:
     def after_reconnect(self) -> None:
         """The queue may have been re-declared empty: bind every wanted topic again, and unbind the rest."""
         self._confirmed.clear()
+        for namespace, cover in list(self._covers.items()):
+            if cover.done():  # bound before the loss: not to be relied on until it is bound again
+                self._covers[namespace] = self._send_cover(namespace)
         for topic in self._wanted:
+            if _is_cover(topic):
+                continue  # sent again by its own request above, or retired
             self._to_bind[topic] = None
         for topic in self._maybe_bound - self._wanted:
             self._to_unbind[topic] = None
@@ -154,9 +196,90 @@ class Bindings:
         unbind that follows undoes it)."""
         if topic in self._to_bind and topic not in self._wanted:
             del self._to_bind[topic]
-            future = self._confirmations.pop(topic, None)
+            future = self._settle_waiting(topic)
             if future is not None and not future.done():
                 future.cancel()
+            self._retire_covers()
+
+    def _add_waiting(self, topic: str) -> asyncio.Future[None]:
+        future = self._confirmations[topic] = asyncio.get_running_loop().create_future()
+        namespace = _namespace(topic)
+        self._waiting_by_namespace[namespace] = self._waiting_by_namespace.get(namespace, 0) + 1
+        return future
+
+    def _settle_waiting(self, topic: str) -> asyncio.Future[None] | None:
+        future = self._confirmations.pop(topic, None)
+        if future is not None:
+            namespace = _namespace(topic)
+            left = self._waiting_by_namespace[namespace] - 1
+            if left:
+                self._waiting_by_namespace[namespace] = left
+            else:
+                del self._waiting_by_namespace[namespace]
+        return future
+
+    # Covers.
+
+    def _cover_for(self, topic: str) -> asyncio.Future[None] | None:
+        """The cover of `topic`'s namespace: the one in place, or a new one when a storm is on."""
+        namespace = _namespace(topic)
+        cover = self._covers.get(namespace)
+        if cover is not None:
+            return cover
+        if not self._cover_at or len(self._confirmations) < self._cover_at or len(self._covers) >= self._max_covers:
+            return None
+        pattern = _cover_pattern(namespace)
+        self._wanted.add(pattern)
+        self._lingering.pop(pattern, None)
+        self._to_unbind.pop(pattern, None)
+        if pattern in self._confirmed:  # its unbind had not been sent yet
+            cover = self._covers[namespace] = asyncio.get_running_loop().create_future()
+            cover.set_result(None)
+        else:
+            cover = self._covers[namespace] = self._send_cover(namespace)
+        log.info("bind_cover_on", pattern=pattern, binds_waiting=len(self._confirmations))
+        return cover
+
+    def _send_cover(self, namespace: str) -> asyncio.Future[None]:
+        cover: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._bind_cover(namespace, cover), name="bind-cover")
+        self._cover_tasks.add(task)
+        task.add_done_callback(self._cover_tasks.discard)
+        return cover
+
+    async def _bind_cover(self, namespace: str, cover: asyncio.Future[None]) -> None:
+        pattern = _cover_pattern(namespace)
+        assert self._cover_channel is not None, "start() first"
+        while self._covers.get(namespace) is cover:
+            if self._unbinding == pattern:  # the unbind of an earlier cover is in flight: bind after it
+                await asyncio.sleep(0.01)
+                continue
+            self._maybe_bound.add(pattern)
+            try:
+                channel = await self._cover_channel()
+                await channel.queue_bind(self._queue, self._exchange, routing_key=pattern)
+            except (*_REQUEST_ERRORS, BrokerUnavailable) as error:
+                log.warning("broker_bind_failed", topics=1, error=repr(error))
+                await asyncio.sleep(RETRY_S)
+                continue
+            self.covers_bound += 1
+            self._confirmed.add(pattern)
+            if not cover.done():
+                cover.set_result(None)
+            self._retire_covers()  # the binds it stood in for may all be confirmed already
+            return
+
+    def _retire_covers(self) -> None:
+        """Remove every bound cover whose namespace has no bind waiting any more: each topic in it is bound
+        on its own now."""
+        for namespace, cover in list(self._covers.items()):
+            if namespace in self._waiting_by_namespace or not cover.done():
+                continue
+            del self._covers[namespace]
+            pattern = _cover_pattern(namespace)
+            self._wanted.discard(pattern)
+            self._queue_unbind(pattern)  # no lingering: a cover is for the storm only
+            log.info("bind_cover_off", pattern=pattern)
 
     def _queue_unbind(self, topic: str) -> None:
         self._to_unbind[topic] = None
@@ -200,11 +323,13 @@ class Bindings:
             log.debug("binds_confirmed", topics=len(batch), seconds=round(time.monotonic() - sent_at, 3))
             for topic in batch:
                 self._confirmed.add(topic)
-                future = self._confirmations.pop(topic, None)
+                future = self._settle_waiting(topic)
                 if future is not None and not future.done():
                     future.set_result(None)
                 if topic not in self._wanted:  # its caller gave up meanwhile
                     self._queue_unbind(topic)
+            if self._covers:
+                self._retire_covers()
 
     async def _send_unbinds(self, channel_source: ChannelSource) -> None:
         while True:
@@ -246,3 +371,16 @@ class Bindings:
                 if topic not in self._wanted:
                     self._queue_unbind(topic)
             await asyncio.sleep(min(self._linger_s, 0.1) if self._lingering else 0.1)
+
+
+def _namespace(topic: str) -> str:
+    return topic.split(".", 1)[0]
+
+
+def _cover_pattern(namespace: str) -> str:
+    """`user.#` matches `user` and every `user.<...>`: RabbitMQ's `#` matches zero or more words."""
+    return f"{namespace}.#"
+
+
+def _is_cover(topic: str) -> bool:
+    return topic.endswith(".#")  # a topic a client holds never contains `#` (notifier/topics.py)

@@ -39,7 +39,7 @@ class MemoryBroker:
     async def stop_consuming(self) -> None:
         self._on_event = None
 
-    async def close(self) -> None:
+    async def close(self, *, delete_queue: bool = False) -> None:
         self._connected = False
         self._on_event = None
 
