@@ -19,6 +19,7 @@ from tests.support import (
     StartServer,
     amqp_url_through,
     bindings_of,
+    rabbitmqctl,
     token_for,
     wait_until,
 )
@@ -174,3 +175,18 @@ async def test_in_a_storm_clients_get_in_under_a_cover_and_each_event_arrives_on
 
     await wait_until(cover_removed_and_nothing_left, 30, interval=0.5)
     assert bindings.covers == frozenset()
+
+
+async def test_a_graceful_stop_takes_the_queue_and_every_binding_with_it(
+    start_server: StartServer, exchange: str
+) -> None:
+    running = await start_server(bind_linger_s=60)  # resume on (the default)
+    users = [f"stopping{n}" for n in range(100)]
+    opened = await asyncio.gather(*(open_authenticated(running, user) for user in users))
+    assert all(answer["type"] == "welcome" for _, answer in opened)
+    queue = running.node.broker.queue_name  # type: ignore[attr-defined]
+    assert len((await asyncio.to_thread(bindings_of, exchange))[queue]) == len(users)
+
+    await running.stop()  # every binding would still be lingering: no unbind has been sent
+    assert queue not in await asyncio.to_thread(rabbitmqctl, "list_queues", "name")
+    assert await asyncio.to_thread(bindings_of, exchange) == {}
