@@ -79,6 +79,12 @@ class NodeCollector(Collector):
             buckets=latency.cumulative(),
             sum_value=latency.total_s,
         )
+        yield HistogramMetricFamily(
+            "notifier_event_loop_lag_seconds",
+            "How much later than due the event loop ran a probe scheduled every 0.5 s",
+            buckets=stats.loop_lag.cumulative(),
+            sum_value=stats.loop_lag.total_s,
+        )
 
 
 def build_registry(node: Node) -> CollectorRegistry:

@@ -20,6 +20,7 @@ from notifier.budgets import UserBudgets
 from notifier.directory import SessionDirectory
 from notifier.handover import ControlPlane, SessionHandOver
 from notifier.hub import Hub
+from notifier.looplag import watch_loop_lag
 from notifier.origins import OriginPolicy
 from notifier.protocols import FRAME_BUDGET_SCOPE_KEY
 from notifier.senders import FastPathReport, choose_sender
@@ -69,6 +70,7 @@ class Node:
         self._fast_path_report = FastPathReport()
         self._accepting = True
         self._connect_task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
         self._stop_deadline = 0.0
 
     @property
@@ -77,6 +79,7 @@ class Node:
 
     async def start(self) -> None:
         """Connect to the broker; if it is not reachable yet, keep trying in the background (not ready)."""
+        self._lag_task = asyncio.create_task(watch_loop_lag(self.stats.loop_lag), name="loop-lag")
         try:
             await self.broker.connect(self.hub.deliver)
         except Exception as error:  # noqa: BLE001 - any failure to connect is retried, and logged
@@ -139,6 +142,8 @@ class Node:
         # bindings. With resume off, the queue keeps what was not consumed until it expires (docs/guarantees.md).
         delete_queue = self.settings.resume_window_s > 0
         await self._within_deadline(self.broker.close(delete_queue=delete_queue), "broker_close")
+        if self._lag_task is not None:
+            self._lag_task.cancel()
 
     async def _within_deadline(self, step: Coroutine[Any, Any, None], name: str) -> None:
         remaining = max(0.1, self._stop_deadline - time.monotonic())

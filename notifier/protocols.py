@@ -1,7 +1,9 @@
 """uvicorn's connection protocols with the limits a hostile client must not get around.
 
 - HTTP: a socket must complete its request head within NOTIFIER_HANDSHAKE_TIMEOUT_S (also between
-  keep-alive requests), so sockets that send nothing, or send a header a byte at a time, are closed.
+  keep-alive requests), so sockets that send nothing, or send a header a byte at a time, are closed. The first
+  request of each new socket takes its turn (notifier/pacing.py), so a storm of handshakes cannot stall the
+  event loop.
 - WebSocket (`websockets-sansio`, which `notifier serve` runs): backpressure. While the socket's output is
   not draining, the connection stops reading, so a client that floods pings and never reads cannot make us
   queue pongs without end; if the output stays stuck for NOTIFIER_WRITE_STALL_TIMEOUT_S the connection is
@@ -18,6 +20,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from notifier import closecodes
+from notifier.pacing import TurnPacer
 from notifier.ratelimit import RateLimiter
 from notifier.settings import Settings
 
@@ -26,15 +29,51 @@ log = structlog.get_logger("notifier.protocols")
 # Where a session finds its connection's frame budget, so text frames and pings share one bucket.
 FRAME_BUDGET_SCOPE_KEY = "notifier.frame_budget"
 
+# New sockets whose first request is handled per event loop iteration. A WebSocket's handshake, and its login in
+# the next iteration, cost about a millisecond: 64 keep an iteration well under a tenth of a second.
+FIRST_REQUESTS_PER_TURN = 64
+
 
 class LimitedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, closing sockets that do not complete a request head in time."""
 
     handshake_timeout_s: float = 10.0
+    pacer: TurnPacer = TurnPacer(FIRST_REQUESTS_PER_TURN)  # one per server: see protocol_classes
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self._had_turn = False
+        self._held: list[bytes] | None = None  # what arrived while waiting for the first turn
+
+    def data_received(self, data: bytes) -> None:
+        if self._had_turn:
+            super().data_received(data)
+        elif self._held is not None:
+            self._held.append(data)
+        elif self.pacer.take():
+            self._had_turn = True
+            super().data_received(data)
+        else:
+            # Waiting for its turn is not the client being slow: no handshake deadline until the turn comes.
+            self._held = [data]
+            self._cancel_handshake_timer()
+            self.transport.pause_reading()
+            self.pacer.wait(self._take_turn)
+
+    def _take_turn(self) -> None:
+        held, self._held = self._held, None
+        self._had_turn = True
+        if held is None or self.transport.is_closing():
+            return  # gone meanwhile
+        self._arm_handshake_timer()
+        self.transport.resume_reading()
+        for chunk in held:
+            protocol = self.transport.get_protocol()
+            if protocol is self:
+                super().data_received(chunk)
+            else:  # upgraded by an earlier chunk: the rest is the WebSocket's
+                protocol.data_received(chunk)  # type: ignore[attr-defined]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -42,6 +81,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_handshake_timer()
+        self._held = None
         super().connection_lost(exc)
 
     def on_headers_complete(self) -> None:
@@ -197,7 +237,7 @@ def protocol_classes(settings: Settings) -> tuple[type[LimitedHttpProtocol], typ
     http = type(
         "LimitedHttpProtocol",
         (LimitedHttpProtocol,),
-        {"handshake_timeout_s": settings.handshake_timeout_s},
+        {"handshake_timeout_s": settings.handshake_timeout_s, "pacer": TurnPacer(FIRST_REQUESTS_PER_TURN)},
     )
     websocket = type(
         "BackpressuredWebSocketProtocol",

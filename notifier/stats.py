@@ -7,7 +7,7 @@ from collections import Counter
 
 
 class LatencyHistogram:
-    """Publish-to-hand-off latency of events whose publisher stamped them."""
+    """A histogram of seconds: publish-to-hand-off latency, event loop lag."""
 
     BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -32,7 +32,15 @@ class LatencyHistogram:
 class Stats:
     """Counters of one instance. Each has one writer; /metrics only reads."""
 
-    __slots__ = ("closes_by_code", "events_in", "frames_dropped", "frames_out", "latency", "publish_results")
+    __slots__ = (
+        "closes_by_code",
+        "events_in",
+        "frames_dropped",
+        "frames_out",
+        "latency",
+        "loop_lag",
+        "publish_results",
+    )
 
     def __init__(self) -> None:
         self.events_in = 0  # events taken from the broker (hub)
@@ -41,3 +49,4 @@ class Stats:
         self.closes_by_code: Counter[int] = Counter()  # server-side closes (session)
         self.publish_results: Counter[int] = Counter()  # HTTP publish answers by status (publish route)
         self.latency = LatencyHistogram()  # hub
+        self.loop_lag = LatencyHistogram()  # notifier/looplag.py

@@ -23,10 +23,12 @@ class RecordingChannel:
         self.open = asyncio.Event()
         self.open.set()
 
-    async def queue_bind(self, queue: str, exchange: str, routing_key: str, nowait: bool = False) -> None:
-        self.sent.append(("bind", routing_key, nowait))
-        if not nowait:
-            await self.open.wait()
+    async def queue_bind(self, queue: str, exchange: str, routing_key: str) -> None:
+        self.sent.append(("bind", routing_key, False))
+        await self.open.wait()
+
+    async def queue_bind_nowait(self, queue: str, exchange: str, routing_keys: list[str]) -> None:
+        self.sent.extend(("bind", key, True) for key in routing_keys)
 
     async def queue_unbind(self, queue: str, exchange: str, routing_key: str) -> None:
         self.sent.append(("unbind", routing_key, False))
@@ -144,8 +146,8 @@ async def test_a_failed_request_is_sent_again_and_its_waiter_still_gets_in(
     failures = [ConnectionError("connection lost")]
     original = channel.queue_bind
 
-    async def fails_once(queue: str, exchange: str, routing_key: str, nowait: bool = False) -> None:
-        await original(queue, exchange, routing_key, nowait)
+    async def fails_once(queue: str, exchange: str, routing_key: str) -> None:
+        await original(queue, exchange, routing_key)
         if failures:
             raise failures.pop()
 

@@ -26,7 +26,7 @@ from aio_pika.abc import (
 )
 
 from notifier.broker.base import BrokerUnavailable, EventHandler
-from notifier.broker.bindings import Bindings, ChannelSource
+from notifier.broker.bindings import AmqpBindChannel, Bindings, ChannelSource
 from notifier.events import TIMESTAMP_MS_HEADER, UnusableMessage, event_from_message, now_ms, publish_time_ms
 from notifier.settings import Settings
 
@@ -366,7 +366,7 @@ class AmqpBroker:
 def _underlay(channel: AbstractRobustChannel) -> ChannelSource:
     """The robust channel's current underlying channel (a new one after each reconnect)."""
 
-    async def source() -> aiormq.abc.AbstractChannel:
-        return await channel.get_underlay_channel()
+    async def source() -> AmqpBindChannel:
+        return AmqpBindChannel(await channel.get_underlay_channel())
 
     return source
