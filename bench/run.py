@@ -77,7 +77,7 @@ def smoke_scenarios() -> list[Scenario]:
     ]
 
 
-SMOKE_SYSTEMS = ["notifier", "fastapi-naive", "websockets", "socketio", "aio-pika"]
+SMOKE_SYSTEMS = ["notifier", "notifier-memory", "fastapi-naive", "websockets", "picows", "socketio", "aio-pika"]
 
 
 # Processes we start: pipes to client workers and the publisher.
@@ -475,7 +475,7 @@ def run_system(
     # Each scenario gets a fresh server process: no backlog, bindings or heap growth carried from the last one.
     groups = [[item] for item in scenarios] if not smoke else [[item for item in scenarios if item.kind != "idle"]]
     groups += [[item] for item in scenarios if item.kind == "idle"] if smoke else []
-    for group in groups:
+    for group in [group for group in groups if group]:
         with started(system, exchange, secret, workdir, cpus["server"]) as running:
             queues.append(running.queue_name)
             publisher = start_publisher(running, cpus["clients"])
@@ -618,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
         for system in chosen:
             log(f"bench: {system.name}")
             system_scenarios = scenarios
+            if system.only_kinds:
+                system_scenarios = [item for item in scenarios if item.kind in system.only_kinds]
             if system.protocol == "stomp":
                 system_scenarios = [item for item in scenarios if item.name in ("broadcast_500", "idle_10k")]
                 if args.smoke:
