@@ -657,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
             out,
             log,
             smoke=args.smoke,
+            cpus=cpus,
         )
     report["seconds"] = round(time.time() - started_at, 1)
 

@@ -378,19 +378,23 @@ def run_storms(
     note: str = "",
     keep_logs: Path | None = None,
     smoke: bool = False,
+    cpus: dict[str, set[int]] | None = None,
 ) -> dict[str, Any]:
-    """Every storm size on every chosen system, then the restart phase; writes storm.{md,json} as it goes."""
+    """Every storm size on every chosen system, then the restart phase; writes storm.{md,json} as it goes.
+    `cpus` ({"server": ..., "clients": ...}) when the caller already split the cores; else the first available
+    one is the server's."""
     if smoke:
         os.environ.setdefault("NOTIFIER_BIND_LINGER_S", "1")  # the servers inherit it: a short leave phase
         # Clients that leave without closing with 1000 park their sessions for the resume window, topics bound.
         os.environ.setdefault("NOTIFIER_RESUME_WINDOW_S", "1")
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the servers started here inherit it
-    available = sorted(os.sched_getaffinity(0))
-    if len(available) >= 2:
-        cpus = {"server": {available[0]}, "clients": set(available[1:])}
-    else:
-        cpus = {"server": set(available), "clients": set(available)}
+    if cpus is None:
+        available = sorted(os.sched_getaffinity(0))
+        if len(available) >= 2:
+            cpus = {"server": {available[0]}, "clients": set(available[1:])}
+        else:
+            cpus = {"server": set(available), "clients": set(available)}
     os.sched_setaffinity(0, cpus["clients"])
     sharing = (
         f"server pinned to CPU {sorted(cpus['server'])} (both workers of notifier-2w too), clients to "
