@@ -231,9 +231,9 @@ class Worker:
 
         async def one(number: int, item: dict[str, Any], token: str) -> None:
             async with gate:
-                client, why = await self.dial(item["user"], token, item["topics"], item["personal"])
+                client, why, error = await self.dial(item["user"], token, item["topics"], item["personal"])
             if client is None:
-                failures.append(why)
+                failures.append(error)
                 codes[why] = codes.get(why, 0) + 1
                 return
             slots[number] = client
@@ -251,8 +251,9 @@ class Worker:
             "seconds": time.perf_counter() - started,
         }
 
-    async def dial(self, user: str, token: str, topics: list[str], personal: str) -> tuple[Client | None, str]:
-        """One connect attempt: the client once it is welcomed (and subscribed), or why it was not."""
+    async def dial(self, user: str, token: str, topics: list[str], personal: str) -> tuple[Client | None, str, str]:
+        """One connect attempt: the client once it is welcomed (and subscribed), or why it was not (a close code
+        or the error's type) and the error itself."""
         client: Client | None = None
 
         def factory() -> Client:
@@ -274,8 +275,8 @@ class Worker:
             why = str(client.closed_code) if client is not None and client.closed_code else type(error).__name__
             if client is not None and client.ready_future.done() and not client.ready_future.cancelled():
                 client.ready_future.exception()  # retrieved, so asyncio does not warn about it
-            return None, why
-        return client, ""
+            return None, why, repr(error)[:200]
+        return client, "", ""
 
     async def follow_restart(self, deadline_s: float) -> dict[str, Any]:
         """Every held client waits for its connection to end (the server restarting), then reconnects with the
@@ -301,7 +302,7 @@ class Worker:
                 await asyncio.sleep(min(max(0.0, deadline - time.monotonic()), backoff_delay(step)))
                 step += 1
                 attempts += 1
-                client, why = await self.dial(old.user, old.token, old.topics, old.personal)
+                client, why, _error = await self.dial(old.user, old.token, old.topics, old.personal)
                 if client is not None:
                     welcomed_at.append(time.monotonic())
                     slots[number] = client
