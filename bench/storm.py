@@ -54,27 +54,28 @@ def storm_systems() -> list[System]:
     ]
 
 
-def _binding_column(column: str) -> list[str]:
-    """One column of `rabbitmqctl list_bindings` in the bench's vhost (the shared broker holds others' too)."""
+def _bindings() -> list[tuple[str, str]]:
+    """(source, destination) of every binding in the bench's vhost (the shared broker holds others' too)."""
     vhost = unquote(urlsplit(AMQP_URL).path[1:]) or "/"
     output = subprocess.run(
-        ["rabbitmqctl", "-q", "--no-table-headers", "list_bindings", "-p", vhost, column],
+        ["rabbitmqctl", "-q", "--no-table-headers", "list_bindings", "-p", vhost, "source_name", "destination_name"],
         check=True,
         capture_output=True,
         text=True,
         timeout=60,
     ).stdout
-    return [line.strip() for line in output.splitlines()]
+    rows = [line.split("\t") for line in output.splitlines()]
+    return [(row[0].strip(), row[1].strip()) for row in rows if len(row) >= 2]
 
 
 def bindings_of(exchange: str) -> int:
     """Bindings from `exchange` as RabbitMQ reports them."""
-    return sum(1 for name in _binding_column("source_name") if name == exchange)
+    return sum(1 for source, _ in _bindings() if source == exchange)
 
 
-def bindings_to(queue: str) -> int:
-    """Bindings to `queue` (its default-exchange binding included while the queue exists)."""
-    return sum(1 for name in _binding_column("destination_name") if name == queue)
+def bindings_to(exchange: str, queue: str) -> int:
+    """Bindings from `exchange` to `queue`."""
+    return sum(1 for source, destination in _bindings() if (source, destination) == (exchange, queue))
 
 
 def phase(clients: Clients) -> dict[str, Any]:
@@ -186,7 +187,7 @@ def run_restart(
         if is_notifier:
             results["shutdown_timeout_s"] = shutdown_timeout_s
             results["shutdown_timeout_held"] = exit_s <= shutdown_timeout_s
-            results["bindings_left_to_old_queue"] = bindings_to(queues[0])
+            results["bindings_left_to_old_queue"] = bindings_to(exchange, queues[0])
         second = Running(system, exchange, secret, workdir, cpus["server"], port=first.port)
         queues.append(second.queue_name)
         second.wait_ready(60)
@@ -340,8 +341,8 @@ def restart_section(restart: dict[str, Any], heading: str) -> list[str]:
         )
     lines += [
         "",
-        "*bindings left to the old queue* is counted right after the old process exited (the queue's own "
-        "default-exchange binding included while the queue exists).",
+        "*bindings left to the old queue*: bindings from the system's exchange to the old instance's queue, "
+        "counted right after the old process exited.",
         "",
     ]
     return lines
