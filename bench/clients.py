@@ -1,8 +1,8 @@
 """Load clients: one process holds many picows WebSocket connections and counts what they receive.
 
 The orchestrator drives a worker through a multiprocessing pipe with small commands (connect, reset, stats,
-close). Per event a client does as little as it can: a prefix check and a counter; only in latency mode does
-it read the publish time stamped in the event's data.
+close, follow_restart). Per event a client does as little as it can: a prefix check and a counter; only in
+latency mode does it read the publish time stamped in the event's data.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Reconnect storms: N distinct users connect at once, the same N drop and come back at once (and 2 s later),
-then all leave; side by side with a raw `websockets` server in the same run. Writes bench/results/storm.{md,json}.
+then all leave; then a restart: clients held by one instance come back to a fresh one after its SIGTERM. Side by
+side with a raw `websockets` server in the same run. Writes bench/results/storm.{md,json}; `python -m bench`
+runs it too and puts its tables in latest.md.
 
-    .venv/bin/python -m bench.storm                      # 5,000 and 10,000 users (about 10 minutes)
-    .venv/bin/python -m bench.storm --clients 5000       # one size
+    .venv/bin/python -m bench.storm                      # 5,000 and 10,000 users, restart of 15,000
+    .venv/bin/python -m bench.storm --clients 5000 --restart-clients 0   # one size, no restart
     .venv/bin/python -m bench.storm --smoke              # 50 users, seconds (CI: tests/test_bench_smoke.py)
 """
 
