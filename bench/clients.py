@@ -1,14 +1,15 @@
 """Load clients: one process holds many picows WebSocket connections and counts what they receive.
 
 The orchestrator drives a worker through a multiprocessing pipe with small commands (connect, reset, stats,
-close). Per event a client does as little as it can: a prefix check and a counter; only in latency mode does
-it read the publish time stamped in the event's data.
+close, follow_restart). Per event a client does as little as it can: a prefix check and a counter; only in
+latency mode does it read the publish time stamped in the event's data.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import resource
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 import jwt
 import orjson
-from picows import WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSCloseCode, WSListener, WSMsgType, WSTransport, ws_connect
 
 # Every system's events carry the publisher's JSON data, so the stamp is found the same way in all of them
 # (socket.io re-encodes it with the standard library, hence the optional space).
@@ -131,6 +132,8 @@ class Client(WSListener):
 
     def __init__(self, worker: Worker, user: str, token: str, topics: list[str], personal: str) -> None:
         self.worker = worker
+        self.user = user
+        self.personal = personal
         self.token = token
         self.topics = topics  # topics to subscribe to after the hello (notifier subscribes the personal one)
         self.stomp_topics = [personal, *topics]
@@ -140,6 +143,7 @@ class Client(WSListener):
         self.closed_code: int | None = None
         self.transport: WSTransport
         self.ready_future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # closed or disconnected
 
     def set_ready(self) -> None:
         self.ready = True
@@ -179,11 +183,20 @@ class Client(WSListener):
         elif kind is WSMsgType.CLOSE:
             self.closed_code = frame.get_close_code()
             self.fail(f"closed with {self.closed_code}")
+            # As a browser does: answer the close and let the connection go, so a reconnect can start.
+            transport.send_close(WSCloseCode(self.closed_code))
+            transport.disconnect()
+            self.set_gone()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.closed_code is None:
             self.closed_code = -1
         self.fail("disconnected")
+        self.set_gone()
+
+    def set_gone(self) -> None:
+        if not self.gone.done():
+            self.gone.set_result(None)
 
 
 class Worker:
@@ -208,7 +221,6 @@ class Worker:
     async def connect(self, plan: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
         """Connect, authenticate and subscribe every client of `plan`; returns timings and failures."""
         secret = self.spec["secret"]
-        base = self.spec["url"]
         gate = asyncio.Semaphore(concurrency)
         failures: list[str] = []
         codes: dict[str, int] = {}  # why clients were not welcomed: close code, or the error's type
@@ -219,31 +231,12 @@ class Worker:
 
         async def one(number: int, item: dict[str, Any], token: str) -> None:
             async with gate:
-                client: Client | None = None
-
-                def factory() -> Client:
-                    nonlocal client
-                    client = Client(self, item["user"], token, item["topics"], item["personal"])
-                    return client
-
-                try:
-                    await ws_connect(
-                        factory,
-                        self.protocol.url(base, token),
-                        extra_headers=self.protocol.headers(),
-                        websocket_handshake_timeout=30,
-                        read_buffer_init_size=4096,
-                    )
-                    assert client is not None
-                    await asyncio.wait_for(client.ready_future, 60)
-                except (OSError, RuntimeError, TimeoutError, AssertionError) as error:
-                    failures.append(repr(error)[:200])
-                    why = str(client.closed_code) if client is not None and client.closed_code else type(error).__name__
-                    codes[why] = codes.get(why, 0) + 1
-                    if client is not None and client.ready_future.done() and not client.ready_future.cancelled():
-                        client.ready_future.exception()  # retrieved, so asyncio does not warn about it
-                    return
-                slots[number] = client
+                client, why, error = await self.dial(item["user"], token, item["topics"], item["personal"])
+            if client is None:
+                failures.append(error)
+                codes[why] = codes.get(why, 0) + 1
+                return
+            slots[number] = client
 
         await asyncio.gather(
             *(one(number, item, token) for number, (item, token) in enumerate(zip(plan, tokens, strict=True)))
@@ -256,6 +249,78 @@ class Worker:
             "failures": failures[:5],
             "codes": codes,
             "seconds": time.perf_counter() - started,
+        }
+
+    async def dial(self, user: str, token: str, topics: list[str], personal: str) -> tuple[Client | None, str, str]:
+        """One connect attempt: the client once it is welcomed (and subscribed), or why it was not (a close code
+        or the error's type) and the error itself."""
+        client: Client | None = None
+
+        def factory() -> Client:
+            nonlocal client
+            client = Client(self, user, token, topics, personal)
+            return client
+
+        try:
+            await ws_connect(
+                factory,
+                self.protocol.url(self.spec["url"], token),
+                extra_headers=self.protocol.headers(),
+                websocket_handshake_timeout=30,
+                read_buffer_init_size=4096,
+            )
+            assert client is not None
+            await asyncio.wait_for(client.ready_future, 60)
+        except (OSError, RuntimeError, TimeoutError, AssertionError) as error:
+            why = str(client.closed_code) if client is not None and client.closed_code else type(error).__name__
+            if client is not None and client.ready_future.done() and not client.ready_future.cancelled():
+                client.ready_future.exception()  # retrieved, so asyncio does not warn about it
+            return None, why, repr(error)[:200]
+        return client, "", ""
+
+    async def follow_restart(self, deadline_s: float) -> dict[str, Any]:
+        """Every held client waits for its connection to end (the server restarting), then reconnects with the
+        backoff of notifier.js until it is welcomed again or `deadline_s` passed."""
+        deadline = time.monotonic() + deadline_s
+        held = list(self.clients)
+        attempts = 0
+        refusals: dict[str, int] = {}
+        dropped_at: list[float] = []
+        welcomed_at: list[float] = []
+        slots: list[Client | None] = [None] * len(held)
+
+        async def one(number: int, old: Client) -> None:
+            nonlocal attempts
+            try:
+                await asyncio.wait_for(asyncio.shield(old.gone), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                refusals["never dropped"] = refusals.get("never dropped", 0) + 1
+                return
+            dropped_at.append(time.monotonic())
+            step = backoff_step(old.closed_code)
+            while time.monotonic() < deadline:
+                await asyncio.sleep(min(max(0.0, deadline - time.monotonic()), backoff_delay(step)))
+                step += 1
+                attempts += 1
+                client, why, _error = await self.dial(old.user, old.token, old.topics, old.personal)
+                if client is not None:
+                    welcomed_at.append(time.monotonic())
+                    slots[number] = client
+                    return
+                refusals[why] = refusals.get(why, 0) + 1
+                step = max(step, backoff_step(int(why) if why.lstrip("-").isdigit() else None))
+
+        await asyncio.gather(*(one(number, client) for number, client in enumerate(held)))
+        self.clients = [client for client in slots if client is not None]
+        return {
+            "held": len(held),
+            "welcomed": len(welcomed_at),
+            "attempts": attempts,
+            "refusals": refusals,
+            "first_drop": min(dropped_at, default=None),
+            "last_drop": max(dropped_at, default=None),
+            "last_welcome": max(welcomed_at, default=None),
+            "welcome_times": sorted(welcomed_at),
         }
 
     def reset(self, timing: bool) -> None:
@@ -285,6 +350,21 @@ class Worker:
         await asyncio.sleep(0.2)
 
 
+# Reconnect backoff as notifier.js does it: full jitter, a uniform delay in [0, min(cap, base * 2^step)), and
+# a close that says the server is busy starts at step 2.
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 20.0
+BUSY_CLOSE_CODES = {1013, 4002, 4003, 4004}
+
+
+def backoff_step(close_code: int | None) -> int:
+    return 2 if close_code in BUSY_CLOSE_CODES else 0
+
+
+def backoff_delay(step: int) -> float:
+    return random.uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(step, 30)))
+
+
 def mint(secret: str, user: str) -> str:
     now = int(time.time())
     return jwt.encode({"sub": user, "iat": now, "exp": now + 3600, "topics": ["news.#"]}, secret, algorithm="HS256")
@@ -312,6 +392,8 @@ async def _serve(conn: Any, spec: dict[str, Any]) -> None:
             conn.send(True)
         elif command == "stats":
             conn.send(worker.stats(args["latencies"]))
+        elif command == "follow_restart":
+            conn.send(await worker.follow_restart(args["deadline_s"]))
         elif command == "close":
             await worker.close()
             conn.send(True)

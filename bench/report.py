@@ -36,8 +36,18 @@ COLUMNS: list[tuple[str, Any, bool]] = [
     ("p99 ms, 20 ev/s to 1k", lambda r: _latency_at(r, "broadcast_1k", 20, "p99_ms"), False),
     ("connect+auth/s (idle run)", lambda r: _get(r, "idle_10k", "connect", "per_s"), True),
     ("KiB per idle connection", lambda r: _get(r, "idle_10k", "kib_per_connection"), False),
-    ("CPU s per 100k deliveries (broadcast 1k)", lambda r: _get(r, "broadcast_1k", "burst", "cpu_s_per_100k"), False),
 ]
+
+# Server CPU seconds per 100k deliveries during each delivery scenario's burst.
+CPU_SCENARIOS = ["broadcast_500", "broadcast_1k", "broadcast_5k", "unicast_1k", "mixed_1k"]
+
+# The issue's goals for notifier, each checked against this run's own numbers.
+STORM_GOAL_USERS = 10_000
+RESTART_GOAL_CLIENTS = 15_000
+STORM_GOAL_RATIO = 2.0
+RESTART_GOAL_RATIO = 2.0
+IDLE_GOAL_KIB = 24.0
+UNICAST_GOAL_RATIO = 1.5
 
 
 def _fmt(value: Any) -> str:
@@ -68,6 +78,120 @@ def summary_table(report: dict[str, Any]) -> str:
         results = entry.get("results", {})
         cells = [_cell(getter(results), getter(base)) for _, getter, _ in COLUMNS]
         rows.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def cpu_table(report: dict[str, Any]) -> str:
+    systems = report["systems"]
+    base = systems.get(BASE, {}).get("results", {})
+    present = [name for name in CPU_SCENARIOS if any(name in entry.get("results", {}) for entry in systems.values())]
+    if not present:
+        return ""
+    rows = ["| system | " + " | ".join(f"{name} ↓" for name in present) + " |", "|" + "---|" * (len(present) + 1)]
+    for entry in systems.values():
+        results = entry.get("results", {})
+        if not any(_get(results, name, "burst", "cpu_s_per_100k") is not None for name in present):
+            continue
+        cells = [
+            _cell(_get(results, name, "burst", "cpu_s_per_100k"), _get(base, name, "burst", "cpu_s_per_100k"))
+            for name in present
+        ]
+        rows.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _verdict(met: bool | None) -> str:
+    # None: this run did not measure it, or not at the goal's size.
+    return "not measured" if met is None else ("**met**" if met else "**NOT met**")
+
+
+def _size_note(measured: int, goal: int) -> str:
+    return "" if measured == goal else f" (measured at {measured:,}; the goal is at {goal:,})"
+
+
+def goals(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(goal, what this run measured, met) for each of the issue's goals; None when the run did not measure it."""
+    systems = report["systems"]
+
+    def results(name: str) -> dict[str, Any]:
+        return dict(systems.get(name, {}).get("results", {}))
+
+    rows: list[tuple[str, str, bool | None]] = []
+    storm = report.get("storm") or {}
+    sizes = storm.get("sizes") or []
+    users = STORM_GOAL_USERS if STORM_GOAL_USERS in sizes else max(sizes, default=0)
+    mine = storm.get("systems", {}).get(BASE, {}).get(str(users), {})
+    theirs = storm.get("systems", {}).get("websockets", {}).get(str(users), {})
+    for key, title in (
+        ("connect", "connect at once"),
+        ("reconnect", "drop + reconnect at once"),
+        ("reconnect_2s", "drop + reconnect 2 s later"),
+    ):
+        goal = f"storm {title}, {STORM_GOAL_USERS:,} users: no refusals, time ≤ {STORM_GOAL_RATIO:g}x websockets"
+        item, base = mine.get(key), theirs.get(key)
+        if not item or not base:
+            rows.append((goal, "-", None))
+            continue
+        ratio = item["seconds"] / base["seconds"] if base["seconds"] else float("inf")
+        measured = (
+            f"{item['refused']:,} of {item['welcomed'] + item['refused']:,} refused; {item['seconds']:.1f} s vs "
+            f"{base['seconds']:.1f} s ({ratio:.2f}x){_size_note(users, STORM_GOAL_USERS)}"
+        )
+        met = item["refused"] == 0 and ratio <= STORM_GOAL_RATIO
+        rows.append((goal, measured, met if users == STORM_GOAL_USERS else None))
+
+    kib = _get(results(BASE), "idle_10k", "kib_per_connection")
+    clients = _get(results(BASE), "idle_10k", "clients") or 0
+    rows.append(
+        (
+            f"KiB per idle connection ≤ {IDLE_GOAL_KIB:g}",
+            "-" if kib is None else f"{kib:.1f} KiB over {clients:,} idle clients",
+            None if kib is None else kib <= IDLE_GOAL_KIB,
+        )
+    )
+
+    unicast = _get(results(BASE), "unicast_1k", "burst", "deliveries_per_s")
+    alone = _get(results("aio-pika"), "unicast_1k", "burst", "deliveries_per_s")
+    if unicast is None or not alone:
+        rows.append((f"unicast deliveries/s ≥ {UNICAST_GOAL_RATIO:g}x aio-pika alone", "-", None))
+    else:
+        rows.append(
+            (
+                f"unicast deliveries/s ≥ {UNICAST_GOAL_RATIO:g}x aio-pika alone",
+                f"{unicast:,.0f} vs {alone:,.0f} ({unicast / alone:.2f}x)",
+                unicast / alone >= UNICAST_GOAL_RATIO,
+            )
+        )
+
+    memory = _get(results("notifier-memory"), "idle_10k", "connect", "per_s")
+    naive = _get(results("fastapi-naive"), "idle_10k", "connect", "per_s")
+    goal = "connect+auth/s with the in-memory broker ≥ naive FastAPI loop"
+    if memory is None or not naive:
+        rows.append((goal, "-", None))
+    else:
+        rows.append((goal, f"{memory:,.0f}/s vs {naive:,.0f}/s ({memory / naive:.2f}x)", memory >= naive))
+
+    restart = storm.get("restart") or {}
+    count = restart.get("clients") or 0
+    mine, theirs = restart.get("systems", {}).get(BASE, {}), restart.get("systems", {}).get("websockets", {})
+    goal = f"restart, {RESTART_GOAL_CLIENTS:,} clients: all back in ≤ {RESTART_GOAL_RATIO:g}x websockets' time"
+    if "held" not in mine or not theirs.get("all_back_s"):
+        rows.append((goal, "-", None))
+    else:
+        back, base_back = mine.get("last_back_s") or float("inf"), theirs["all_back_s"]
+        everyone = mine["all_back_s"] is not None and mine["welcomed"] == mine["held"] == count
+        measured = (
+            f"{mine['welcomed']:,} of {count:,} back after {back:.1f} s vs {base_back:.1f} s "
+            f"({back / base_back:.2f}x){_size_note(count, RESTART_GOAL_CLIENTS)}"
+        )
+        met = everyone and back / base_back <= RESTART_GOAL_RATIO
+        rows.append((goal, measured, met if count == RESTART_GOAL_CLIENTS else None))
+    return rows
+
+
+def goals_table(report: dict[str, Any]) -> str:
+    rows = ["| goal | this run | verdict |", "|---|---|---|"]
+    rows += [f"| {goal} | {measured} | {_verdict(met)} |" for goal, measured, met in goals(report)]
     return "\n".join(rows)
 
 
@@ -149,14 +273,42 @@ The machine is shared and noisy: compare ratios within this run, not absolute nu
 
 {summary_table(report)}
 
+CPU seconds of the server process per 100k deliveries, during each scenario's burst (ratio to notifier):
+
+{cpu_table(report)}
+
+## Goals
+
+Each goal of the scale issue, checked against this run's own numbers (storm and restart below). A goal this
+run did not measure, or measured at another size than the goal's, is "not measured".
+
+{goals_table(report)}
+
 Systems:
 
 {notes}
 
 {detail_tables(report)}
-
+{storm_part(report)}
 Whole run: {report["seconds"]} s.
 """
+
+
+def storm_part(report: dict[str, Any]) -> str:
+    storm = report.get("storm")
+    if not storm:
+        return ""
+    from bench.storm import storm_sections
+
+    lines = [
+        "",
+        "## Reconnect storms and a restart",
+        "",
+        f"Run {storm['started']}, {storm.get('seconds', '?')} s. {storm['cpu_sharing']}.",
+        "",
+        *storm_sections(storm, heading="###"),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def plot(report: dict[str, Any], path: Path) -> bool:

@@ -1,7 +1,7 @@
 """The benchmark's orchestrator: starts each system, its load clients and the publisher, runs the scenarios,
 and writes bench/results/latest.{md,json} and the latency plot.
 
-    .venv/bin/python -m bench            # the full run (about 15 minutes)
+    .venv/bin/python -m bench            # the full run, storms and the restart included
     .venv/bin/python -m bench --smoke    # tiny sizes, seconds per system, for CI
 """
 
@@ -77,7 +77,7 @@ def smoke_scenarios() -> list[Scenario]:
     ]
 
 
-SMOKE_SYSTEMS = ["notifier", "fastapi-naive", "websockets", "socketio", "aio-pika"]
+SMOKE_SYSTEMS = ["notifier", "notifier-memory", "fastapi-naive", "websockets", "picows", "socketio", "aio-pika"]
 
 
 # Processes we start: pipes to client workers and the publisher.
@@ -475,7 +475,7 @@ def run_system(
     # Each scenario gets a fresh server process: no backlog, bindings or heap growth carried from the last one.
     groups = [[item] for item in scenarios] if not smoke else [[item for item in scenarios if item.kind != "idle"]]
     groups += [[item] for item in scenarios if item.kind == "idle"] if smoke else []
-    for group in groups:
+    for group in [group for group in groups if group]:
         with started(system, exchange, secret, workdir, cpus["server"]) as running:
             queues.append(running.queue_name)
             publisher = start_publisher(running, cpus["clients"])
@@ -565,6 +565,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", help="comma list of systems (default: all; smoke: those that start quickly)")
     parser.add_argument("--scenarios", help="comma list of scenario names (default: all)")
     parser.add_argument("--out", type=Path, help="directory for latest.md/json/png (default bench/results)")
+    parser.add_argument(
+        "--storm",
+        action=argparse.BooleanOptionalAction,
+        help="also run bench.storm (storms and the restart) into the report; default: on for a full run of every "
+        "system and scenario, off otherwise",
+    )
+    parser.add_argument("--storm-json", type=Path, help="put this bench.storm result (storm.json) in the report")
+    parser.add_argument("--storm-clients", default="5000,10000", help="storm sizes (default 5000,10000; smoke 50)")
+    parser.add_argument("--restart-clients", type=int, help="clients in the restart phase (default 15000; smoke 50)")
     args = parser.parse_args(argv)
 
     systems = all_systems()
@@ -618,6 +627,8 @@ def main(argv: list[str] | None = None) -> int:
         for system in chosen:
             log(f"bench: {system.name}")
             system_scenarios = scenarios
+            if system.only_kinds:
+                system_scenarios = [item for item in scenarios if item.kind in system.only_kinds]
             if system.protocol == "stomp":
                 system_scenarios = [item for item in scenarios if item.name in ("broadcast_500", "idle_10k")]
                 if args.smoke:
@@ -628,6 +639,26 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"  failed: {error!r}")
                 results = {"error": repr(error)[:1000]}
             report["systems"][system.name] = {"label": system.label, "note": system.note, "results": results}
+    run_storm = args.storm if args.storm is not None else not (args.smoke or args.systems or args.scenarios)
+    if args.storm_json:
+        report["storm"] = json.loads(args.storm_json.read_text())
+    elif run_storm:
+        from bench.storm import run_storms, storm_systems
+
+        log("bench: storms and the restart (bench.storm)")
+        by_name = {system.name: system for system in storm_systems()}
+        sizes = [50] if args.smoke else [int(size) for size in args.storm_clients.split(",") if size.strip()]
+        restart_clients = args.restart_clients if args.restart_clients is not None else (50 if args.smoke else 15000)
+        report["storm"] = run_storms(
+            sizes,
+            [by_name[name] for name in ("notifier", "notifier-2w", "websockets")],
+            restart_clients,
+            [by_name["notifier"], by_name["websockets"]],
+            out,
+            log,
+            smoke=args.smoke,
+            cpus=cpus,
+        )
     report["seconds"] = round(time.time() - started_at, 1)
 
     from bench.report import write_report

@@ -29,6 +29,7 @@ class System:
     env: dict[str, str] = field(default_factory=dict)
     max_clients: int | None = None
     reference: bool = False  # no WebSocket clients: only consumes (aio-pika alone)
+    only_kinds: tuple[str, ...] = ()  # scenario kinds it runs (empty: all); see bench.run.Scenario.kind
     note: str = ""
 
 
@@ -40,6 +41,16 @@ def all_systems() -> list[System]:
             "notifier",
             module="notifier",
             note="python -m notifier serve (uvicorn, websockets-sansio)",
+        ),
+        System(
+            "notifier-memory",
+            "notifier, in-memory broker",
+            "notifier",
+            module="notifier",
+            env={"NOTIFIER_AMQP_URL": "memory://"},
+            only_kinds=("idle",),
+            note="NOTIFIER_AMQP_URL=memory://: the connect path without RabbitMQ (no bind round trip); "
+            "connect+auth and idle memory only, since events from the bench's publisher cannot reach it",
         ),
         System(
             "fastapi-naive",
@@ -63,6 +74,13 @@ def all_systems() -> list[System]:
             "notifier",
             module="bench.baselines.websockets_broadcast",
             note="websockets 14+ asyncio server, websockets.broadcast() per aio-pika message",
+        ),
+        System(
+            "picows",
+            "picows server (Cython framing)",
+            "notifier",
+            module="bench.baselines.picows_broadcast",
+            note="raw picows server, one transport.send() per subscriber per aio-pika message: the Python ceiling",
         ),
         System(
             "socketio",
@@ -103,7 +121,9 @@ def pin(cpus: set[int]) -> None:
 class Running:
     """One started system; `stop()` is idempotent and kills the whole process group."""
 
-    def __init__(self, system: System, exchange: str, secret: str, workdir: Path, cpus: set[int]) -> None:
+    def __init__(
+        self, system: System, exchange: str, secret: str, workdir: Path, cpus: set[int], port: int | None = None
+    ) -> None:
         self.system = system
         self.exchange = exchange
         self.secret = secret
@@ -117,7 +137,7 @@ class Running:
             self.pid = broker_pid()
             self.url = f"ws://127.0.0.1:{WEB_STOMP_PORT}/ws"
             return
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"ws://127.0.0.1:{self.port}/ws" if system.protocol == "notifier" else f"ws://127.0.0.1:{self.port}"
         env = dict(os.environ)
         env.update(

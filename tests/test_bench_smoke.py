@@ -56,7 +56,7 @@ def test_bench_smoke_delivers_every_event_to_every_subscriber(tmp_path: Path) ->
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_storm_smoke_welcomes_everyone_and_leaves_no_binding(tmp_path: Path) -> None:
+def test_storm_smoke_welcomes_everyone_leaves_no_binding_and_comes_back_after_a_restart(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "bench.storm", "--smoke", "--systems", "notifier,websockets", "--out", str(tmp_path)],
         cwd=ROOT,
@@ -74,3 +74,10 @@ def test_storm_smoke_welcomes_everyone_and_leaves_no_binding(tmp_path: Path) -> 
         for phase in ("connect", "reconnect", "reconnect_2s"):
             assert (result[phase]["welcomed"], result[phase]["refused"]) == (50, 0), (name, phase, result[phase])
     assert report["systems"]["notifier"]["50"]["leave"]["bindings_left"] == 0
+    # The restart phase: every client held before the SIGTERM is welcomed by the fresh instance.
+    for name in ("notifier", "websockets"):
+        restart = report["restart"]["systems"][name]
+        assert "error" not in restart, (name, restart)
+        assert restart["connected"] == restart["held"] == restart["welcomed"] == 50, (name, restart)
+    assert report["restart"]["systems"]["notifier"]["shutdown_timeout_held"], report["restart"]["systems"]["notifier"]
+    assert "## Restart, 50 clients" in (tmp_path / "storm.md").read_text()
