@@ -74,6 +74,12 @@ class SessionHandOver:
             return None
         return holder
 
+    def others_alive(self) -> bool:
+        """Whether another instance could take our sessions over: one was heard from lately (or the control
+        plane cannot tell)."""
+        live_instances = getattr(self._control, "live_instances", None)
+        return live_instances is None or bool(live_instances() - {self._directory.instance_id})
+
     def _alive(self, holder: str) -> bool:
         """False when the control plane knows the holder is gone (it said goodbye, or went quiet): then the
         answer is `recovered: false` at once rather than after a timeout."""

@@ -110,7 +110,7 @@ class Node:
             self._connect_task.cancel()
         # With other instances to hand sessions to, keep taking events while clients reconnect elsewhere: their
         # parked sessions collect them and are handed over. Otherwise take no more events from the start.
-        hand_over = self._hand_over is not None and self.settings.resume_window_s > 0
+        hand_over = self._hand_over is not None and self.settings.resume_window_s > 0 and self._hand_over.others_alive()
         if not hand_over:
             await self._within_deadline(self.broker.stop_consuming(), "stop_consuming")
         log.info("draining", connections=len(self.sessions))

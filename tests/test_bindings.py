@@ -177,16 +177,20 @@ async def test_in_a_storm_clients_get_in_under_a_cover_and_each_event_arrives_on
     assert bindings.covers == frozenset()
 
 
-async def test_a_graceful_stop_takes_the_queue_and_every_binding_with_it(
+async def test_a_lone_instance_stops_at_once_and_takes_its_queue_and_every_binding_with_it(
     start_server: StartServer, exchange: str
 ) -> None:
-    running = await start_server(bind_linger_s=60)  # resume on (the default)
+    running = await start_server(bind_linger_s=60, shutdown_timeout_s=20)  # resume on (the default)
     users = [f"stopping{n}" for n in range(100)]
     opened = await asyncio.gather(*(open_authenticated(running, user) for user in users))
     assert all(answer["type"] == "welcome" for _, answer in opened)
     queue = running.node.broker.queue_name  # type: ignore[attr-defined]
     assert len((await asyncio.to_thread(bindings_of, exchange))[queue]) == len(users)
 
+    loop = asyncio.get_running_loop()
+    stopping = loop.time()
     await running.stop()  # every binding would still be lingering: no unbind has been sent
+    # No other instance to hand the sessions to: the stop does not wait for one.
+    assert loop.time() - stopping < running.settings.shutdown_timeout_s / 2
     assert queue not in await asyncio.to_thread(rabbitmqctl, "list_queues", "name")
     assert await asyncio.to_thread(bindings_of, exchange) == {}
