@@ -29,8 +29,9 @@ from bench.clients import BACKOFF_BASE_S, BACKOFF_CAP_S
 from bench.run import RESULTS_DIR, Clients, Scenario, cleanup_amqp, machine, merged_counts, started
 from bench.systems import AMQP_URL, Running, System, all_systems
 
-# How long the mass-leave phase waits for the system's bindings at RabbitMQ to go.
-LEAVE_WAIT_S = 60.0
+# How long the mass-leave phase waits for the system's bindings at RabbitMQ to go: for notifier, the resume window
+# (60 s) and then the linger (30 s) of a client that left without a goodbye.
+LEAVE_WAIT_S = 120.0
 # The restart phase: how long clients keep trying to come back, and how long the old process may take to exit.
 RESTART_DEADLINE_S = 240.0
 EXIT_WAIT_S = 120.0
@@ -87,6 +88,7 @@ def phase(clients: Clients) -> dict[str, Any]:
         "welcomed": result["connected"],
         "refused": result["failed"],
         "codes": result["codes"],
+        "failures": result["failures"],  # the first few errors, as the client saw them
         "seconds": result["seconds"],
         "welcomed_per_s": result["per_s"],
     }
