@@ -27,6 +27,7 @@ class SessionDirectory:
         self._by_id: dict[str, Resumable] = {}
         self._parked: OrderedDict[str, asyncio.TimerHandle] = OrderedDict()
         self._releasing: set[asyncio.Task[None]] = set()
+        self.parking = True  # False once the instance stops with no one to hand its sessions to
 
     @property
     def parked_count(self) -> int:

@@ -112,8 +112,9 @@ class Node:
         # parked sessions collect them and are handed over. Otherwise take no more events from the start.
         hand_over = self._hand_over is not None and self.settings.resume_window_s > 0 and self._hand_over.others_alive()
         if not hand_over:
+            self.directory.parking = False  # no one could resume them: sessions end with their connection
             await self._within_deadline(self.broker.stop_consuming(), "stop_consuming")
-        log.info("draining", connections=len(self.sessions))
+        log.info("draining", connections=len(self.sessions), hand_over=hand_over, code=closecodes.SHUTDOWN.code)
         for session in tuple(self.sessions):
             session.close(closecodes.SHUTDOWN)
         # Keep a moment of the budget for closing the broker connection.

@@ -158,7 +158,8 @@ class Session:
         # A client that stopped reading never answers the close, and the reader may be waiting on it.
         self._start_timer("abandon", CLOSE_GRACE_S, self._abandon)
         self._context.stats.closes_by_code[reason.code] += 1
-        self._log.info("connection_closing", user=self.user, code=reason.code, reason=reason.reason)
+        if reason is not closecodes.SHUTDOWN:  # the drain logs those once, with their number
+            self._log.info("connection_closing", user=self.user, code=reason.code, reason=reason.reason)
         self._outbox.close_after_pending(reason)
 
     def _on_outbox_overflow(self) -> None:
@@ -198,7 +199,7 @@ class Session:
         context = self._context
         if self.state is State.HANDED_OVER:
             context.on_finished(self)  # a new connection holds its topics now
-        elif self._parkable():
+        elif self._parkable() and context.directory.parking:
             self.state = State.PARKED
             self._sent_when_parked = self.history.sent
             self._release_user_slot()
