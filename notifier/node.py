@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable
 
 import structlog
 from starlette.websockets import WebSocket
@@ -71,6 +70,7 @@ class Node:
         self._accepting = True
         self._connect_task: asyncio.Task[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
+        self._queue_deletion: asyncio.Task[None] | None = None
         self._stop_deadline = 0.0
 
     @property
@@ -114,6 +114,7 @@ class Node:
         if not hand_over:
             self.directory.parking = False  # no one could resume them: sessions end with their connection
             await self._within_deadline(self.broker.stop_consuming(), "stop_consuming")
+            self._start_queue_deletion()  # while the clients are being closed: RabbitMQ takes seconds for it
         log.info("draining", connections=len(self.sessions), hand_over=hand_over, code=closecodes.SHUTDOWN.code)
         for session in tuple(self.sessions):
             session.close(closecodes.SHUTDOWN)
@@ -129,6 +130,14 @@ class Node:
                 await asyncio.sleep(0.05)
             log.info("sessions_handed_over", parked=parked, left=self.directory.parked_count)
             await self._within_deadline(self.broker.stop_consuming(), "stop_consuming")
+            self._start_queue_deletion()
+
+    def _start_queue_deletion(self) -> None:
+        """With resume on, what is left in the queue once consuming stopped was for sessions that moved or
+        ended: delete the queue, and all its bindings with it in one request. With resume off, the queue keeps
+        what was not consumed until it expires (docs/guarantees.md)."""
+        if self.settings.resume_window_s > 0:
+            self._queue_deletion = asyncio.create_task(self.broker.delete_queue(), name="delete-queue")
 
     def attach_control(self, control: ControlPlane) -> None:
         """Resume sessions held by other instances, and hand ours over, through `control`."""
@@ -139,14 +148,13 @@ class Node:
         await self.drain()
         self.directory.end_all_parked()
         await self._within_deadline(self.directory.wait_released(), "release_parked_sessions")
-        # With resume on, whatever is left in the queue was for sessions that moved or ended: delete it with its
-        # bindings. With resume off, the queue keeps what was not consumed until it expires (docs/guarantees.md).
-        delete_queue = self.settings.resume_window_s > 0
-        await self._within_deadline(self.broker.close(delete_queue=delete_queue), "broker_close")
+        if self._queue_deletion is not None:
+            await self._within_deadline(asyncio.shield(self._queue_deletion), "delete_queue")
+        await self._within_deadline(self.broker.close(), "broker_close")
         if self._lag_task is not None:
             self._lag_task.cancel()
 
-    async def _within_deadline(self, step: Coroutine[Any, Any, None], name: str) -> None:
+    async def _within_deadline(self, step: Awaitable[None], name: str) -> None:
         remaining = max(0.1, self._stop_deadline - time.monotonic())
         try:
             await asyncio.wait_for(step, remaining)

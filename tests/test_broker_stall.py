@@ -9,7 +9,7 @@ import httpx
 
 from notifier import closecodes
 from tests.faults import CuttableProxy
-from tests.support import API_KEY, ConnectClient, StartServer, token_for, wait_until
+from tests.support import API_KEY, ConnectClient, StartServer, amqp_url_through, token_for, wait_until
 
 TIMEOUT_S = 3.0
 
@@ -18,7 +18,7 @@ async def test_a_stalled_broker_is_noticed_and_answers_stay_bounded(
     start_server: StartServer, connect: ConnectClient, proxy: CuttableProxy
 ) -> None:
     running = await start_server(
-        amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/",
+        amqp_url=amqp_url_through(proxy.port),
         broker_timeout_s=TIMEOUT_S,
         broker_heartbeat_s=1,
         max_pending_publishes=10,

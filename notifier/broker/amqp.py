@@ -193,10 +193,8 @@ class AmqpBroker:
         if self._settling:
             await asyncio.wait(self._settling, timeout=self._settings.broker_timeout_s)
 
-    async def close(self, *, delete_queue: bool = False) -> None:
+    async def close(self) -> None:
         await self.bindings.stop()
-        if delete_queue:
-            await self._delete_queue()
         if self._connection is not None:
             connection, self._connection = self._connection, None
             try:
@@ -204,7 +202,7 @@ class AmqpBroker:
             except _BROKER_ERRORS as error:
                 log.warning("broker_close_failed", error=repr(error))
 
-    async def _delete_queue(self) -> None:
+    async def delete_queue(self) -> None:
         """One request removes the queue with all its bindings: unbinding 15,000 topics one by one would take
         RabbitMQ longer than a graceful stop may last. If it fails, the queue expires after
         NOTIFIER_QUEUE_EXPIRES_S, and its bindings with it."""

@@ -34,8 +34,11 @@ class Broker(Protocol):
     async def stop_consuming(self) -> None:
         """Stop taking new events; unacknowledged ones go back to the queue."""
 
-    async def close(self, *, delete_queue: bool = False) -> None:
-        """Disconnect; with `delete_queue`, first delete this instance's queue and with it all its bindings."""
+    async def close(self) -> None:
+        """Disconnect."""
+
+    async def delete_queue(self) -> None:
+        """Delete this instance's queue, and with it all its bindings; once consuming has stopped."""
 
     async def bind(self, topic: str) -> None:
         """Route `topic` to this instance; returns once the broker confirmed it."""

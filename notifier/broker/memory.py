@@ -39,7 +39,10 @@ class MemoryBroker:
     async def stop_consuming(self) -> None:
         self._on_event = None
 
-    async def close(self, *, delete_queue: bool = False) -> None:
+    async def delete_queue(self) -> None:
+        self._bound.clear()
+
+    async def close(self) -> None:
         self._connected = False
         self._on_event = None
 
