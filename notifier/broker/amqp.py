@@ -29,8 +29,11 @@ from notifier.settings import Settings
 
 log = structlog.get_logger("notifier.broker")
 
-# Acknowledge with one `multiple` ack per burst of messages, at most this many at a time.
+# Acknowledge with one `multiple` ack per burst of messages: at most this many at a time, and at the latest
+# this long after the first of them was handed off. (Each ack is a frame, a task and a send for us and work for
+# RabbitMQ; aiormq hands over deliveries one per loop turn, so flushing once per turn sent one every few.)
 ACK_BATCH = 64
+ACK_DELAY_S = 0.005
 
 # Channels that send binds (pipelined batches, one sender each), plus one that sends unbinds. Six come close
 # to the broker's own ceiling from one instance (python -m bench.bindrate; three gave about two thirds of it).
@@ -93,7 +96,7 @@ class AmqpBroker:
         self._ack_channel: aiormq.abc.AbstractChannel | None = None
         self._ack_tag = 0
         self._unacked = 0
-        self._ack_flush_scheduled = False
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._settling: set[asyncio.Task[None]] = set()
         self.bindings = Bindings(
             self.queue_name,
@@ -335,8 +338,7 @@ class AmqpBroker:
     def _ack_after_burst(self, channel: aiormq.abc.AbstractChannel, tag: int) -> None:
         """Acknowledge handed-off messages with one `multiple` ack per burst rather than one ack each.
 
-        Messages of one read from the socket are processed in the same loop iteration; the flush runs after
-        them. A message handed off but not yet acknowledged when the connection drops is redelivered.
+        A message handed off but not yet acknowledged when the connection drops is redelivered.
         """
         if channel is not self._ack_channel:
             self._flush_acks()  # a tag of the channel before a reconnect is never sent on the new one
@@ -345,12 +347,13 @@ class AmqpBroker:
         self._unacked += 1
         if self._unacked >= ACK_BATCH:
             self._flush_acks()
-        elif not self._ack_flush_scheduled:
-            self._ack_flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_acks)
+        elif self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY_S, self._flush_acks)
 
     def _flush_acks(self) -> None:
-        self._ack_flush_scheduled = False
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         channel = self._ack_channel
         if channel is None or self._dead_lettering:
             return  # a dead letter in flight flushes when it is settled
