@@ -91,6 +91,7 @@ class AmqpBroker:
         self._consuming_on: aiormq.abc.AbstractChannel | None = None
         self._consumer_tag: str | None = None
         self._stopped_consuming = False
+        self._recovering: asyncio.Future[None] | None = None
         self._on_event: EventHandler | None = None
         # The newest handed-off delivery not yet acknowledged, and the channel it came on.
         self._ack_channel: aiormq.abc.AbstractChannel | None = None
@@ -149,17 +150,7 @@ class AmqpBroker:
         # A queue left by an earlier process with this NOTIFIER_INSTANCE_ID carries bindings and events for
         # clients that are gone; start from a clean one. (Reconnects within this process keep the queue.)
         await channel.queue_delete(self.queue_name, if_unused=False, if_empty=False)
-        await channel.declare_queue(
-            self.queue_name,
-            durable=True,
-            arguments={
-                "x-expires": int(settings.queue_expires_s * 1000),
-                "x-dead-letter-exchange": settings.dead_letter_exchange,
-                # Bounded: past this length the oldest messages are dead-lettered, never silently dropped.
-                "x-max-length": settings.queue_max_length,
-                "x-overflow": "drop-head",
-            },
-        )
+        await channel.declare_queue(self.queue_name, durable=True, arguments=self._queue_arguments())
         await self._start_bindings(connection)
         publish_channel = await connection.channel(publisher_confirms=True)
         self._publish_exchange = await publish_channel.get_exchange(settings.exchange, ensure=False)
@@ -169,13 +160,28 @@ class AmqpBroker:
         channel.reopen_callbacks.add(self._consume_again)
         await self._consume(await channel.get_underlay_channel())
 
+    def _queue_arguments(self) -> dict[str, Any]:
+        settings = self._settings
+        return {
+            "x-expires": int(settings.queue_expires_s * 1000),
+            "x-dead-letter-exchange": settings.dead_letter_exchange,
+            # Bounded: past this length the oldest messages are dead-lettered, never silently dropped.
+            "x-max-length": settings.queue_max_length,
+            "x-overflow": "drop-head",
+        }
+
     async def _consume(self, channel: aiormq.abc.AbstractChannel) -> None:
+        channel.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
         consume_ok = await channel.basic_consume(
             self.queue_name, self._on_delivery, timeout=self._settings.broker_timeout_s
         )
-        self._consuming_on, self._consumer_tag = channel, consume_ok.consumer_tag
-        if self._stopped_consuming:  # stopped while this was on its way
-            await self._cancel_consumer()
+        tag: str = consume_ok.consumer_tag  # type: ignore[assignment]  # always set in a ConsumeOk
+        current = self._consuming_on
+        if self._stopped_consuming or (current is not None and not current.is_closed and self._consumer_tag):
+            # Stopped while this was on its way, or a recovery and a reopen both consumed: keep one consumer.
+            await self._cancel(channel, tag)
+            return
+        self._consuming_on, self._consumer_tag = channel, tag
 
     async def _consume_again(self, _: AbstractRobustChannel | None) -> None:
         if self._stopped_consuming or self._consume_channel is None:
@@ -185,6 +191,34 @@ class AmqpBroker:
         except _BROKER_ERRORS as error:
             # The connection failed again meanwhile: the next reopen consumes again.
             log.warning("broker_consume_failed", error=repr(error))
+
+    def _on_consumer_cancelled(self, frame: aiormq.spec.Basic.Cancel) -> None:
+        """RabbitMQ cancelled our consumer: the queue is gone (deleted by hand, say). Called from the channel's
+        reader, which must go on reading for the recovery's answers to arrive, so the recovery is a task."""
+        if frame.consumer_tag != self._consumer_tag or self._stopped_consuming:
+            return
+        log.warning("broker_consumer_cancelled", queue=self.queue_name)
+        self._consuming_on = self._consumer_tag = None
+        if self._recovering is None or self._recovering.done():
+            self._recovering = asyncio.ensure_future(self._recover_consumer())
+
+    async def _recover_consumer(self) -> None:
+        """Declare the queue again, consume it and bind every topic again, retrying until that works or the
+        channel's own reopen (after a connection loss) has consumed again."""
+        while not self._stopped_consuming and self._consumer_tag is None and self._consume_channel is not None:
+            try:
+                channel = await self._consume_channel.get_underlay_channel()
+                timeout_s = self._settings.broker_timeout_s
+                await channel.queue_declare(
+                    self.queue_name, durable=True, arguments=self._queue_arguments(), timeout=timeout_s
+                )
+                await self._consume(channel)
+            except _BROKER_ERRORS as error:
+                log.warning("broker_consume_failed", error=repr(error))
+                await asyncio.sleep(1.0)
+                continue
+            self.bindings.after_reconnect()
+            log.info("broker_consumer_restored", queue=self.queue_name)
 
     async def _declare_dead_letters(self, connection: AbstractRobustConnection) -> None:
         """Declare the shared dead-letter exchange and queue; if the queue already exists with other
@@ -205,6 +239,8 @@ class AmqpBroker:
 
     async def stop_consuming(self) -> None:
         self._stopped_consuming = True
+        if self._recovering is not None:
+            self._recovering.cancel()
         await self._cancel_consumer()
         self._on_event = None  # messages already sent to us but not handed off go back to the queue
         self._flush_acks()
@@ -214,7 +250,11 @@ class AmqpBroker:
     async def _cancel_consumer(self) -> None:
         channel, tag = self._consuming_on, self._consumer_tag
         self._consuming_on = self._consumer_tag = None
-        if channel is None or tag is None or channel.is_closed:
+        if channel is not None and tag is not None:
+            await self._cancel(channel, tag)
+
+    async def _cancel(self, channel: aiormq.abc.AbstractChannel, tag: str) -> None:
+        if channel.is_closed:
             return  # a closed channel has no consumer left; its unacknowledged messages are back in the queue
         timeout_s = self._settings.broker_timeout_s
         try:
@@ -223,6 +263,8 @@ class AmqpBroker:
             log.warning("broker_cancel_failed", error=repr(error))
 
     async def close(self) -> None:
+        if self._recovering is not None:
+            self._recovering.cancel()
         await self.bindings.stop()
         if self._connection is not None:
             connection, self._connection = self._connection, None
