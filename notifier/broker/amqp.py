@@ -2,8 +2,8 @@
 
 aio-pika's robust connection reconnects by itself and re-declares the exchange and the queue; the consumer is
 aiormq's own `basic_consume` on the robust channel's current underlying channel, started again each time that
-channel is reopened. aio-pika's per-message objects (IncomingMessage, a task and a callback per message) cost
-more than the rest of an event's way to a browser; a delivered frame becomes an Event directly.
+channel is reopened. aio-pika's layer over aiormq (an IncomingMessage for every delivery) was the larger part
+of what consuming cost, so a delivered frame becomes an Event directly.
 The instance queue is not exclusive and expires after NOTIFIER_QUEUE_EXPIRES_S without a consumer, so it
 survives a short outage with its messages, and a dead instance leaves nothing behind.
 """
@@ -31,7 +31,7 @@ log = structlog.get_logger("notifier.broker")
 
 # Acknowledge with one `multiple` ack per burst of messages: at most this many at a time, and at the latest
 # this long after the first of them was handed off. (Each ack is a frame, a task and a send for us and work for
-# RabbitMQ; aiormq hands over deliveries one per loop turn, so flushing once per turn sent one every few.)
+# RabbitMQ; aiormq hands over only a few deliveries per loop turn, so a flush per turn acked every few messages.)
 ACK_BATCH = 64
 ACK_DELAY_S = 0.005
 
