@@ -19,6 +19,7 @@ from tests.support import (
     RunningServer,
     StartServer,
     amqp_url_through,
+    bindings_of,
     rabbitmqctl,
     wait_until,
 )
@@ -50,6 +51,27 @@ async def test_connection_closed_by_rabbitmq_is_restored_with_its_bindings(
     assert (await alice.expect_event("news.a"))["data"] == "after the drop"
     assert (await alice.expect_event("user.alice"))["data"] == "personal too"
     assert (await alice.subscribe("news.b"))["type"] == "subscribed"
+
+
+async def test_instance_queue_deleted_under_a_running_instance_is_declared_and_bound_again(
+    server: RunningServer, connect: ConnectClient, publisher: Publisher, exchange: str
+) -> None:
+    alice = await connect(server, "alice", topics=["news.*"])
+    await alice.subscribe("news.a")
+    queue = server.node.broker.queue_name  # type: ignore[attr-defined]
+    connection = await aio_pika.connect(server.settings.amqp_url)
+    async with connection:
+        await (await connection.channel()).queue_delete(queue)
+
+    async def bound_again() -> bool:
+        return (await asyncio.to_thread(bindings_of, exchange)).get(queue) == {"user.alice", "news.a"}
+
+    # RabbitMQ cancels the consumer of a deleted queue; the instance declares it again and binds its topics again.
+    await wait_until(bound_again, 20, interval=0.5)
+    await publisher.publish("news.a", "after the delete")
+    await publisher.publish("user.alice", "personal too")
+    assert (await alice.expect_event("news.a"))["data"] == "after the delete"
+    assert (await alice.expect_event("user.alice"))["data"] == "personal too"
 
 
 @pytest.mark.slow  # a 30 s outage

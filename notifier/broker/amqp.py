@@ -1,6 +1,9 @@
 """RabbitMQ through aio-pika: one durable topic exchange, one queue per instance bound to its clients' topics.
 
-aio-pika's robust connection reconnects by itself and re-declares the queue, its bindings and its consumer.
+aio-pika's robust connection reconnects by itself and re-declares the exchange and the queue; the consumer is
+aiormq's own `basic_consume` on the robust channel's current underlying channel, started again each time that
+channel is reopened. aio-pika's layer over aiormq (an IncomingMessage for every delivery) was the larger part
+of what consuming cost, so a delivered frame becomes an Event directly.
 The instance queue is not exclusive and expires after NOTIFIER_QUEUE_EXPIRES_S without a consumer, so it
 survives a short outage with its messages, and a dead instance leaves nothing behind.
 """
@@ -17,13 +20,8 @@ from typing import Any, TypeVar
 import aio_pika
 import aiormq
 import structlog
-from aio_pika.abc import (
-    AbstractExchange,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustChannel,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
 
 from notifier.broker.base import BrokerUnavailable, EventHandler
 from notifier.broker.bindings import AmqpBindChannel, Bindings, ChannelSource
@@ -32,8 +30,11 @@ from notifier.settings import Settings
 
 log = structlog.get_logger("notifier.broker")
 
-# Acknowledge with one `multiple` ack per burst of messages, at most this many at a time.
+# Acknowledge with one `multiple` ack per burst of messages: at most this many at a time, and at the latest
+# this long after the first of them was handed off. (Each ack is a frame, a task and a send for us and work for
+# RabbitMQ; aiormq hands over only a few deliveries per loop turn, so a flush per turn acked every few messages.)
 ACK_BATCH = 64
+ACK_DELAY_S = 0.005
 
 # Channels that send binds (pipelined batches, one sender each), plus one that sends unbinds and one that
 # sends a storm's covers (notifier/broker/bindings.py). Six come close
@@ -87,12 +88,18 @@ class AmqpBroker:
         self._dead_letter_exchange: AbstractExchange | None = None
         # Dead letters being republished: while any is, no `multiple` ack may cover it before it is confirmed.
         self._dead_lettering = 0
-        self._queue: AbstractQueue | None = None
+        self._consume_channel: AbstractRobustChannel | None = None
+        # The underlying channel the consumer runs on and its tag; delivery tags are only valid on that channel.
+        self._consuming_on: aiormq.abc.AbstractChannel | None = None
         self._consumer_tag: str | None = None
+        self._stopped_consuming = False
+        self._recovering: asyncio.Future[None] | None = None
         self._on_event: EventHandler | None = None
-        self._last_unacked: AbstractIncomingMessage | None = None
+        # The newest handed-off delivery not yet acknowledged, and the channel it came on.
+        self._ack_channel: aiormq.abc.AbstractChannel | None = None
+        self._ack_tag = 0
         self._unacked = 0
-        self._ack_flush_scheduled = False
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._settling: set[asyncio.Task[None]] = set()
         self.bindings = Bindings(
             self.queue_name,
@@ -147,22 +154,75 @@ class AmqpBroker:
         # A queue left by an earlier process with this NOTIFIER_INSTANCE_ID carries bindings and events for
         # clients that are gone; start from a clean one. (Reconnects within this process keep the queue.)
         await channel.queue_delete(self.queue_name, if_unused=False, if_empty=False)
-        self._queue = await channel.declare_queue(
-            self.queue_name,
-            durable=True,
-            arguments={
-                "x-expires": int(settings.queue_expires_s * 1000),
-                "x-dead-letter-exchange": settings.dead_letter_exchange,
-                # Bounded: past this length the oldest messages are dead-lettered, never silently dropped.
-                "x-max-length": settings.queue_max_length,
-                "x-overflow": "drop-head",
-            },
-        )
+        await channel.declare_queue(self.queue_name, durable=True, arguments=self._queue_arguments())
         await self._start_bindings(connection)
         publish_channel = await connection.channel(publisher_confirms=True)
         self._publish_exchange = await publish_channel.get_exchange(settings.exchange, ensure=False)
         self._dead_letter_exchange = await publish_channel.get_exchange(settings.dead_letter_exchange, ensure=False)
-        self._consumer_tag = await self._queue.consume(self._on_message)
+        self._consume_channel = channel
+        # The robust channel re-declares the queue when it is reopened (after a reconnect), then calls this.
+        channel.reopen_callbacks.add(self._consume_again)
+        await self._consume(await channel.get_underlay_channel())
+
+    def _queue_arguments(self) -> dict[str, Any]:
+        settings = self._settings
+        return {
+            "x-expires": int(settings.queue_expires_s * 1000),
+            "x-dead-letter-exchange": settings.dead_letter_exchange,
+            # Bounded: past this length the oldest messages are dead-lettered, never silently dropped.
+            "x-max-length": settings.queue_max_length,
+            "x-overflow": "drop-head",
+        }
+
+    async def _consume(self, channel: aiormq.abc.AbstractChannel) -> None:
+        channel.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
+        consume_ok = await channel.basic_consume(
+            self.queue_name, self._on_delivery, timeout=self._settings.broker_timeout_s
+        )
+        tag: str = consume_ok.consumer_tag  # type: ignore[assignment]  # always set in a ConsumeOk
+        current = self._consuming_on
+        if self._stopped_consuming or (current is not None and not current.is_closed and self._consumer_tag):
+            # Stopped while this was on its way, or a recovery and a reopen both consumed: keep one consumer.
+            await self._cancel(channel, tag)
+            return
+        self._consuming_on, self._consumer_tag = channel, tag
+
+    async def _consume_again(self, _: AbstractRobustChannel | None) -> None:
+        if self._stopped_consuming or self._consume_channel is None:
+            return
+        try:
+            await self._consume(await self._consume_channel.get_underlay_channel())
+        except _BROKER_ERRORS as error:
+            # The connection failed again meanwhile: the next reopen consumes again.
+            log.warning("broker_consume_failed", error=repr(error))
+
+    def _on_consumer_cancelled(self, frame: aiormq.spec.Basic.Cancel) -> None:
+        """RabbitMQ cancelled our consumer: the queue is gone (deleted by hand, say). Called from the channel's
+        reader, which must go on reading for the recovery's answers to arrive, so the recovery is a task."""
+        if frame.consumer_tag != self._consumer_tag or self._stopped_consuming:
+            return
+        log.warning("broker_consumer_cancelled", queue=self.queue_name)
+        self._consuming_on = self._consumer_tag = None
+        if self._recovering is None or self._recovering.done():
+            self._recovering = asyncio.ensure_future(self._recover_consumer())
+
+    async def _recover_consumer(self) -> None:
+        """Declare the queue again, consume it and bind every topic again, retrying until that works or the
+        channel's own reopen (after a connection loss) has consumed again."""
+        while not self._stopped_consuming and self._consumer_tag is None and self._consume_channel is not None:
+            try:
+                channel = await self._consume_channel.get_underlay_channel()
+                timeout_s = self._settings.broker_timeout_s
+                await channel.queue_declare(
+                    self.queue_name, durable=True, arguments=self._queue_arguments(), timeout=timeout_s
+                )
+                await self._consume(channel)
+            except _BROKER_ERRORS as error:
+                log.warning("broker_consume_failed", error=repr(error))
+                await asyncio.sleep(1.0)
+                continue
+            self.bindings.after_reconnect()
+            log.info("broker_consumer_restored", queue=self.queue_name)
 
     async def _declare_dead_letters(self, connection: AbstractRobustConnection) -> None:
         """Declare the shared dead-letter exchange and queue; if the queue already exists with other
@@ -182,18 +242,33 @@ class AmqpBroker:
                 await channel.close()
 
     async def stop_consuming(self) -> None:
-        if self._queue is not None and self._consumer_tag is not None:
-            try:
-                await asyncio.wait_for(self._queue.cancel(self._consumer_tag), self._settings.broker_timeout_s)
-            except _BROKER_ERRORS as error:
-                log.warning("broker_cancel_failed", error=repr(error))
-            self._consumer_tag = None
+        self._stopped_consuming = True
+        if self._recovering is not None:
+            self._recovering.cancel()
+        await self._cancel_consumer()
         self._on_event = None  # messages already sent to us but not handed off go back to the queue
         self._flush_acks()
         if self._settling:
             await asyncio.wait(self._settling, timeout=self._settings.broker_timeout_s)
 
+    async def _cancel_consumer(self) -> None:
+        channel, tag = self._consuming_on, self._consumer_tag
+        self._consuming_on = self._consumer_tag = None
+        if channel is not None and tag is not None:
+            await self._cancel(channel, tag)
+
+    async def _cancel(self, channel: aiormq.abc.AbstractChannel, tag: str) -> None:
+        if channel.is_closed:
+            return  # a closed channel has no consumer left; its unacknowledged messages are back in the queue
+        timeout_s = self._settings.broker_timeout_s
+        try:
+            await within(channel.basic_cancel(tag, timeout=timeout_s), timeout_s)
+        except _BROKER_ERRORS as error:
+            log.warning("broker_cancel_failed", error=repr(error))
+
     async def close(self) -> None:
+        if self._recovering is not None:
+            self._recovering.cancel()
         await self.bindings.stop()
         if self._connection is not None:
             connection, self._connection = self._connection, None
@@ -256,92 +331,99 @@ class AmqpBroker:
         finally:
             self._pending_publishes -= 1
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_delivery(self, message: DeliveredMessage) -> None:
+        delivery: aiormq.spec.Basic.Deliver = message.delivery  # type: ignore[assignment]  # what a consumer gets
+        channel = message.channel
+        tag: int = delivery.delivery_tag  # type: ignore[assignment]  # always set on a delivery
         on_event = self._on_event
         if on_event is None:  # stopping: leave it for this queue's next consumer
-            await self._settle(message.nack(requeue=True))
+            await self._settle(channel.basic_nack(tag, requeue=True))
             return
-        timestamp = message.timestamp
+        topic = delivery.routing_key or ""
+        properties = message.header.properties
+        timestamp = properties.timestamp
         try:
             event = event_from_message(
-                message.routing_key or "",
+                topic,
                 message.body,
-                event_id=message.message_id,
-                ts_ms=publish_time_ms(message.headers, timestamp.timestamp() if timestamp else None),
+                event_id=properties.message_id,
+                ts_ms=publish_time_ms(properties.headers, timestamp.timestamp() if timestamp else None),
                 max_bytes=self._settings.max_event_bytes,
-                content_encoding=message.content_encoding,
+                content_encoding=properties.content_encoding,
             )
         except UnusableMessage as error:
             self.dead_lettered += 1
-            log.warning(
-                "event_dead_lettered",
-                topic=message.routing_key,
-                event_id=message.message_id,
-                reason=str(error),
-            )
+            log.warning("event_dead_lettered", topic=topic, event_id=properties.message_id, reason=str(error))
             self._dead_lettering += 1
-            task = asyncio.ensure_future(self._dead_letter(message, str(error)))
+            task = asyncio.ensure_future(self._dead_letter(message, tag, str(error)))
             self._settling.add(task)
             task.add_done_callback(self._settling.discard)
             return
         on_event(event)
-        self._ack_after_burst(message)
+        self._ack_after_burst(channel, tag)
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+    async def _dead_letter(self, message: DeliveredMessage, tag: int, reason: str) -> None:
         """Republish an unusable message to the dead-letter exchange with the reason in a header, then ack it;
         if that cannot be confirmed, reject it so RabbitMQ dead-letters it without the reason."""
+        properties = message.header.properties
+        routing_key: str = message.routing_key or ""
         try:
             if self._dead_letter_exchange is None:
                 raise BrokerUnavailable("not connected to RabbitMQ")
-            headers = dict(message.headers or {})
+            headers = dict(properties.headers or {})
             headers[ERROR_HEADER] = reason[:ERROR_HEADER_MAX_CHARS]
             copy = aio_pika.Message(
                 message.body,
                 headers=headers,
-                content_type=message.content_type,
-                content_encoding=message.content_encoding,
-                message_id=message.message_id,
-                timestamp=message.timestamp,
-                type=message.type,
-                app_id=message.app_id,
-                correlation_id=message.correlation_id,
+                content_type=properties.content_type,
+                content_encoding=properties.content_encoding,
+                message_id=properties.message_id,
+                timestamp=properties.timestamp,
+                type=properties.message_type,
+                app_id=properties.app_id,
+                correlation_id=properties.correlation_id,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             )
             await self._dead_letter_exchange.publish(
-                copy, routing_key=message.routing_key or "", timeout=self._settings.broker_timeout_s
+                copy, routing_key=routing_key, timeout=self._settings.broker_timeout_s
             )
         except (*_BROKER_ERRORS, BrokerUnavailable) as error:
-            log.warning("dead_letter_republish_failed", event_id=message.message_id, error=repr(error))
-            await self._settle(message.reject(requeue=False))
+            log.warning("dead_letter_republish_failed", event_id=properties.message_id, error=repr(error))
+            await self._settle(message.channel.basic_reject(tag, requeue=False))
         else:
-            await self._settle(message.ack())
+            await self._settle(message.channel.basic_ack(tag))
         finally:
             self._dead_lettering -= 1
             if not self._dead_lettering:
                 self._flush_acks()
 
-    def _ack_after_burst(self, message: AbstractIncomingMessage) -> None:
+    def _ack_after_burst(self, channel: aiormq.abc.AbstractChannel, tag: int) -> None:
         """Acknowledge handed-off messages with one `multiple` ack per burst rather than one ack each.
 
-        Messages of one read from the socket are processed in the same loop iteration; the flush runs after
-        them. A message handed off but not yet acknowledged when the connection drops is redelivered.
+        A message handed off but not yet acknowledged when the connection drops is redelivered.
         """
-        self._last_unacked = message
+        if channel is not self._ack_channel:
+            self._flush_acks()  # a tag of the channel before a reconnect is never sent on the new one
+        self._ack_channel = channel
+        self._ack_tag = tag
         self._unacked += 1
         if self._unacked >= ACK_BATCH:
             self._flush_acks()
-        elif not self._ack_flush_scheduled:
-            self._ack_flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_acks)
+        elif self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY_S, self._flush_acks)
 
     def _flush_acks(self) -> None:
-        self._ack_flush_scheduled = False
-        message = self._last_unacked
-        if message is None or self._dead_lettering:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        channel = self._ack_channel
+        if channel is None or self._dead_lettering:
             return  # a dead letter in flight flushes when it is settled
-        self._last_unacked = None
+        self._ack_channel = None
         self._unacked = 0
-        task = asyncio.ensure_future(self._settle(message.ack(multiple=True)))
+        if channel.is_closed:
+            return  # its messages are redelivered on the reopened channel
+        task = asyncio.ensure_future(self._settle(channel.basic_ack(self._ack_tag, multiple=True)))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
