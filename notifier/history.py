@@ -40,10 +40,10 @@ class History:
 
     def record(self, frame: Frame) -> None:
         """Number `frame` as the next event frame of the session (the oldest goes past the count cap)."""
-        entries = self._entries
-        if entries is None:
-            entries = self._entries = deque(maxlen=self._max_events)  # the deque drops the oldest past the cap
-        entries.append(frame)
+        try:
+            self._entries.append(frame)  # type: ignore[union-attr]
+        except AttributeError:  # the first record: the deque is made now (raising costs nothing until it raises)
+            self._entries = deque((frame,), maxlen=self._max_events)  # it drops the oldest past the cap
         sent = self.sent = self.sent + 1
         if not sent & EXPIRY_EVERY:
             self._forget_expired()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import resource
 import socket
 import time
@@ -100,4 +101,9 @@ def serve(
         log.warning(
             "open_files_below_max_connections", open_files_capacity=capacity, max_connections=settings.max_connections
         )
-    build_server(settings, dev=dev, metrics_dir=metrics_dir).run(sockets=[sock] if sock is not None else None)
+    server = build_server(settings, dev=dev, metrics_dir=metrics_dir)
+    # Everything built so far lives as long as the process: keep it out of the garbage collector's full passes,
+    # which otherwise walk it again and again while thousands of clients connect.
+    gc.collect()
+    gc.freeze()
+    server.run(sockets=[sock] if sock is not None else None)
