@@ -23,7 +23,7 @@ class Outbox:
     The bound is NOTIFIER_SEND_QUEUE_SIZE frames, plus the sender's `buffer_bytes` for a sender without a
     socket buffer of its own, so both write paths take the same burst before calling a client slow."""
 
-    __slots__ = ("_closing", "_done", "_limit", "_on_overflow", "_queue", "_sender", "_writer")
+    __slots__ = ("_closing", "_direct", "_done", "_limit", "_on_overflow", "_queue", "_sender", "_writer")
 
     def __init__(self, sender: Sender, limit: int, on_overflow: Callable[[], None]) -> None:
         self._sender = sender
@@ -33,19 +33,20 @@ class Outbox:
         self._writer: asyncio.Task[None] | None = None
         self._closing: CloseReason | None = None
         self._done = False  # the close frame went out or the connection is gone: it takes nothing more
+        # No writer, no close under way, not done: a frame may go straight to the socket (one check per delivery).
+        self._direct = True
 
     def __len__(self) -> int:
         return len(self._queue) if self._queue else 0
 
     def offer(self, frame: Frame) -> None:
+        queue = self._queue
+        if not queue and self._direct and self._sender.try_write(frame.wire):
+            return  # nothing was queued before it, so the order is kept
         if self._done:
             return
-        queue = self._queue
-        if not queue:
-            if self._writer is None and self._closing is None and self._sender.try_write(frame.wire):
-                return  # nothing was queued before it, so the order is kept
-            if queue is None:
-                queue = self._queue = deque()
+        if queue is None:
+            queue = self._queue = deque()
         elif len(queue) >= self._limit and self._over_buffer(queue):
             self._on_overflow()
             return
@@ -72,6 +73,7 @@ class Outbox:
         if self._done:
             return
         self._closing = reason
+        self._direct = False
         self._start_writer()
 
     def drop_pending(self) -> int:
@@ -93,12 +95,14 @@ class Outbox:
         elif self._done:
             return  # the close frame went out, or the sender found the connection gone
         self._done = True
+        self._direct = False
         self._sender.drop_unsent()
         if self._queue:
             self._queue.clear()
 
     def _start_writer(self) -> None:
         if self._writer is None:
+            self._direct = False
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
     async def _write(self) -> None:
@@ -115,5 +119,6 @@ class Outbox:
             self._done = True
         finally:
             self._writer = None
+            self._direct = not self._done and self._closing is None
             if self._done and self._queue:
                 self._queue.clear()
