@@ -176,7 +176,9 @@ class BackpressuredWebSocketProtocol(WebSocketsSansIOProtocol):
     async def send(self, message: Any) -> None:
         await super().send(message)
         if self.handshake_complete and getattr(self, "response", None) is not None:
-            # Sent: the request and response of the handshake are never read again.
+            # Sent: the request and response of the handshake are never read again. The handshake parser's
+            # suspended frame still holds the request for the connection's life, so its headers are emptied.
+            self.request.headers.clear()
             self.request = self.response = None  # type: ignore[assignment]
 
     # Backpressure.
