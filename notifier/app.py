@@ -21,8 +21,8 @@ from notifier.metrics import build_registry
 from notifier.metrics_port import MetricsEndpoint
 from notifier.node import Node
 from notifier.publisher import EventPublisher
-from notifier.routes import demo, docs, health, metrics, publish, server_api, websocket
-from notifier.senders import CaptureRawSend
+from notifier.routes import demo, docs, health, metrics, publish, server_api
+from notifier.routes.websocket import NotifierApp, websocket_endpoint
 from notifier.server_signals import drain_before_server_stops
 from notifier.settings import Settings
 
@@ -80,7 +80,7 @@ def create_app(
             if metrics_endpoint is not None:
                 await metrics_endpoint.stop()
 
-    app = FastAPI(title="notifier", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = NotifierApp(title="notifier", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.node = node
     app.state.control = control
     app.state.publisher = EventPublisher(node.broker, settings)
@@ -95,12 +95,12 @@ def create_app(
     if docs_assets is not None:
         app.mount(docs.ASSETS_PATH, docs_assets, name="docs-assets")
     docs.install_openapi(app)
-    app.include_router(websocket.router)
     app.include_router(demo.build_router(settings, dev=dev))
     app.mount("/static", demo.static_files(settings), name="static")
     app.state.dev = dev
-    app.add_middleware(CaptureRawSend)
-    app.add_middleware(AdmissionGate, settings=settings, authenticated=lambda: node.admission.authenticated)
+    app.websocket_entry = AdmissionGate(
+        websocket_endpoint(node), settings=settings, authenticated=lambda: node.admission.authenticated
+    )
     return app
 
 

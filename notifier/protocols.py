@@ -4,7 +4,10 @@
   keep-alive requests), so sockets that send nothing, or send a header a byte at a time, are closed. The first
   request of each new socket takes its turn (notifier/pacing.py), so a storm of handshakes cannot stall the
   event loop.
-- WebSocket (`websockets-sansio`, which `notifier serve` runs): backpressure. While the socket's output is
+- WebSocket (`websockets-sansio`, which `notifier serve` runs): small per connection, and backpressure. Its
+  receive queue and writable flag are made without an empty asyncio.Queue and Event (four deques) per socket,
+  and it lets go of the handshake's request and response once the handshake is done.
+  Backpressure: While the socket's output is
   not draining, the connection stops reading, so a client that floods pings and never reads cannot make us
   queue pongs without end; if the output stays stuck for NOTIFIER_WRITE_STALL_TIMEOUT_S the connection is
   dropped. Pings count against the same frames-per-second budget as text frames (close 4004 past it).
@@ -13,7 +16,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -32,6 +35,79 @@ FRAME_BUDGET_SCOPE_KEY = "notifier.frame_budget"
 # New sockets whose first request is handled per event loop iteration. A WebSocket's handshake, and its login in
 # the next iteration, cost about a millisecond: 64 keep an iteration well under a tenth of a second.
 FIRST_REQUESTS_PER_TURN = 64
+
+T = TypeVar("T")
+
+
+class LightFlag:
+    """What uvicorn and our senders use of asyncio.Event (`is_set`, `set`, `clear`, `wait`), with the list of
+    waiters made on the first wait: a connection whose output never stalls has nothing to wake."""
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self) -> None:
+        self._value = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        if self._value:
+            return
+        self._value = True
+        for waiter in self._waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> bool:
+        if self._value:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.remove(waiter)
+        return True
+
+
+class ReceiveQueue(Generic[T]):
+    """What uvicorn uses of asyncio.Queue (`put_nowait`, `get`, `empty`), for the connection's one reader.
+    It holds a message or two at most: uvicorn stops reading the socket while a message waits."""
+
+    __slots__ = ("_getter", "_items")
+
+    def __init__(self) -> None:
+        self._items: list[T] = []
+        self._getter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: T) -> None:
+        self._items.append(item)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+
+    async def get(self) -> T:
+        items = self._items
+        while not items:
+            getter = self._getter = asyncio.get_running_loop().create_future()
+            try:
+                await getter
+            finally:
+                self._getter = None
+        return items.pop(0)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
 
 
 class LimitedHttpProtocol(HttpToolsProtocol):
@@ -123,6 +199,9 @@ class BackpressuredWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.queue = ReceiveQueue()  # type: ignore[assignment]
+        self.writable = LightFlag()  # type: ignore[assignment]
+        self.writable.set()
         self.frame_budget = RateLimiter(self.frames_per_s, self.frames_burst)
         self.output_stalled = False
         self._stall_timer: asyncio.TimerHandle | None = None
@@ -133,6 +212,14 @@ class BackpressuredWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:
             scope[FRAME_BUDGET_SCOPE_KEY] = self.frame_budget
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if self.handshake_complete and getattr(self, "response", None) is not None:
+            # Sent: the request and response of the handshake are never read again. The handshake parser's
+            # suspended frame still holds the request for the connection's life, so its headers are emptied.
+            self.request.headers.clear()
+            self.request = self.response = None  # type: ignore[assignment]
 
     # Backpressure.
 

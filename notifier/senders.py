@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 import structlog
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope, Send
 from starlette.websockets import WebSocketDisconnect
 from websockets.protocol import State as ConnectionState
 
@@ -190,16 +190,3 @@ class FastPathReport:
             server = type(getattr(scope.get(RAW_SEND_SCOPE_KEY), "__self__", None)).__name__
             reason = f"the connection is served by {server}, not uvicorn's websockets-sansio"
         log.info("fast_write_path_off", reason=reason)
-
-
-class CaptureRawSend:
-    """ASGI middleware that keeps the server's own `send` of each WebSocket in the scope, before any wrapper,
-    so a session can find the connection it writes to."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            scope[RAW_SEND_SCOPE_KEY] = send
-        await self.app(scope, receive, send)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -89,7 +89,31 @@ class SessionContext:
 
 
 class Session:
-    """Serves one WebSocket connection from handshake to close."""
+    """Serves one WebSocket connection from handshake to close.
+
+    Thousands of these sit idle at once, so an idle one holds no task and no timer of its own beyond its
+    token's expiry, and its history and send queue are made when first needed."""
+
+    __slots__ = (
+        "__weakref__",
+        "_client_close_code",
+        "_close_reason",
+        "_context",
+        "_holds_user_slot",
+        "_outbox",
+        "_rate",
+        "_receive",
+        "_sender",
+        "_sent_when_parked",
+        "_settings",
+        "_timer",
+        "connection_id",
+        "history",
+        "identity",
+        "session_id",
+        "state",
+        "topics",
+    )
 
     def __init__(
         self, receive: Receive, sender: Sender, context: SessionContext, frame_budget: RateLimiter | None = None
@@ -98,7 +122,7 @@ class Session:
         self._sender = sender
         self._context = context
         self._settings = settings = context.settings
-        self.connection_id = uuid.uuid4().hex[:16]
+        self.connection_id = secrets.token_hex(8)
         self.state = State.AWAITING_AUTH
         self.identity: Identity | None = None
         self.session_id: str | None = None  # given with the welcome
@@ -109,10 +133,17 @@ class Session:
         self._close_reason: CloseReason | None = None
         self._client_close_code: int | None = None
         self._outbox = Outbox(sender, settings.send_queue_size, self._on_outbox_overflow)
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        # At most one deadline at a time: the auth timeout, then the token's expiry, then the close's grace.
+        self._timer: asyncio.TimerHandle | None = None
         # Under `notifier serve` the connection's protocol owns the frame budget, so its pings spend it too.
         self._rate = frame_budget or RateLimiter(settings.client_frames_per_s, settings.client_frames_burst)
-        self._log = log.bind(conn=self.connection_id)
+
+    @property
+    def _log(self) -> structlog.typing.FilteringBoundLogger:
+        """The logger with this connection's id and user; bound when something is logged, not held."""
+        if self.identity is None:
+            return log.bind(conn=self.connection_id)  # type: ignore[no-any-return]
+        return log.bind(conn=self.connection_id, user=self.identity.user)  # type: ignore[no-any-return]
 
     @property
     def user(self) -> str | None:
@@ -129,7 +160,9 @@ class Session:
         to take it is closed); keep it for a resume; while parked, only keep it."""
         state = self.state
         if state is State.OPEN:
-            self.history.record(frame)
+            history = self.history
+            if history.keeps:  # with resume off, nothing is kept once the welcome went out
+                history.record(frame)
             self._outbox.offer(frame)
         elif state is State.CLOSING or state is State.AWAITING_AUTH:
             self.history.record(frame)  # sent after the welcome, or replayed if the session is resumed
@@ -153,10 +186,8 @@ class Session:
         self._close_reason = reason
         if drop_pending:
             self._context.stats.frames_dropped += self._outbox.drop_pending()
-        for timer in self._timers.values():
-            timer.cancel()
         # A client that stopped reading never answers the close, and the reader may be waiting on it.
-        self._start_timer("abandon", CLOSE_GRACE_S, self._abandon)
+        self._start_timer(CLOSE_GRACE_S, self._abandon)
         self._context.stats.closes_by_code[reason.code] += 1
         if reason is not closecodes.SHUTDOWN:  # the drain logs those once, with their number
             self._log.info("connection_closing", user=self.user, code=reason.code, reason=reason.reason)
@@ -170,27 +201,22 @@ class Session:
     async def run(self, token_in_url: str | None) -> None:
         """Serve the connection until it ends; the caller has checked the origin and accepted."""
         admission = self._context.admission
-        writer = asyncio.create_task(self._outbox.run(self._is_closing), name=f"writer-{self.connection_id}")
         try:
             if not admission.open_connection():
                 self.close(closecodes.SERVER_FULL)
             elif token_in_url is not None:
                 await self._authenticate(token_in_url, request_id=None)
             else:
-                self._start_timer("auth", self._settings.auth_timeout_s, closecodes.AUTH_TIMEOUT)
+                self._start_timer(self._settings.auth_timeout_s, closecodes.AUTH_TIMEOUT)
             await self._read_loop()
         finally:
             if self._is_live():
                 self.state = State.CLOSING
-            for timer in self._timers.values():
-                timer.cancel()
+            self._cancel_timer()
             # The reader ends when the client is gone or did not answer our close in time: either way nothing
             # the writer still holds can reach it. Stop the writer rather than wait on it (this also runs
             # while the event loop shuts down, where every second of waiting delays the exit).
-            if not writer.done():
-                writer.cancel()
-                await asyncio.wait([writer])
-                self._sender.drop_unsent()
+            await self._outbox.stop()
             admission.close_connection()
             await self._after_connection()
 
@@ -217,9 +243,6 @@ class Session:
     def _is_live(self) -> bool:
         return self.state is State.OPEN or self.state is State.AWAITING_AUTH
 
-    def _is_closing(self) -> bool:
-        return not self._is_live()
-
     def _parkable(self) -> bool:
         if self.session_id is None or self._settings.resume_window_s <= 0:
             return False  # never welcomed, or resume is off
@@ -241,8 +264,7 @@ class Session:
         was = self.state
         self.state = State.HANDED_OVER
         self._context.directory.forget(self)
-        for timer in self._timers.values():
-            timer.cancel()
+        self._cancel_timer()
         self._release_user_slot()
         if was is not State.PARKED:
             self._sender.abort()
@@ -327,7 +349,7 @@ class Session:
     async def _authenticate(
         self, token: str, request_id: messages.RequestId, resume: messages.Resume | None = None
     ) -> None:
-        self._cancel_timer("auth")
+        self._cancel_timer()  # the auth timeout
         context = self._context
         try:
             identity = await context.verifier.verify(token)
@@ -374,7 +396,6 @@ class Session:
             return False
         self.identity = identity
         self._holds_user_slot = True
-        self._log = self._log.bind(user=identity.user)
         return True
 
     def _go_live(
@@ -400,7 +421,7 @@ class Session:
         old = context.directory.find(resume.session)
         if not isinstance(old, Session) or old is self or old.user != identity.user:
             return None  # unknown here, or someone else's: a fresh session, and nothing of theirs is shown
-        replay = old.history.after(resume.received)
+        replay = old.frames_after(resume.received)
         if replay is None:
             if old.state is State.PARKED:
                 context.directory.end(old)  # the client can never get it back whole
@@ -489,7 +510,10 @@ class Session:
         return self.state is State.AWAITING_AUTH
 
     def frames_after(self, received: int) -> list[Frame] | None:
-        """The event frames after the client's `received`-th, or None if they are not all held."""
+        """The event frames after the client's `received`-th, or None if they are not all held (never all, with
+        resume off)."""
+        if not self.history.keeps:
+            return None
         return self.history.after(received)
 
     def hand_over_to_another_instance(self) -> None:
@@ -518,25 +542,27 @@ class Session:
         self.reply(messages.refreshed(frame.id, identity.expires_at, dropped))
 
     def _schedule_expiry(self, expires_at: float) -> None:
-        self._start_timer("expiry", max(0.0, expires_at - time.time()), closecodes.TOKEN_EXPIRED)
+        self._start_timer(max(0.0, expires_at - time.time()), closecodes.TOKEN_EXPIRED)
 
-    def _start_timer(self, name: str, delay_s: float, action: CloseReason | Callable[[], None]) -> None:
-        """After `delay_s`, close with `action` if it is a CloseReason, else call it."""
-        self._cancel_timer(name)
+    def _start_timer(self, delay_s: float, action: CloseReason | Callable[[], None]) -> None:
+        """After `delay_s`, close with `action` if it is a CloseReason, else call it; replaces the deadline
+        set before."""
+        self._cancel_timer()
         loop = asyncio.get_running_loop()
         if isinstance(action, CloseReason):
-            self._timers[name] = loop.call_later(delay_s, self.close, action)
+            self._timer = loop.call_later(delay_s, self.close, action)
         else:
-            self._timers[name] = loop.call_later(delay_s, action)
+            self._timer = loop.call_later(delay_s, action)
 
     def _abandon(self) -> None:
         """The close handshake did not finish in time: drop the socket, which ends the reader too."""
         self._log.info("connection_abandoned", user=self.user)
         self._sender.abort()
 
-    def _cancel_timer(self, name: str) -> None:
-        timer = self._timers.pop(name, None)
+    def _cancel_timer(self) -> None:
+        timer = self._timer
         if timer is not None:
+            self._timer = None
             timer.cancel()
 
     # Subscriptions.

@@ -271,6 +271,20 @@ async def test_a_burst_larger_than_the_queue_reaches_a_reading_client_in_order()
     assert node.stats.closes_by_code[closecodes.SLOW_CLIENT.code] == 0
 
 
+async def test_a_client_that_paused_reading_gets_later_frames_in_order_once_it_reads_again(instance: Instance) -> None:
+    _, socket = await signed_in(instance, "alice")
+    socket.paused.clear()
+    for n in range(3):
+        await instance.publish("user.alice", n)
+    socket.paused.set()
+    assert await received_events(socket, 3) == [0, 1, 2]
+    socket.paused.clear()  # stalls again, after its writer had nothing left to send
+    await instance.publish("user.alice", 3)
+    socket.paused.set()
+    await instance.publish("user.alice", 4)
+    assert await received_events(socket, 5) == [0, 1, 2, 3, 4]
+
+
 async def test_refresh_for_another_user_is_refused(instance: Instance) -> None:
     _, socket = await signed_in(instance, "alice")
     socket.client_sends({"type": "refresh", "token": token("mallory"), "id": "r"})
@@ -447,6 +461,23 @@ async def test_a_parked_session_does_not_hold_a_users_connection_slot() -> None:
     session_id, _ = await dropped_after(node, "alice", 0)
     _, _, welcome = await resumed(node, "alice", session_id, 0)
     assert welcome["recovered"] is True
+
+
+async def test_with_resume_off_a_session_keeps_nothing_and_is_never_recovered() -> None:
+    node = Instance(resume_window_s=0)
+    await node.broker.connect(node.hub.deliver)
+    old, old_socket = await signed_in(node, "alice")
+    await node.publish("user.alice", 0)
+    assert await received_events(old_socket, 1) == [0]
+    assert len(old.history) == 0
+    assert old.session_id is not None
+    _, socket, welcome = await resumed(node, "alice", old.session_id, 0)
+    assert welcome["recovered"] is False
+    await node.publish("user.alice", 1)
+    assert await received_events(socket, 1) == [1]
+    old_socket.client_leaves(1006)
+    await asyncio.wait_for(node.runs[0], 2)
+    assert node.directory.parked_count == 0
 
 
 async def test_a_bad_resume_field_before_auth_is_a_protocol_violation(instance: Instance) -> None:
