@@ -574,7 +574,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storm-json", type=Path, help="put this bench.storm result (storm.json) in the report")
     parser.add_argument("--storm-clients", default="5000,10000", help="storm sizes (default 5000,10000; smoke 50)")
     parser.add_argument("--restart-clients", type=int, help="clients in the restart phase (default 15000; smoke 50)")
+    parser.add_argument(
+        "--rewrite",
+        type=Path,
+        metavar="LATEST_JSON",
+        help="run nothing: write the report again from this latest.json (with --storm-json: its storm results)",
+    )
     args = parser.parse_args(argv)
+    if args.rewrite:
+        from bench.report import write_report
+
+        saved = json.loads(args.rewrite.read_text())
+        if args.storm_json:
+            saved["storm"] = json.loads(args.storm_json.read_text())
+        for path in write_report(saved, args.out or args.rewrite.parent):
+            print(f"bench: wrote {path}", file=sys.stderr)
+        return 0
 
     systems = all_systems()
     names = (

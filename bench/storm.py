@@ -215,6 +215,8 @@ def run_restart(
                 "half_back_s": round(welcomes[len(welcomes) // 2] - sigterm_at, 2) if welcomes else None,
             }
         )
+        if is_notifier:
+            results["bindings_to_old_queue_at_end"] = bindings_to(exchange, queues[0])
         log(f"  {users}: {welcomed:,} of {results['connected']:,} back after {results['last_back_s']} s")
     except (RuntimeError, TimeoutError, OSError, EOFError) as error:
         results["error"] = repr(error)[:500]
@@ -338,15 +340,17 @@ def restart_section(restart: dict[str, Any], heading: str) -> list[str]:
         if result.get("exit_error"):
             exit_text += f" {result['exit_error']}"
         bindings = result.get("bindings_left_to_old_queue")
+        at_end = result.get("bindings_to_old_queue_at_end")
+        bindings_text = "-" if bindings is None else f"{bindings:,}" + ("" if at_end is None else f" / {at_end:,}")
         lines.append(
             f"| {name} | {result['connected']:,} | {result['welcomed']:,} | {all_back_text} "
             f"| {_fmt_s(result.get('half_back_s'))} | {exit_text} | {_fmt_s(result.get('new_ready_s'))} "
-            f"| {result['attempts']:,} | {refusals} | {'-' if bindings is None else f'{bindings:,}'} |"
+            f"| {result['attempts']:,} | {refusals} | {bindings_text} |"
         )
     lines += [
         "",
         "*bindings left to the old queue*: bindings from the system's exchange to the old instance's queue, "
-        "counted right after the old process exited.",
+        "counted right after the old process exited / once every client was back.",
         "",
     ]
     return lines

@@ -5,6 +5,7 @@ drains with 1012 where the server lets the app hear of the stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -61,8 +62,9 @@ async def test_a_fast_reader_gets_a_whole_burst_and_sigterm_drains(
     }
     log_path = tmp_path / f"{server}.log"
     with log_path.open("wb") as log:
+        # A session of its own: granian forks workers, and killing only their parent would leave them running.
         process = await asyncio.create_subprocess_exec(
-            *command(server, port), env=env, stdout=log, stderr=asyncio.subprocess.STDOUT
+            *command(server, port), env=env, stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True
         )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
@@ -95,6 +97,6 @@ async def test_a_fast_reader_gets_a_whole_burst_and_sigterm_drains(
             await asyncio.wait_for(process.wait(), 15)
             assert "Traceback" not in log_path.read_text(), log_path.read_text()
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the whole group, workers included, even if the parent exited
+        await process.wait()

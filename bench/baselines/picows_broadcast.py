@@ -127,6 +127,7 @@ async def main() -> None:
         "127.0.0.1",
         int(os.environ["BENCH_PORT"]),
         websocket_handshake_timeout=30,
+        backlog=2048,  # as uvicorn gives notifier: see the websockets baseline
     )
     try:
         await server.serve_forever()
