@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 import uuid
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -41,9 +42,6 @@ ACK_DELAY_S = 0.005
 BIND_CHANNELS = 6
 # Binds sent back to back before one confirmed bind acts as the barrier for them all.
 BIND_BATCH = 256
-
-# How long a stopping instance waits for RabbitMQ to confirm that its connection is closed.
-CLOSE_WAIT_S = 1.0
 
 # The header that tells an operator reading the dead-letter queue why notifier refused a message.
 ERROR_HEADER = "x-notifier-error"
@@ -275,28 +273,25 @@ class AmqpBroker:
         if self._connection is not None:
             connection, self._connection = self._connection, None
             try:
-                # RabbitMQ answers a close once every channel is done: after a queue delete, not for seconds.
-                # Nothing is left to settle here, so the stop does not wait that long.
-                await within(connection.close(), CLOSE_WAIT_S)
+                await asyncio.wait_for(connection.close(), self._settings.broker_timeout_s)
             except _BROKER_ERRORS as error:
-                log.info("broker_close_not_confirmed", error=repr(error))
+                log.warning("broker_close_failed", error=repr(error))
 
     async def delete_queue(self) -> None:
         """One request removes the queue with all its bindings: unbinding 15,000 topics one by one would take
-        RabbitMQ longer than a graceful stop may last. Even so RabbitMQ takes seconds for 15,000 bindings, so
-        the request goes `nowait` and the stop does not wait for it: RabbitMQ runs a channel's requests to
-        the end before it closes the channel, also when our connection goes first. If the request cannot
-        be sent, the queue expires after NOTIFIER_QUEUE_EXPIRES_S, and its bindings with it."""
+        RabbitMQ longer than a graceful stop may last. If it fails, the queue expires after
+        NOTIFIER_QUEUE_EXPIRES_S, and its bindings with it."""
         if self._connection is None or not self.ready:
             return
+        started = time.monotonic()
         try:
             channel = await self._connection.channel()
-            underlay = await channel.get_underlay_channel()
-            await underlay.queue_delete(self.queue_name, nowait=True)
+            await channel.queue_delete(self.queue_name)
+            await channel.close()
         except _BROKER_ERRORS as error:
             log.warning("broker_queue_delete_failed", queue=self.queue_name, error=repr(error))
             return
-        log.info("broker_queue_delete_sent", queue=self.queue_name)
+        log.info("broker_queue_deleted", queue=self.queue_name, seconds=round(time.monotonic() - started, 3))
 
     async def bind(self, topic: str) -> None:
         if not self.ready:
