@@ -193,13 +193,11 @@ class Bindings:
         cover = self._cover_for(topic)
         # asyncio.wait neither cancels the futures nor the requests behind them when the time is up.
         deadline = time.monotonic() + self._wait_s
-        while cover is not None and not future.done():
-            await asyncio.wait([future, cover], timeout=deadline - time.monotonic(), return_when=FIRST_COMPLETED)
-            if not cover.done():
-                break  # out of time
-            if not cover.cancelled() and cover.exception() is None:
+        if cover is not None and not future.done():
+            await asyncio.wait([future, cover], timeout=self._wait_s, return_when=FIRST_COMPLETED)
+            if not future.done() and cover.done() and not cover.cancelled() and cover.exception() is None:
                 return  # routed here by the cover; the topic's own bind follows
-            cover = None  # the broker went away under the cover: wait for the bind itself
+            # Otherwise out of time, or the broker went away under the cover: it is the bind itself or nothing.
         if not future.done():
             await asyncio.wait([future], timeout=max(0.0, deadline - time.monotonic()))
         if not future.done():
