@@ -21,10 +21,11 @@ import aio_pika
 import aiormq
 import structlog
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
-from aiormq.abc import DeliveredMessage
+from aiormq import spec
+from aiormq.abc import ChannelFrame, DeliveredMessage
 
 from notifier.broker.base import BrokerUnavailable, EventHandler
-from notifier.broker.bindings import AmqpBindChannel, Bindings, ChannelSource
+from notifier.broker.bindings import Bindings, ChannelSource
 from notifier.events import TIMESTAMP_MS_HEADER, UnusableMessage, event_from_message, now_ms, publish_time_ms
 from notifier.settings import Settings
 
@@ -441,6 +442,34 @@ class AmqpBroker:
         self.reconnects += 1
         log.info("broker_reconnected", queue=self.queue_name, reconnects=self.reconnects)
         self.bindings.after_reconnect()
+
+
+class AmqpBindChannel:
+    """A BindChannel on an aiormq channel.
+
+    aiormq runs every request, `nowait` ones too, as a task of its own that takes the channel's lock: a few
+    event loop iterations per bind. In a storm each iteration handles dozens of handshakes, so 255 binds sent
+    one by one would take seconds. The `nowait` binds of a batch go out as one write instead.
+    """
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        if not isinstance(channel, aiormq.Channel):
+            raise TypeError(f"an aiormq.Channel is needed to write frames, not {type(channel).__name__}")
+        self._channel = channel
+
+    async def queue_bind(self, queue: str, exchange: str, routing_key: str) -> None:
+        await self._channel.queue_bind(queue, exchange, routing_key=routing_key)
+
+    async def queue_bind_nowait(self, queue: str, exchange: str, routing_keys: list[str]) -> None:
+        channel = self._channel
+        if channel.is_closed:
+            raise BrokerUnavailable("channel closed")
+        frames = [spec.Queue.Bind(queue=queue, exchange=exchange, routing_key=key, nowait=True) for key in routing_keys]
+        # Only this sender uses the channel and a nowait bind gets no answer: nothing to wait for but the queue.
+        await channel.write_queue.put(ChannelFrame.marshall(channel_number=channel.number, frames=frames))
+
+    async def queue_unbind(self, queue: str, exchange: str, routing_key: str) -> None:
+        await self._channel.queue_unbind(queue, exchange, routing_key=routing_key)
 
 
 def _underlay(channel: AbstractRobustChannel) -> ChannelSource:

@@ -29,10 +29,7 @@ from asyncio import FIRST_COMPLETED
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-import aiormq
 import structlog
-from aiormq import spec
-from aiormq.abc import ChannelFrame
 
 from notifier.broker.base import BrokerUnavailable
 
@@ -53,34 +50,6 @@ class BindChannel(Protocol):
 
 
 ChannelSource = Callable[[], Awaitable[BindChannel]]
-
-
-class AmqpBindChannel:
-    """A BindChannel on an aiormq channel.
-
-    aiormq runs every request, `nowait` ones too, as a task of its own that takes the channel's lock: a few
-    event loop iterations per bind. In a storm each iteration handles dozens of handshakes, so 255 binds sent
-    one by one would take seconds. The `nowait` binds of a batch go out as one write instead.
-    """
-
-    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
-        if not isinstance(channel, aiormq.Channel):
-            raise TypeError(f"an aiormq.Channel is needed to write frames, not {type(channel).__name__}")
-        self._channel = channel
-
-    async def queue_bind(self, queue: str, exchange: str, routing_key: str) -> None:
-        await self._channel.queue_bind(queue, exchange, routing_key=routing_key)
-
-    async def queue_bind_nowait(self, queue: str, exchange: str, routing_keys: list[str]) -> None:
-        channel = self._channel
-        if channel.is_closed:
-            raise BrokerUnavailable("channel closed")
-        frames = [spec.Queue.Bind(queue=queue, exchange=exchange, routing_key=key, nowait=True) for key in routing_keys]
-        # Only this sender uses the channel and a nowait bind gets no answer: nothing to wait for but the queue.
-        await channel.write_queue.put(ChannelFrame.marshall(channel_number=channel.number, frames=frames))
-
-    async def queue_unbind(self, queue: str, exchange: str, routing_key: str) -> None:
-        await self._channel.queue_unbind(queue, exchange, routing_key=routing_key)
 
 
 # How long to wait before sending again after a request failed (the robust connection is reconnecting).
