@@ -168,7 +168,7 @@ class Session:
             self.history.record(frame)  # sent after the welcome, or replayed if the session is resumed
         elif state is State.PARKED:
             if self.history.sent - self._sent_when_parked >= self._settings.resume_max_events:
-                self._log.info("parked_session_overflowed", user=self.user)
+                self._log.info("parked_session_overflowed")
                 self._context.directory.end(self)  # it missed more than it can hold: never recoverable
             else:
                 self.history.record(frame)
@@ -190,7 +190,7 @@ class Session:
         self._start_timer(CLOSE_GRACE_S, self._abandon)
         self._context.stats.closes_by_code[reason.code] += 1
         if reason is not closecodes.SHUTDOWN:  # the drain logs those once, with their number
-            self._log.info("connection_closing", user=self.user, code=reason.code, reason=reason.reason)
+            self._log.info("connection_closing", code=reason.code, reason=reason.reason)
         self._outbox.close_after_pending(reason)
 
     def _on_outbox_overflow(self) -> None:
@@ -231,7 +231,7 @@ class Session:
             self._release_user_slot()
             context.on_finished(self)
             context.directory.park(self)
-            self._log.info("session_parked", user=self.user)
+            self._log.info("session_parked")
         else:
             context.directory.forget(self)
             self.state = State.ENDED
@@ -255,7 +255,7 @@ class Session:
         if self.state is not State.PARKED:
             return None
         self.state = State.ENDED
-        self._log.info("parked_session_ended", user=self.user)
+        self._log.info("parked_session_ended")
         return self._release()
 
     def hand_over(self) -> None:
@@ -556,7 +556,7 @@ class Session:
 
     def _abandon(self) -> None:
         """The close handshake did not finish in time: drop the socket, which ends the reader too."""
-        self._log.info("connection_abandoned", user=self.user)
+        self._log.info("connection_abandoned")
         self._sender.abort()
 
     def _cancel_timer(self) -> None:
