@@ -280,19 +280,19 @@ class AmqpBroker:
 
     async def delete_queue(self) -> None:
         """One request removes the queue with all its bindings: unbinding 15,000 topics one by one would take
-        RabbitMQ longer than a graceful stop may last. If it fails, the queue expires after
+        RabbitMQ longer than a graceful stop may last. The request is sent without waiting for its answer:
+        RabbitMQ goes on deleting 15,000 bindings for seconds, and once it has the request it finishes the
+        deletion whether or not this connection is still open. If it cannot be sent, the queue expires after
         NOTIFIER_QUEUE_EXPIRES_S, and its bindings with it."""
         if self._connection is None or not self.ready:
             return
-        started = time.monotonic()
         try:
-            channel = await self._connection.channel()
-            await channel.queue_delete(self.queue_name)
-            await channel.close()
+            channel = await (await self._connection.channel()).get_underlay_channel()
+            await channel.queue_delete(self.queue_name, nowait=True)
         except _BROKER_ERRORS as error:
             log.warning("broker_queue_delete_failed", queue=self.queue_name, error=repr(error))
             return
-        log.info("broker_queue_deleted", queue=self.queue_name, seconds=round(time.monotonic() - started, 3))
+        log.info("broker_queue_delete_sent", queue=self.queue_name)
 
     async def bind(self, topic: str) -> None:
         if not self.ready:
