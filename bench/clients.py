@@ -288,6 +288,7 @@ class Worker:
         dropped_at: list[float] = []
         welcomed_at: list[float] = []
         slots: list[Client | None] = [None] * len(held)
+        failures: list[str] = []  # the first few errors other than a refused connect, as the client saw them
 
         async def one(number: int, old: Client) -> None:
             nonlocal attempts
@@ -302,12 +303,14 @@ class Worker:
                 await asyncio.sleep(min(max(0.0, deadline - time.monotonic()), backoff_delay(step)))
                 step += 1
                 attempts += 1
-                client, why, _error = await self.dial(old.user, old.token, old.topics, old.personal)
+                client, why, error = await self.dial(old.user, old.token, old.topics, old.personal)
                 if client is not None:
                     welcomed_at.append(time.monotonic())
                     slots[number] = client
                     return
                 refusals[why] = refusals.get(why, 0) + 1
+                if why != "ConnectionRefusedError" and len(failures) < 5:
+                    failures.append(f"{why}: {error}")
                 step = max(step, backoff_step(int(why) if why.lstrip("-").isdigit() else None))
 
         await asyncio.gather(*(one(number, client) for number, client in enumerate(held)))
@@ -321,6 +324,7 @@ class Worker:
             "last_drop": max(dropped_at, default=None),
             "last_welcome": max(welcomed_at, default=None),
             "welcome_times": sorted(welcomed_at),
+            "failures": failures,
         }
 
     def reset(self, timing: bool) -> None:

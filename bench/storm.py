@@ -191,7 +191,8 @@ def run_restart(
         if is_notifier:
             results["shutdown_timeout_s"] = shutdown_timeout_s
             results["shutdown_timeout_held"] = exit_s <= shutdown_timeout_s
-            results["bindings_left_to_old_queue"] = bindings_to(exchange, queues[0])
+        # The fresh instance starts at once, as a supervisor would restart it: the old queue's bindings are
+        # counted once every client is back (a rabbitmqctl call here would delay the restart by seconds).
         second = Running(system, exchange, secret, workdir, cpus["server"], port=first.port)
         queues.append(second.queue_name)
         second.wait_ready(60)
@@ -213,6 +214,7 @@ def run_restart(
                 "last_back_s": round(last - sigterm_at, 2) if last else None,
                 "back_after_ready_s": round(last - ready_at, 2) if last else None,
                 "half_back_s": round(welcomes[len(welcomes) // 2] - sigterm_at, 2) if welcomes else None,
+                "failures": [failure for answer in answers for failure in answer["failures"]][:5],
             }
         )
         if is_notifier:
@@ -339,9 +341,8 @@ def restart_section(restart: dict[str, Any], heading: str) -> list[str]:
             exit_text += f" ({'yes' if held else 'NO'}, {result['shutdown_timeout_s']:g} s)"
         if result.get("exit_error"):
             exit_text += f" {result['exit_error']}"
-        bindings = result.get("bindings_left_to_old_queue")
         at_end = result.get("bindings_to_old_queue_at_end")
-        bindings_text = "-" if bindings is None else f"{bindings:,}" + ("" if at_end is None else f" / {at_end:,}")
+        bindings_text = "-" if at_end is None else f"{at_end:,}"
         lines.append(
             f"| {name} | {result['connected']:,} | {result['welcomed']:,} | {all_back_text} "
             f"| {_fmt_s(result.get('half_back_s'))} | {exit_text} | {_fmt_s(result.get('new_ready_s'))} "
@@ -350,7 +351,8 @@ def restart_section(restart: dict[str, Any], heading: str) -> list[str]:
     lines += [
         "",
         "*bindings left to the old queue*: bindings from the system's exchange to the old instance's queue, "
-        "counted right after the old process exited / once every client was back.",
+        "counted once every client was back (the stop sends the queue's delete and RabbitMQ finishes it after "
+        "the process has left).",
         "",
     ]
     return lines

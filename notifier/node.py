@@ -70,7 +70,6 @@ class Node:
         self._accepting = True
         self._connect_task: asyncio.Task[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
-        self._queue_deletion: asyncio.Task[None] | None = None
         self._stop_deadline = 0.0
 
     @property
@@ -114,7 +113,7 @@ class Node:
         if not hand_over:
             self.directory.parking = False  # no one could resume them: sessions end with their connection
             await self._within_deadline(self.broker.stop_consuming(), "stop_consuming")
-            self._start_queue_deletion()  # while the clients are being closed: RabbitMQ takes seconds for it
+            await self._delete_queue()  # first: RabbitMQ takes seconds for it, while the clients are closed
         log.info("draining", connections=len(self.sessions), hand_over=hand_over, code=closecodes.SHUTDOWN.code)
         for session in tuple(self.sessions):
             session.close(closecodes.SHUTDOWN)
@@ -130,14 +129,14 @@ class Node:
                 await asyncio.sleep(0.05)
             log.info("sessions_handed_over", parked=parked, left=self.directory.parked_count)
             await self._within_deadline(self.broker.stop_consuming(), "stop_consuming")
-            self._start_queue_deletion()
+            await self._delete_queue()
 
-    def _start_queue_deletion(self) -> None:
+    async def _delete_queue(self) -> None:
         """With resume on, what is left in the queue once consuming stopped was for sessions that moved or
         ended: delete the queue, and all its bindings with it in one request. With resume off, the queue keeps
         what was not consumed until it expires (docs/guarantees.md)."""
         if self.settings.resume_window_s > 0:
-            self._queue_deletion = asyncio.create_task(self.broker.delete_queue(), name="delete-queue")
+            await self._within_deadline(self.broker.delete_queue(), "delete_queue")
 
     def attach_control(self, control: ControlPlane) -> None:
         """Resume sessions held by other instances, and hand ours over, through `control`."""
@@ -148,8 +147,6 @@ class Node:
         await self.drain()
         self.directory.end_all_parked()
         await self._within_deadline(self.directory.wait_released(), "release_parked_sessions")
-        if self._queue_deletion is not None:
-            await self._within_deadline(asyncio.shield(self._queue_deletion), "delete_queue")
         await self._within_deadline(self.broker.close(), "broker_close")
         if self._lag_task is not None:
             self._lag_task.cancel()
