@@ -241,3 +241,48 @@ async def test_a_user_who_leaves_while_covered_is_unbound(stop_after: list[Bindi
     assert bindings.covers == frozenset()
     assert bindings.maybe_bound == frozenset()
     assert bindings.waiting == 0
+
+
+async def test_binds_a_confirmed_cover_stands_in_for_go_out_on_one_channel(stop_after: list[Bindings]) -> None:
+    first, second, others = RecordingChannel(), RecordingChannel(), RecordingChannel()
+    for channel in (first, second):
+        channel.open.clear()  # RabbitMQ is busy with binds
+    bindings = Bindings("q", "x", wait_s=5.0, max_waiting=100, linger_s=0.0, batch=2, cover_at=3, max_covers=1)
+    stop_after.append(bindings)
+
+    def source(channel: RecordingChannel) -> Any:
+        async def get() -> Any:
+            return channel
+
+        return get
+
+    bindings.start([source(first), source(second)], source(others), source(others))
+    waiting = [asyncio.create_task(bindings.bind(f"user.{n}")) for n in range(2)]
+    await settle()
+    assert len(first.sent) == 2  # the first batch is out, unanswered
+    # A storm: `user.#` is bound and every later user gets in through it.
+    covered = [asyncio.create_task(bindings.bind(f"user.{n}")) for n in range(2, 10)]
+    await asyncio.wait_for(asyncio.gather(*covered), 2)
+    assert bindings.covers == {"user"}
+    second.open.set()  # it answers what the second channel took while the cover was not yet confirmed
+    await asyncio.sleep(0.2)
+    sent_before = len(second.sent)
+    more = [asyncio.create_task(bindings.bind(f"user.{n}")) for n in range(10, 20)]
+    await asyncio.wait_for(asyncio.gather(*more), 2)
+    await asyncio.sleep(0.2)
+    # None of the waiting binds is urgent now: the second channel stays idle, the first sends them a batch at a
+    # time (it is still waiting for RabbitMQ's answer to its first).
+    assert len(second.sent) == sent_before
+
+    # A bind no cover stands in for (past NOTIFIER_BIND_MAX_COVERS) is urgent again: every channel sends.
+    urgent = asyncio.create_task(bindings.bind("room.1"))
+    await asyncio.sleep(0.2)
+    assert len(second.sent) > sent_before
+    for channel in (first, second):
+        channel.open.set()
+    await asyncio.wait_for(asyncio.gather(urgent, *waiting), 2)
+    await asyncio.sleep(0.2)
+    assert bindings.waiting == 0
+    assert bindings.covers == frozenset()
+    sent = sorted(topic for channel in (first, second) for kind, topic, _ in channel.sent if kind == "bind")
+    assert sent == sorted([*(f"user.{n}" for n in range(20)), "room.1"])

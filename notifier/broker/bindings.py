@@ -19,6 +19,10 @@ the other, for every instance at once. So:
   welcomed as soon as the cover is confirmed, and its own bind follows at the broker's pace. RabbitMQ copies a
   message once per queue however many of its bindings match, so nothing arrives twice, and the hub drops the
   events no local client holds. The cover is removed once every bind it stood in for is confirmed.
+- once every waiting bind is stood in for by a confirmed cover, none of them is urgent: they go out on one
+  channel only, a batch at a time, instead of on all. RabbitMQ's CPU is then left to what is urgent (routing
+  events, other namespaces' and other instances' binds, and, where they share a machine, this instance's
+  handshakes), and the cover stands a while longer.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ ChannelSource = Callable[[], Awaitable[BindChannel]]
 
 # How long to wait before sending again after a request failed (the robust connection is reconnecting).
 RETRY_S = 0.5
+# How often a sender that stands aside while covers make every waiting bind background work looks again.
+COVERED_POLL_S = 0.05
 
 # A sender must outlive any failure of one request (a dead sender would leave every later bind waiting), so
 # it catches every Exception: it logs it, keeps the topics for the next attempt and sends again after RETRY_S.
@@ -124,7 +130,10 @@ class Bindings:
         """Start one sender per bind channel, one for unbinds and one for lingering topics; covers are bound
         on `cover_channel`, so that they never queue behind a batch of binds."""
         self._cover_channel = cover_channel
-        self._tasks = [asyncio.create_task(self._send_binds(channel), name="bind-sender") for channel in bind_channels]
+        self._tasks = [
+            asyncio.create_task(self._send_binds(channel, urgent_only=index > 0), name="bind-sender")
+            for index, channel in enumerate(bind_channels)
+        ]
         self._tasks.append(asyncio.create_task(self._send_unbinds(unbind_channel), name="unbind-sender"))
         self._tasks.append(asyncio.create_task(self._expire_lingering(), name="binding-linger"))
 
@@ -298,11 +307,25 @@ class Bindings:
         self._to_unbind[topic] = None
         self._unbind_work.set()
 
-    async def _send_binds(self, channel_source: ChannelSource) -> None:
+    def _all_covered(self) -> bool:
+        """Every bind waiting is stood in for by a confirmed cover: none of them is urgent."""
+        covers = self._covers
+        for namespace in self._waiting_by_namespace:
+            cover = covers.get(namespace)
+            if cover is None or not cover.done() or cover.cancelled() or cover.exception() is not None:
+                return False
+        return True
+
+    async def _send_binds(self, channel_source: ChannelSource, *, urgent_only: bool) -> None:
+        """Send batches of binds on one channel; with `urgent_only`, stand aside while covers make every
+        waiting bind background work (the first sender alone sends those)."""
         while True:
             await self._bind_work.wait()
             if not self._to_bind:
                 self._bind_work.clear()
+                continue
+            if urgent_only and self._covers and self._all_covered():
+                await asyncio.sleep(COVERED_POLL_S)
                 continue
             batch = []
             for topic in self._to_bind:
