@@ -192,6 +192,7 @@ async def test_a_lone_instance_stops_at_once_and_takes_its_queue_and_every_bindi
     await running.stop()  # every binding would still be lingering: no unbind has been sent
     # No other instance to hand the sessions to: the stop does not wait for one.
     assert loop.time() - stopping < running.settings.shutdown_timeout_s / 2
+
     # The delete was sent without waiting for RabbitMQ to finish it: it goes on after the stop.
     async def queue_and_bindings_gone() -> bool:
         queues = await asyncio.to_thread(rabbitmqctl, "list_queues", "name")
