@@ -269,9 +269,10 @@ class Worker:
                 websocket_handshake_timeout=30,
                 read_buffer_init_size=4096,
             )
-            assert client is not None
+            if client is None:  # picows returns without a listener when the server closed before its answer
+                raise ConnectionAbortedError("closed by the server during the handshake")
             await asyncio.wait_for(client.ready_future, 60)
-        except (OSError, RuntimeError, TimeoutError, AssertionError) as error:
+        except (OSError, RuntimeError, TimeoutError) as error:
             why = str(client.closed_code) if client is not None and client.closed_code else type(error).__name__
             if client is not None and client.ready_future.done() and not client.ready_future.cancelled():
                 client.ready_future.exception()  # retrieved, so asyncio does not warn about it
