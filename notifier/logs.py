@@ -88,6 +88,25 @@ def _drop_uvicorn_colors(_: object, __: str, event_dict: structlog.typing.EventD
     return event_dict
 
 
+class _StderrLogger:
+    """Writes each rendered line to the current stderr. Like the standard library's handlers, and unlike
+    structlog's own loggers, it never raises: a log line that cannot be written is not worth failing the
+    request that logged it."""
+
+    def __init__(self, *_: object) -> None:
+        pass
+
+    def msg(self, message: str) -> None:
+        stream = sys.stderr
+        try:
+            stream.write(message + "\n")
+            stream.flush()
+        except (OSError, ValueError):  # closed, or the disk is full
+            pass
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = failure = msg
+
+
 def configure_logging(log_format: str, level: str) -> None:
     numeric_level = logging.getLevelName(level.upper())
     renderer: structlog.typing.Processor = (
@@ -110,7 +129,7 @@ def configure_logging(log_format: str, level: str) -> None:
     # doubling the cost of a line logged for every connection.
     structlog.configure(
         processors=[*shared, *finish],
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        logger_factory=_StderrLogger,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         cache_logger_on_first_use=False,
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import sys
 
 import pytest
 import structlog
@@ -58,3 +60,11 @@ def test_our_errors_have_a_real_traceback_and_client_text_is_bounded(capsys: pyt
         assert len(exception) < 20_000
     assert len(str(records[1]["frame"])) < MAX_FIELD_CHARS + 100
     assert "c2lnbmF0dXJl" not in json.dumps(records)
+
+
+def test_a_line_that_cannot_be_written_fails_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    configure_logging("json", "info")
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stderr", closed)
+    structlog.get_logger("notifier.test").info("nowhere_to_go")  # must not raise into the code that logs
