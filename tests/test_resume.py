@@ -160,6 +160,9 @@ async def test_an_ended_session_answers_recovered_false_and_replays_nothing(
     await first.close()  # a goodbye (1000): the session ends
     await wait_until(lambda: not server.node.sessions, 5)
     await publisher.publish("user.dave", "while away")
+    # Taken while dave was away (his topic still lingers bound): before this, it could still reach his new
+    # connection live, which is not a replay.
+    await wait_until(lambda: server.node.stats.events_in == 1, 5)
     second = await connect(server)
     welcome = await dave.sign_in(second, "dave")
     assert welcome["recovered"] is False
