@@ -1,8 +1,10 @@
-"""Deliveries handled in the AMQP channel's reader (notifier/broker/amqp.py `_inline_deliveries`), against a
-stand-in for aiormq's channel hooks; the real path is every end-to-end delivery test."""
+"""The consume channel's fast path (notifier/broker/amqp.py): deliveries handled in the channel's reader, and its
+frame queue sized to the prefetch, against a stand-in for aiormq's channel hooks; the real path is every
+end-to-end delivery test."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -11,7 +13,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from notifier.broker.amqp import _inline_deliveries
+from notifier.broker.amqp import _deepen_frame_buffer, _inline_deliveries
 
 pytestmark = pytest.mark.unit
 
@@ -75,3 +77,15 @@ async def test_without_the_reader_hooks_the_callback_handles_each_message() -> N
     message = DeliveredMessage(delivery=deliver_frame(1), header=ContentHeader(), body=b"x", channel=None)  # type: ignore[arg-type]
     await callback(message)
     assert handled == [b"x"]
+
+
+async def test_the_consume_channels_frame_queue_is_deepened_to_the_prefetchs_frames_and_no_further() -> None:
+    channel = ChannelHooks()
+    channel.frames = asyncio.Queue(maxsize=10)  # type: ignore[assignment]  # aiormq's default
+    _deepen_frame_buffer(channel, 3 * 512)  # type: ignore[arg-type]
+    queue: asyncio.Queue[int] = channel.frames  # type: ignore[assignment]
+    assert queue.maxsize == 1536
+    for number in range(1536):
+        queue.put_nowait(number)
+    assert queue.full()  # still bounded: a put beyond it waits for the channel's reader
+    _deepen_frame_buffer(object(), 1536)  # type: ignore[arg-type]  # another aiormq: left alone
