@@ -173,7 +173,7 @@ class Bindings:
         deadline = time.monotonic() + self._wait_s
         if cover is not None and not future.done():
             await asyncio.wait([future, cover], timeout=self._wait_s, return_when=FIRST_COMPLETED)
-            if not future.done() and cover.done() and not cover.cancelled() and cover.exception() is None:
+            if not future.done() and _is_bound(cover):
                 return  # routed here by the cover; the topic's own bind follows
             # Otherwise out of time, or the broker went away under the cover: it is the bind itself or nothing.
         if not future.done():
@@ -312,7 +312,7 @@ class Bindings:
         covers = self._covers
         for namespace in self._waiting_by_namespace:
             cover = covers.get(namespace)
-            if cover is None or not cover.done() or cover.cancelled() or cover.exception() is not None:
+            if cover is None or not _is_bound(cover):
                 return False
         return True
 
@@ -416,6 +416,11 @@ def _namespace(topic: str) -> str:
 def _cover_pattern(namespace: str) -> str:
     """`user.#` matches `user` and every `user.<...>`: RabbitMQ's `#` matches zero or more words."""
     return f"{namespace}.#"
+
+
+def _is_bound(cover: asyncio.Future[None]) -> bool:
+    """Whether RabbitMQ confirmed `cover` (not still on its way, nor failed with the broker gone)."""
+    return cover.done() and not cover.cancelled() and cover.exception() is None
 
 
 def _is_cover(topic: str) -> bool:
