@@ -15,20 +15,15 @@ from tests.support import (
     Publisher,
     bindings_of,
     free_port,
-    rabbitmqctl,
     receive_json,
     running_process,
     serve_env,
     token_for,
     wait_until,
 )
+from tests.support_workers import instance_queues
 
 QUEUE_EXPIRES_S = 3
-
-
-def instance_queues(exchange: str) -> set[str]:
-    names = rabbitmqctl("list_queues", "name").split()
-    return {name for name in names if name.startswith(f"{exchange}.instance.")}
 
 
 async def test_three_instances_route_by_topic_and_survive_one_stopping(exchange: str, publisher: Publisher) -> None:
