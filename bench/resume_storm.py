@@ -33,7 +33,7 @@ import orjson
 import websockets
 
 from bench.systems import AMQP_URL, free_port
-from notifier.auth import mint_token
+from notifier.connection.auth import mint_token
 
 RESULTS = Path(__file__).parent / "results"
 CONNECT_CONCURRENCY = 100

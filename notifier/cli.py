@@ -20,9 +20,9 @@ from typing import Any, NoReturn
 import pydantic
 import structlog
 
-from notifier import devstate
-from notifier.auth import mint_token
+from notifier.connection.auth import mint_token
 from notifier.logs import configure_logging
+from notifier.runtime import devstate
 from notifier.settings import ConfigError, Settings
 
 
@@ -97,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         overrides["workers"] = args.workers
     settings = load_settings(args.env_file, **overrides)
     configure_logging(settings.log_format, settings.log_level)
-    from notifier.workers import check_workers, serve_workers
+    from notifier.runtime.workers import check_workers, serve_workers
 
     try:
         settings.require_token_key()
@@ -149,7 +149,7 @@ notifier dev: http://{settings.host}:{port}  ({broker}; not for production)
 """,
         flush=True,
     )
-    from notifier.server import serve
+    from notifier.runtime.server import serve
 
     try:
         serve(settings, dev=True)
@@ -207,8 +207,8 @@ def cmd_publish(args: argparse.Namespace) -> None:
 async def _publish_amqp(settings: Settings, topic: str, data: object, event_id: str | None) -> None:
     import aio_pika
 
-    from notifier.events import EVENT_ID_RE, EVENT_ID_RULE, TIMESTAMP_MS_HEADER, new_event_id, now_ms
-    from notifier.topics import InvalidTopic, validate_topic
+    from notifier.formats.events import EVENT_ID_RE, EVENT_ID_RULE, TIMESTAMP_MS_HEADER, new_event_id, now_ms
+    from notifier.formats.topics import InvalidTopic, validate_topic
 
     try:
         validate_topic(topic)
@@ -242,8 +242,8 @@ def cmd_token(args: argparse.Namespace) -> None:
     secret = settings.jwt_secret or (dev.jwt_secret if dev is not None else None)
     if not secret:
         fail("no secret: set NOTIFIER_JWT_SECRET, or run `notifier dev` (with several, set NOTIFIER_PORT to one)")
-    from notifier.grants import validate_patterns, validate_user
-    from notifier.topics import InvalidTopic
+    from notifier.formats.grants import validate_patterns, validate_user
+    from notifier.formats.topics import InvalidTopic
 
     try:
         validate_user(args.user)

@@ -26,7 +26,7 @@ import pytest
 import websockets
 from websockets.typing import Origin
 
-from notifier.node import Node
+from notifier.instance.node import Node
 from tests.faults import CuttableProxy
 from tests.support import (
     AMQP_URL,
@@ -43,8 +43,8 @@ from tests.support import (
 )
 from tests.support_workers import SHUTDOWN_TIMEOUT_S, Service, delete_queues, group_alive, instance_queues
 
-# Tiers that keep a test out of `unit`: it needs a service, the network, or minutes.
-NOT_UNIT = ("rabbitmq", "browser", "loopback", "slow")
+# Tiers that keep a test out of `unit`: it needs a service, a program installed, the network, or minutes.
+NOT_UNIT = ("rabbitmq", "browser", "nginx", "cluster", "loopback", "slow")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -163,7 +163,7 @@ async def start_server(exchange: str) -> AsyncIterator[StartServer]:
         overrides.setdefault("dead_letter_exchange", f"{exchange}.dead")
         overrides.setdefault("port", free_port())
         settings = make_settings(**overrides)
-        from notifier.server import build_server
+        from notifier.runtime.server import build_server
 
         server = build_server(settings)
         task = asyncio.create_task(server.serve())

@@ -25,9 +25,9 @@ import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from notifier.auth import mint_token
-from notifier.node import Node
-from notifier.server import NotifierServer
+from notifier.connection.auth import mint_token
+from notifier.instance.node import Node
+from notifier.runtime.server import NotifierServer
 from notifier.settings import Settings
 
 # The one switch for the broker every test uses, credentials and vhost included. Point it at a vhost of your

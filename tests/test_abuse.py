@@ -18,7 +18,7 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from notifier import closecodes
+from notifier.formats import closecodes
 from tests.support import (
     ConnectClient,
     RunningServer,

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from notifier.auth import TokenRejected, TokenVerifier
+from notifier.connection.auth import TokenRejected, TokenVerifier
 from tests.support import SECRET, make_settings
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -10,7 +10,7 @@ import jwt
 import pytest
 import websockets
 
-from notifier import closecodes
+from notifier.formats import closecodes
 from tests.support import SECRET, Client, ConnectClient, Publisher, RunningServer, StartServer, token_for, wait_until
 
 # Socket-level tests run over both write paths: uvicorn's transport and plain ASGI sends.

@@ -9,7 +9,7 @@ import aio_pika
 import pytest
 import websockets
 
-from notifier import closecodes
+from notifier.formats import closecodes
 from tests.faults import CuttableProxy
 from tests.support import (
     Client,

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from notifier.broker import Broker, BrokerUnavailable, create_broker
-from notifier.events import Event
+from notifier.formats.events import Event
 from notifier.settings import Settings
 from tests.support import SECRET, bindings_of, make_settings, wait_until
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import websockets
 
-from notifier import closecodes
+from notifier.formats import closecodes
 from tests.faults import CuttableProxy, close_connections_named
 from tests.support import (
     API_KEY,

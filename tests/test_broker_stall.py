@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from notifier import closecodes
+from notifier.formats import closecodes
 from tests.faults import CuttableProxy
 from tests.support import API_KEY, ConnectClient, StartServer, amqp_url_through, token_for, wait_until
 

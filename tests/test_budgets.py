@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from notifier import budgets, closecodes
-from notifier.budgets import UserBudgets
+from notifier.formats import closecodes
+from notifier.limits import budgets
+from notifier.limits.budgets import UserBudgets
 from tests.support import ConnectClient, StartServer, token_for, wait_until
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from notifier.runtime.workers import shutdown_bound_s
 from notifier.settings import Settings
-from notifier.workers import shutdown_bound_s
 from tests.dockerfile import DOCKERFILE, Stage, stages
 from tests.support import AMQP_URL, SECRET, free_port
 

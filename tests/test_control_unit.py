@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from notifier.control import BadControlMessage, LocalControlPlane, parse_command
-from notifier.recent import RecentIds
+from notifier.cluster.control import BadControlMessage, LocalControlPlane, parse_command
+from notifier.formats.recent import RecentIds
 
 pytestmark = pytest.mark.unit
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from notifier.app import create_app
+from notifier.runtime.workers import shutdown_bound_s, worker_count
 from notifier.settings import Settings
-from notifier.workers import shutdown_bound_s, worker_count
 from tests.dockerfile import DOCKERFILE, stages
 from tests.support import SECRET
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from notifier import closecodes
+from notifier.formats import closecodes
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = ROOT / "docs" / "protocol.md"

@@ -3,7 +3,7 @@ every redelivery, different for a different message."""
 
 from __future__ import annotations
 
-from notifier.events import event_from_message
+from notifier.formats.events import event_from_message
 
 
 def consumed(topic: str, body: bytes, ts_ms: int | None, event_id: str | None = None) -> str:

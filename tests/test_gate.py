@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from notifier import gate as admission
-from notifier.gate import AddressLimits
+from notifier.limits import gate as admission
+from notifier.limits.gate import AddressLimits
 
 pytestmark = pytest.mark.unit
 

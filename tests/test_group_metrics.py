@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from notifier.group_metrics import SNAPSHOT_INTERVAL_S
+from notifier.observability.group_metrics import SNAPSHOT_INTERVAL_S
 from tests.support import Client, Publisher
 from tests.support_workers import Service, connect_until_every_queue_has_clients
 

@@ -9,8 +9,8 @@ import pytest
 
 from notifier.broker import BrokerUnavailable
 from notifier.broker.memory import MemoryBroker
-from notifier.hub import Hub
-from notifier.wire import Frame
+from notifier.connection.hub import Hub
+from notifier.formats.wire import Frame
 
 
 class Inbox:

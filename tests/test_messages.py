@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from notifier import messages
-from notifier.events import Event, UnusableMessage, event_from_message
+from notifier.formats import messages
+from notifier.formats.events import Event, UnusableMessage, event_from_message
 
 
 def test_parse_each_frame_type() -> None:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from notifier import closecodes
+from notifier.formats import closecodes
 from tests.support import API_KEY, ConnectClient, Publisher, RunningServer, StartServer, free_port
 
 

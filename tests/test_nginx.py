@@ -13,6 +13,8 @@ import websockets
 
 from tests.support import Publisher, StartServer, free_port, token_for
 
+pytestmark = pytest.mark.nginx
+
 CONFIG = Path(__file__).resolve().parent.parent / "config" / "nginx.conf"
 
 

@@ -1,4 +1,4 @@
-"""New connections take turns per event loop iteration (notifier/pacing.py)."""
+"""New connections take turns per event loop iteration (notifier/limits/pacing.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from notifier.pacing import TurnPacer
+from notifier.limits.pacing import TurnPacer
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from notifier.broker import BrokerUnavailable
-from notifier.publisher import EventPublisher, OutgoingEvent
+from notifier.http.publisher import EventPublisher, OutgoingEvent
 from notifier.settings import Settings
 
 pytestmark = pytest.mark.unit

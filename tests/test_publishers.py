@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from notifier.events import TIMESTAMP_MS_HEADER, UnusableMessage, event_from_message, publish_time_ms
+from notifier.formats.events import TIMESTAMP_MS_HEADER, UnusableMessage, event_from_message, publish_time_ms
 from tests.support import API_KEY, ConnectClient, Publisher, RunningServer
 
 LIMIT = 4096

@@ -12,7 +12,7 @@ import orjson
 import pytest
 import websockets
 
-from notifier import closecodes
+from notifier.formats import closecodes
 from tests.support import (
     Client,
     ConnectClient,

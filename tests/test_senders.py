@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from notifier import closecodes
+from notifier.formats import closecodes
 from tests.support import ConnectClient, Publisher, StartServer
 
 WRITE_PATHS = [("auto", "transport"), ("asgi", "asgi")]

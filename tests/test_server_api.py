@@ -12,7 +12,7 @@ import aio_pika
 import httpx
 import pytest
 
-from notifier import closecodes
+from notifier.formats import closecodes
 from tests.faults import close_connections_named
 from tests.support import API_KEY, ConnectClient, RunningServer, StartServer, token_for, wait_until
 

@@ -11,16 +11,16 @@ from typing import Any
 import orjson
 import pytest
 
-from notifier import closecodes
-from notifier.admission import Admission
-from notifier.auth import TokenVerifier, mint_token
 from notifier.broker.memory import MemoryBroker
-from notifier.budgets import UserBudgets
-from notifier.directory import SessionDirectory
-from notifier.handover import SessionHandOver
-from notifier.hub import Hub
-from notifier.senders import AsgiSender
-from notifier.session import Session, SessionContext
+from notifier.cluster.handover import SessionHandOver
+from notifier.connection.auth import TokenVerifier, mint_token
+from notifier.connection.directory import SessionDirectory
+from notifier.connection.hub import Hub
+from notifier.connection.senders import AsgiSender
+from notifier.connection.session import Session, SessionContext
+from notifier.formats import closecodes
+from notifier.limits.admission import Admission
+from notifier.limits.budgets import UserBudgets
 from notifier.settings import Settings
 from notifier.stats import Stats
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from notifier.grants import Grants
-from notifier.topics import InvalidTopic, pattern_matches, validate_pattern, validate_topic
+from notifier.formats.grants import Grants
+from notifier.formats.topics import InvalidTopic, pattern_matches, validate_pattern, validate_topic
 from tests.support import reference_match
 
 SEGMENTS = st.sampled_from(["a", "b", "c", "user", "42", "x-y", "k:v", "m@n"])

@@ -6,7 +6,7 @@ import pytest
 from websockets.frames import Frame as WebSocketFrame
 from websockets.frames import Opcode
 
-from notifier.wire import Frame, encode_text_frame
+from notifier.formats.wire import Frame, encode_text_frame
 
 
 @pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70_000])

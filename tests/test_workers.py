@@ -17,8 +17,8 @@ import httpx
 import pytest
 import websockets
 
+from notifier.runtime.workers import shutdown_bound_s
 from notifier.settings import Settings
-from notifier.workers import shutdown_bound_s
 from tests.support import API_KEY, SECRET, Client, Publisher, rabbitmqctl_rows, token_for
 from tests.support_workers import (
     SHUTDOWN_TIMEOUT_S,
@@ -165,7 +165,7 @@ async def test_a_worker_that_dies_is_replaced_by_a_new_instance(start_service: A
 
 
 def test_auto_workers_is_one_per_usable_core() -> None:
-    from notifier.workers import usable_cores, worker_count
+    from notifier.runtime.workers import usable_cores, worker_count
 
     cores = usable_cores()
     assert 1 <= cores <= len(os.sched_getaffinity(0))

@@ -26,7 +26,7 @@ from pamqp.header import ContentHeader
 
 from notifier.broker.base import BrokerUnavailable, EventHandler
 from notifier.broker.bindings import Bindings, ChannelSource
-from notifier.events import TIMESTAMP_MS_HEADER, UnusableMessage, event_from_message, now_ms, publish_time_ms
+from notifier.formats.events import TIMESTAMP_MS_HEADER, UnusableMessage, event_from_message, now_ms, publish_time_ms
 from notifier.settings import Settings
 
 log = structlog.get_logger("notifier.broker")

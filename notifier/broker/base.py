@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from notifier.events import Event
+from notifier.formats.events import Event
 
 EventHandler = Callable[[Event], None]
 """Called once per incoming event; it must hand the event off without awaiting any client.

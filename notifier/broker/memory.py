@@ -7,7 +7,7 @@ import uuid
 import structlog
 
 from notifier.broker.base import BrokerUnavailable, EventHandler
-from notifier.events import UnusableMessage, event_from_message, now_ms
+from notifier.formats.events import UnusableMessage, event_from_message, now_ms
 
 log = structlog.get_logger("notifier.broker")
 

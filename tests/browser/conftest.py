@@ -19,7 +19,7 @@ import orjson
 import pytest
 from playwright.async_api import Browser, Locator, Page, async_playwright, expect
 
-from notifier.auth import mint_token
+from notifier.connection.auth import mint_token
 from tests.support import AMQP_URL, free_port
 
 SECRET = "browser-test-secret-long-enough-for-hs256"

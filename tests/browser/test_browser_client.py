@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, expect
 
-from notifier import devstate
+from notifier.runtime import devstate
 from tests.browser.conftest import NotifierProcess, Publisher, notes, sign_in_with_token, subscribe, token_for
 from tests.faults import CuttableProxy
 from tests.support import free_port

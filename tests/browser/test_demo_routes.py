@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from notifier.app import create_app
-from notifier.auth import TokenVerifier
+from notifier.connection.auth import TokenVerifier
 from notifier.settings import Settings
 from tests.browser.conftest import SECRET
 

@@ -1,0 +1,71 @@
+"""What a session sent recently, so a client that reconnects can be given exactly what it missed.
+
+Each entry is the event frame the hub built once for every receiver (a reference, not a copy), numbered in the
+order it was handed to this session: the n-th event frame a client receives is entry n. A client that comes
+back says how many it received; everything after that is replayed, if the history still holds it all.
+
+Recording runs once per receiver of every event, so it is an append and a count; frames past the window are
+dropped every few records, and the deque itself is made with the first record (an idle session has none).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from notifier.formats.wire import Frame
+
+# Records between two sweeps of frames past the window (a power of two, minus one).
+EXPIRY_EVERY = 31
+
+
+class History:
+    """The last event frames of one session, bounded by age (`window_s`) and by count (`max_events`).
+
+    With `window_s` 0 (resume off) `keeps` is False: the session records only the frames that arrive before
+    its welcome, to send them after it, and nothing is ever replayed from it."""
+
+    __slots__ = ("_entries", "_max_events", "_window_s", "keeps", "sent")
+
+    def __init__(self, *, window_s: float, max_events: int, sent: int = 0) -> None:
+        self._window_s = window_s
+        self._max_events = max_events
+        self.keeps = window_s > 0
+        # The frames themselves, oldest first: each carries the time it was made (one clock read per event,
+        # not per receiver, and no allocation per receiver on the hot path).
+        self._entries: deque[Frame] | None = None
+        self.sent = sent  # event frames handed to this session so far: the number of the newest entry
+
+    def __len__(self) -> int:
+        return len(self._entries) if self._entries is not None else 0
+
+    def record(self, frame: Frame) -> None:
+        """Number `frame` as the next event frame of the session (the oldest goes past the count cap)."""
+        try:
+            self._entries.append(frame)  # type: ignore[union-attr]
+        except AttributeError:  # the first record: the deque is made now (raising costs nothing until it raises)
+            self._entries = deque((frame,), maxlen=self._max_events)  # it drops the oldest past the cap
+        sent = self.sent = self.sent + 1
+        if not sent & EXPIRY_EVERY:
+            self._forget_expired()
+
+    def _forget_expired(self) -> None:
+        entries = self._entries
+        if entries and self.keeps:  # with resume off, the frames before the welcome are kept whatever their age
+            horizon = entries[-1].created - self._window_s
+            while entries[0].created < horizon:
+                entries.popleft()
+
+    def after(self, received: int) -> list[Frame] | None:
+        """The frames after the `received`-th, in order; None if some of them are no longer held (or the count
+        is not one this session reached)."""
+        if not 0 <= received <= self.sent:
+            return None
+        self._forget_expired()
+        missed = self.sent - received
+        if missed > len(self):
+            return None
+        if missed == 0:
+            return []
+        entries = self._entries
+        assert entries is not None
+        return [entries[index] for index in range(len(entries) - missed, len(entries))]

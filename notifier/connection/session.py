@@ -1,0 +1,642 @@
+"""One client session's protocol state machine: awaiting auth -> open -> closing -> parked or ended; its
+subscriptions, its recent event frames (for a resume) and its token's expiry. The write path (outbox and
+sender) and every collaborator are passed in, so the state machine runs as well against a fake socket and the
+in-memory broker as against uvicorn and RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from starlette.websockets import WebSocketDisconnect
+
+from notifier.broker import BrokerUnavailable
+from notifier.connection.auth import Identity, TokenRejected
+from notifier.connection.directory import SessionDirectory
+from notifier.connection.history import History
+from notifier.connection.hub import Hub
+from notifier.connection.outbox import Outbox
+from notifier.connection.senders import Sender
+from notifier.formats import closecodes, messages
+from notifier.formats.closecodes import CloseReason
+from notifier.formats.topics import InvalidTopic, validate_topic
+from notifier.formats.wire import Frame
+from notifier.limits.admission import Admission
+from notifier.limits.budgets import UserBudgets
+from notifier.limits.tokenbucket import RateLimiter
+from notifier.settings import Settings
+from notifier.stats import Stats
+
+log = structlog.get_logger("notifier.session")
+
+# How long a closing connection may take to finish its close handshake before it is dropped.
+CLOSE_GRACE_S = 5.0
+# What `receive` raises once the connection is gone.
+_RECEIVE_ERRORS = (WebSocketDisconnect, RuntimeError, OSError)
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+
+class State(enum.Enum):
+    AWAITING_AUTH = "awaiting_auth"
+    OPEN = "open"
+    CLOSING = "closing"
+    PARKED = "parked"  # the connection ended without a goodbye: events keep collecting for a resume
+    HANDED_OVER = "handed_over"  # a new connection resumed it; it holds nothing any more
+    ENDED = "ended"
+
+
+# A client that closes with this code said goodbye: its session ends instead of waiting for a resume.
+GOODBYE_CODE = 1000
+
+
+class RemoteSessions(Protocol):
+    """Sessions held by other instances (see notifier/cluster/handover.py)."""
+
+    def holder(self, session_id: str) -> str | None: ...
+
+    async def topics_of(self, session_id: str, user: str) -> list[str] | None: ...
+
+    async def take(self, session_id: str, user: str, received: int) -> list[Frame] | None: ...
+
+
+class Verifier(Protocol):
+    async def verify(self, token: object) -> Identity:
+        """The identity a token speaks for, or TokenRejected saying why not."""
+
+
+@dataclass(frozen=True)
+class SessionContext:
+    """What a session needs from its instance, and nothing more."""
+
+    settings: Settings
+    hub: Hub
+    verifier: Verifier
+    admission: Admission
+    budgets: UserBudgets
+    stats: Stats
+    directory: SessionDirectory
+    remote_sessions: RemoteSessions | None
+    """How to resume a session another instance holds; None with a single instance."""
+    on_finished: Callable[[Session], None]
+    """Called once, when the session's connection is over (it may stay parked after that)."""
+
+
+class Session:
+    """Serves one WebSocket connection from handshake to close.
+
+    Thousands of these sit idle at once, so an idle one holds no task and no timer of its own beyond its
+    token's expiry, and its history and send queue are made when first needed."""
+
+    __slots__ = (
+        "__weakref__",
+        "_client_close_code",
+        "_close_reason",
+        "_context",
+        "_holds_user_slot",
+        "_outbox",
+        "_rate",
+        "_receive",
+        "_sender",
+        "_sent_when_parked",
+        "_settings",
+        "_timer",
+        "connection_id",
+        "history",
+        "identity",
+        "session_id",
+        "state",
+        "topics",
+    )
+
+    def __init__(
+        self, receive: Receive, sender: Sender, context: SessionContext, frame_budget: RateLimiter | None = None
+    ) -> None:
+        self._receive = receive
+        self._sender = sender
+        self._context = context
+        self._settings = settings = context.settings
+        self.connection_id = secrets.token_hex(8)
+        self.state = State.AWAITING_AUTH
+        self.identity: Identity | None = None
+        self.session_id: str | None = None  # given with the welcome
+        self.topics: set[str] = set()
+        self.history = History(window_s=settings.resume_window_s, max_events=settings.resume_max_events)
+        self._holds_user_slot = False
+        self._sent_when_parked = 0
+        self._close_reason: CloseReason | None = None
+        self._client_close_code: int | None = None
+        self._outbox = Outbox(sender, settings.send_queue_size, self._on_outbox_overflow)
+        # At most one deadline at a time: the auth timeout, then the token's expiry, then the close's grace.
+        self._timer: asyncio.TimerHandle | None = None
+        # Under `notifier serve` the connection's protocol owns the frame budget, so its pings spend it too.
+        self._rate = frame_budget or RateLimiter(settings.client_frames_per_s, settings.client_frames_burst)
+
+    @property
+    def _log(self) -> structlog.typing.FilteringBoundLogger:
+        """The logger with this connection's id and user; bound when something is logged, not held."""
+        if self.identity is None:
+            return log.bind(conn=self.connection_id)  # type: ignore[no-any-return]
+        return log.bind(conn=self.connection_id, user=self.identity.user)  # type: ignore[no-any-return]
+
+    @property
+    def user(self) -> str | None:
+        return self.identity.user if self.identity else None
+
+    @property
+    def write_path(self) -> str:
+        return self._sender.name
+
+    # The hub's side: never waits.
+
+    def offer(self, frame: Frame) -> None:
+        """Take one event frame from the hub: send it now if the socket takes it, else queue it (a client too slow
+        to take it is closed); keep it for a resume; while parked, only keep it."""
+        state = self.state
+        if state is State.OPEN:
+            history = self.history
+            if history.keeps:  # with resume off, nothing is kept once the welcome went out
+                history.record(frame)
+            self._outbox.offer(frame)
+        elif state is State.CLOSING or state is State.AWAITING_AUTH:
+            self.history.record(frame)  # sent after the welcome, or replayed if the session is resumed
+        elif state is State.PARKED:
+            if self.history.sent - self._sent_when_parked >= self._settings.resume_max_events:
+                self._log.info("parked_session_overflowed")
+                self._context.directory.end(self)  # it missed more than it can hold: never recoverable
+            else:
+                self.history.record(frame)
+
+    def reply(self, payload: bytes) -> None:
+        """Send one of this connection's own messages (welcome, answers, errors)."""
+        if self._is_live():
+            self._outbox.offer(Frame(payload))
+
+    def close(self, reason: CloseReason, *, drop_pending: bool = False) -> None:
+        """Close the connection with `reason`, after sending what is queued unless `drop_pending`."""
+        if not self._is_live():
+            return
+        self.state = State.CLOSING
+        self._close_reason = reason
+        if drop_pending:
+            self._context.stats.frames_dropped += self._outbox.drop_pending()
+        # A client that stopped reading never answers the close, and the reader may be waiting on it.
+        self._start_timer(CLOSE_GRACE_S, self._abandon)
+        self._context.stats.closes_by_code[reason.code] += 1
+        if reason is not closecodes.SHUTDOWN:  # the drain logs those once, with their number
+            self._log.info("connection_closing", code=reason.code, reason=reason.reason)
+        self._outbox.close_after_pending(reason)
+
+    def _on_outbox_overflow(self) -> None:
+        self.close(closecodes.SLOW_CLIENT, drop_pending=True)
+
+    # The connection's life.
+
+    async def run(self, token_in_url: str | None) -> None:
+        """Serve the connection until it ends; the caller has checked the origin and accepted."""
+        admission = self._context.admission
+        try:
+            if not admission.open_connection():
+                self.close(closecodes.SERVER_FULL)
+            elif token_in_url is not None:
+                await self._authenticate(token_in_url, request_id=None)
+            else:
+                self._start_timer(self._settings.auth_timeout_s, closecodes.AUTH_TIMEOUT)
+            await self._read_loop()
+        finally:
+            if self._is_live():
+                self.state = State.CLOSING
+            self._cancel_timer()
+            # The reader ends when the client is gone or did not answer our close in time: either way nothing
+            # the writer still holds can reach it. Stop the writer rather than wait on it (this also runs
+            # while the event loop shuts down, where every second of waiting delays the exit).
+            await self._outbox.stop()
+            admission.close_connection()
+            await self._after_connection()
+
+    async def _after_connection(self) -> None:
+        """The connection is over: park the session for a resume, or end it."""
+        context = self._context
+        if self.state is State.HANDED_OVER:
+            context.on_finished(self)  # a new connection holds its topics now
+        elif self._parkable() and context.directory.parking:
+            self.state = State.PARKED
+            self._sent_when_parked = self.history.sent
+            self._release_user_slot()
+            context.on_finished(self)
+            context.directory.park(self)
+            self._log.info("session_parked")
+        else:
+            context.directory.forget(self)
+            self.state = State.ENDED
+            # The connection stops counting first: its unbinds may wait for the broker, and a user who comes
+            # straight back must not be refused for a connection that is gone.
+            context.on_finished(self)
+            await self._release()
+
+    def _is_live(self) -> bool:
+        return self.state is State.OPEN or self.state is State.AWAITING_AUTH
+
+    def _parkable(self) -> bool:
+        if self.session_id is None or self._settings.resume_window_s <= 0:
+            return False  # never welcomed, or resume is off
+        if self._close_reason is not None:
+            return self._close_reason.reconnect
+        return self._client_close_code != GOODBYE_CODE
+
+    def expire(self) -> Coroutine[Any, Any, None] | None:
+        """The directory ends this parked session: its window passed, it overflowed, or the instance stops."""
+        if self.state is not State.PARKED:
+            return None
+        self.state = State.ENDED
+        self._log.info("parked_session_ended")
+        return self._release()
+
+    def hand_over(self) -> None:
+        """A new connection resumes this session: stop holding anything, and drop a connection that still looks
+        open (a half-open TCP connection nobody noticed yet)."""
+        was = self.state
+        self.state = State.HANDED_OVER
+        self._context.directory.forget(self)
+        self._cancel_timer()
+        self._release_user_slot()
+        if was is not State.PARKED:
+            self._sender.abort()
+
+    def _release_user_slot(self) -> None:
+        if self._holds_user_slot and self.identity is not None:
+            self._holds_user_slot = False
+            self._context.admission.release_user(self.identity.user)
+
+    async def _release(self) -> None:
+        """Give back the user's connection slot, then every topic."""
+        self._release_user_slot()
+        hub = self._context.hub
+        for topic in tuple(self.topics):
+            if self.identity is not None:
+                self._context.budgets.release(self.identity.user, topic)
+            await hub.unsubscribe(self, topic)
+        self.topics.clear()
+
+    async def _read_loop(self) -> None:
+        receive = self._receive
+        while True:
+            if not self._is_live():
+                # We sent (or are sending) a close frame: wait a bounded time for the client's answer.
+                try:
+                    message = await asyncio.wait_for(receive(), CLOSE_GRACE_S)
+                except (TimeoutError, *_RECEIVE_ERRORS):
+                    return
+            else:
+                message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self._client_close_code = message.get("code")
+                return
+            if not self._is_live():
+                continue
+            await self._on_message(message)
+
+    async def _on_message(self, message: MutableMapping[str, Any]) -> None:
+        if not self._rate.allow():
+            self.close(closecodes.RATE_LIMITED)
+            return
+        text = message.get("text")
+        if text is None:
+            self._reply_or_violate(messages.BadMessage("bad_request", "binary frames are not accepted; send JSON text"))
+            return
+        if len(text) > self._settings.max_frame_bytes or len(text.encode()) > self._settings.max_frame_bytes:
+            self.close(closecodes.MESSAGE_TOO_BIG)
+            return
+        try:
+            frame = messages.parse_client_message(text)
+        except messages.BadMessage as bad:
+            self._reply_or_violate(bad)
+            return
+        await self._on_request(frame)
+
+    def _reply_or_violate(self, bad: messages.BadMessage) -> None:
+        if self.state is State.AWAITING_AUTH:
+            self.close(closecodes.PROTOCOL_VIOLATION)
+        else:
+            self.reply(messages.error(bad.code, bad.message, bad.request_id))
+
+    async def _on_request(self, frame: messages.ClientMessage) -> None:
+        if self.state is State.AWAITING_AUTH:
+            if isinstance(frame, messages.Auth):
+                await self._authenticate(frame.token, request_id=frame.id, resume=frame.resume)
+            else:
+                self.close(closecodes.PROTOCOL_VIOLATION)
+            return
+        if isinstance(frame, messages.Subscribe):
+            await self._subscribe(frame)
+        elif isinstance(frame, messages.Unsubscribe):
+            await self._unsubscribe(frame)
+        elif isinstance(frame, messages.Ping):
+            self.reply(messages.pong(frame.id))
+        elif isinstance(frame, messages.Refresh):
+            await self._refresh(frame)
+        else:
+            self.reply(messages.error("bad_request", "already authenticated; use 'refresh' for a new token", frame.id))
+
+    # Authentication and token lifetime.
+
+    async def _authenticate(
+        self, token: str, request_id: messages.RequestId, resume: messages.Resume | None = None
+    ) -> None:
+        self._cancel_timer()  # the auth timeout
+        context = self._context
+        try:
+            identity = await context.verifier.verify(token)
+        except TokenRejected as rejected:
+            self._log.info("auth_rejected", reason=str(rejected))
+            self.close(closecodes.TOKEN_EXPIRED if rejected.expired else closecodes.INVALID_TOKEN)
+            return
+        if self.state is not State.AWAITING_AUTH:
+            return  # closed while verifying
+        if not context.budgets.spend(identity.user):  # reconnecting does not refill the user's budget
+            self.close(closecodes.RATE_LIMITED)
+            return
+        if resume is not None:
+            taken_over = self._resume(identity, resume)
+            if taken_over is not None:
+                await taken_over._release()  # the topics the new token no longer grants (or all, if refused)
+                return
+            remote = context.remote_sessions
+            if remote is not None and remote.holder(resume.session) is not None:
+                await self._resume_from(remote, identity, resume)
+                return
+        if not self._admit(identity):
+            return
+        personal = identity.grants.personal_topic
+        try:
+            await context.hub.subscribe(self, personal)
+        except BrokerUnavailable as error:
+            self._log.warning("personal_topic_unavailable", error=str(error))
+            self.close(closecodes.TRY_AGAIN_LATER)
+            return
+        if self.state is not State.AWAITING_AUTH:  # closed while binding (shutdown, for instance)
+            await context.hub.unsubscribe(self, personal)
+            return
+        self.topics.add(personal)
+        self._go_live(identity, [personal], recovered=False)
+        # Events of the personal topic that arrived between the bind and the welcome follow it.
+        for frame in self.history.after(0) or ():
+            self._outbox.offer(frame)
+
+    def _admit(self, identity: Identity) -> bool:
+        """Take one of the user's connection slots for this session, or close it with 4502."""
+        if not self._context.admission.admit_user(identity.user):
+            self.close(closecodes.USER_CONNECTION_LIMIT)
+            return False
+        self.identity = identity
+        self._holds_user_slot = True
+        return True
+
+    def _go_live(
+        self, identity: Identity, topics: list[str], *, recovered: bool, dropped: list[str] | None = None
+    ) -> None:
+        directory = self._context.directory
+        self.session_id = directory.new_id()
+        directory.register(self)
+        self.state = State.OPEN
+        self._schedule_expiry(identity.expires_at)
+        self._log.info("connection_authenticated", recovered=recovered)
+        welcome = messages.welcome(
+            identity.user, topics, identity.expires_at, self.session_id, recovered=recovered, dropped=dropped
+        )
+        self._outbox.offer(Frame(welcome))
+
+    def _resume(self, identity: Identity, resume: messages.Resume) -> Session | None:
+        """Take over the session the client had, if it is here, the same user's and still whole; all or nothing.
+        Returns the session taken over, whose leftover topics the caller releases; None if there is none.
+
+        Runs without awaiting: no event can slip between the replay and the live ones that follow it."""
+        context = self._context
+        old = context.directory.find(resume.session)
+        if not isinstance(old, Session) or old is self or old.user != identity.user:
+            return None  # unknown here, or someone else's: a fresh session, and nothing of theirs is shown
+        replay = old.frames_after(resume.received)
+        if replay is None:
+            if old.state is State.PARKED:
+                context.directory.end(old)  # the client can never get it back whole
+            return None
+        old.hand_over()
+        if not self._admit(identity):
+            return old  # closed with 4502; the old session's topics are released all the same
+        kept = {topic for topic in old.topics if identity.grants.allows(topic)}
+        hub = context.hub
+        for topic in kept:
+            hub.transfer(old, self, topic)
+        old.topics -= kept  # what the new token no longer grants, released after the welcome
+        self.topics = kept
+        self.history = History(
+            window_s=self._settings.resume_window_s, max_events=self._settings.resume_max_events, sent=resume.received
+        )
+        personal = identity.grants.personal_topic
+        topics = [personal, *sorted(kept - {personal})]
+        self._go_live(identity, topics, recovered=True, dropped=sorted(old.topics))
+        for frame in replay:
+            if frame.topic in kept:
+                self.offer(frame)
+        self._log.info("session_resumed", replayed=len(replay), received=resume.received)
+        return old
+
+    async def _resume_from(self, remote: RemoteSessions, identity: Identity, resume: messages.Resume) -> None:
+        """Resume a session another instance holds: bind its topics first (this session keeps their events from
+        the bind on), then take its events after the client's count, then merge both by event id."""
+        context = self._context
+        held = await remote.topics_of(resume.session, identity.user)
+        if not self._is_awaiting_auth():
+            return
+        if not self._admit(identity):
+            return
+        personal = identity.grants.personal_topic
+        granted = {topic for topic in held or () if identity.grants.allows(topic)} - {personal}
+        others = sorted(topic for topic in granted if context.budgets.hold(identity.user, topic))
+        dropped = sorted(set(held or ()) - {personal} - set(others))
+        try:
+            for topic in [personal, *others]:
+                self.topics.add(topic)
+                await context.hub.subscribe(self, topic)
+        except BrokerUnavailable as error:
+            self.topics.discard(topic)
+            self._log.warning("resume_topics_unavailable", error=str(error))
+            self.close(closecodes.TRY_AGAIN_LATER)
+            return
+        if not self._is_awaiting_auth():
+            return
+        handed = await remote.take(resume.session, identity.user, resume.received) if held is not None else None
+        if not self._is_awaiting_auth():
+            return
+        collected = self.history.after(0)  # what reached this session since its binds
+        if handed is None or collected is None:
+            await self._start_fresh_after_failed_resume(identity, personal, collected or [])
+            return
+        handed_ids = {frame.event_id for frame in handed}
+        self.history = History(
+            window_s=self._settings.resume_window_s, max_events=self._settings.resume_max_events, sent=resume.received
+        )
+        self._go_live(identity, [personal, *others], recovered=True, dropped=dropped)
+        live = set(self.topics)
+        for frame in handed:
+            if frame.topic in live:
+                self.offer(frame)
+        for frame in collected:
+            if frame.event_id not in handed_ids:
+                self.offer(frame)
+        self._log.info("session_resumed_from_another_instance", replayed=len(handed), received=resume.received)
+
+    async def _start_fresh_after_failed_resume(self, identity: Identity, personal: str, collected: list[Frame]) -> None:
+        """The other instance could not hand the session over whole: a fresh session with the personal topic."""
+        for topic in tuple(self.topics - {personal}):
+            self.topics.discard(topic)
+            self._context.budgets.release(identity.user, topic)
+            await self._context.hub.unsubscribe(self, topic)
+        if not self._is_awaiting_auth():
+            return
+        self.history = History(window_s=self._settings.resume_window_s, max_events=self._settings.resume_max_events)
+        self._go_live(identity, [personal], recovered=False)
+        for frame in collected:
+            if frame.topic == personal:
+                self.offer(frame)
+
+    def _is_awaiting_auth(self) -> bool:
+        return self.state is State.AWAITING_AUTH
+
+    def frames_after(self, received: int) -> list[Frame] | None:
+        """The event frames after the client's `received`-th, or None if they are not all held (never all, with
+        resume off)."""
+        if not self.history.keeps:
+            return None
+        return self.history.after(received)
+
+    def hand_over_to_another_instance(self) -> None:
+        """Another instance resumed this session: let go of it and release what it holds."""
+        self.hand_over()
+        self._context.directory.release_later(self._release())
+
+    async def _refresh(self, frame: messages.Refresh) -> None:
+        assert self.identity is not None
+        try:
+            identity = await self._context.verifier.verify(frame.token)
+        except TokenRejected as rejected:
+            code = "token_expired" if rejected.expired else "invalid_token"
+            self.reply(messages.error(code, str(rejected), frame.id))
+            return
+        if identity.user != self.identity.user:
+            self.reply(messages.error("forbidden", "a refresh token must be for the same user", frame.id))
+            return
+        self.identity = identity
+        self._schedule_expiry(identity.expires_at)
+        dropped = sorted(topic for topic in self.topics if not identity.grants.allows(topic))
+        for topic in dropped:
+            self.topics.discard(topic)
+            self._context.budgets.release(identity.user, topic)
+            await self._context.hub.unsubscribe(self, topic)
+        self.reply(messages.refreshed(frame.id, identity.expires_at, dropped))
+
+    def _schedule_expiry(self, expires_at: float) -> None:
+        self._start_timer(max(0.0, expires_at - time.time()), closecodes.TOKEN_EXPIRED)
+
+    def _start_timer(self, delay_s: float, action: CloseReason | Callable[[], None]) -> None:
+        """After `delay_s`, close with `action` if it is a CloseReason, else call it; replaces the deadline
+        set before."""
+        self._cancel_timer()
+        loop = asyncio.get_running_loop()
+        if isinstance(action, CloseReason):
+            self._timer = loop.call_later(delay_s, self.close, action)
+        else:
+            self._timer = loop.call_later(delay_s, action)
+
+    def _abandon(self) -> None:
+        """The close handshake did not finish in time: drop the socket, which ends the reader too."""
+        self._log.info("connection_abandoned")
+        self._sender.abort()
+
+    def _cancel_timer(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.cancel()
+
+    # Subscriptions.
+
+    async def _subscribe(self, frame: messages.Subscribe) -> None:
+        assert self.identity is not None
+        topic = frame.topic
+        try:
+            validate_topic(topic)
+        except InvalidTopic as error:
+            self.reply(messages.error("invalid_topic", str(error), frame.id, topic=topic[:300]))
+            return
+        if not self.identity.grants.allows(topic):
+            self.reply(messages.error("forbidden", "this token does not grant that topic", frame.id, topic=topic))
+            return
+        if topic not in self.topics:
+            if len(self.topics) >= self._settings.max_subscriptions:
+                message = f"at most {self._settings.max_subscriptions} subscriptions per connection"
+                self.reply(messages.error("too_many_subscriptions", message, frame.id, topic=topic))
+                return
+            refusal = self._take_user_budget(topic)
+            if refusal is not None:
+                self.reply(messages.error(*refusal, frame.id, topic=topic))
+                return
+            self.topics.add(topic)
+            try:
+                await self._context.hub.subscribe(self, topic)
+            except BrokerUnavailable:
+                self.topics.discard(topic)
+                self._context.budgets.release(self.identity.user, topic)
+                self.reply(messages.error("unavailable", "broker unavailable, try again", frame.id, topic=topic))
+                return
+            if self.state is not State.OPEN:
+                return
+        self._log.debug("subscribed", topic=topic)
+        self.reply(messages.subscription("subscribed", topic, frame.id))
+
+    def _take_user_budget(self, topic: str) -> tuple[str, str] | None:
+        """The user's budgets across its connections (notifier/limits/budgets.py): the error code and message if
+        subscribing to `topic` would overspend them, else None (and the topic is counted)."""
+        assert self.identity is not None
+        budgets = self._context.budgets
+        user = self.identity.user
+        if not budgets.spend(user):
+            rate = self._settings.user_subscribes_per_s
+            return "rate_limited", f"at most {rate:g} subscribe operations per second per user; retry later"
+        if not budgets.hold(user, topic):
+            return "too_many_subscriptions", f"at most {budgets.max_topics} topics per user"
+        return None
+
+    async def _unsubscribe(self, frame: messages.Unsubscribe) -> None:
+        topic = frame.topic
+        try:
+            validate_topic(topic)
+        except InvalidTopic as error:
+            self.reply(messages.error("invalid_topic", str(error), frame.id, topic=topic[:300]))
+            return
+        if topic in self.topics:
+            self.topics.discard(topic)
+            if self.identity is not None:
+                self._context.budgets.release(self.identity.user, topic)
+            await self._context.hub.unsubscribe(self, topic)
+        self.reply(messages.subscription("unsubscribed", topic, frame.id))
+
+    async def drop_topic_by_server(self, topic: str) -> bool:
+        """The server API took `topic` from this connection: no further event of it reaches the client, which
+        is told with an `unsubscribed` frame (reason "server"). Returns whether the connection held it."""
+        if self.state is not State.OPEN or topic not in self.topics:
+            return False
+        self.topics.discard(topic)
+        if self.identity is not None:
+            self._context.budgets.release(self.identity.user, topic)
+        self.reply(messages.unsubscribed_by_server(topic))
+        # Leaves the fan-out before its first await, so no event comes between the frame and the removal,
+        # and a disconnect right behind this command finds the frame already queued.
+        await self._context.hub.unsubscribe(self, topic)
+        return True

@@ -1,0 +1,193 @@
+"""The running service of one instance: wires broker, hub, token verifier and sessions, and owns
+their start, connection limits and graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable
+
+import structlog
+from starlette.websockets import WebSocket
+
+from notifier.broker import Broker, create_broker
+from notifier.cluster.handover import ControlPlane, SessionHandOver
+from notifier.connection.auth import TokenVerifier
+from notifier.connection.directory import SessionDirectory
+from notifier.connection.hub import Hub
+from notifier.connection.senders import FastPathReport, choose_sender
+from notifier.connection.session import Session, SessionContext, State
+from notifier.formats import closecodes
+from notifier.instance.looplag import watch_loop_lag
+from notifier.limits.admission import Admission
+from notifier.limits.budgets import UserBudgets
+from notifier.limits.origins import OriginPolicy
+from notifier.limits.tokenbucket import FRAME_BUDGET_SCOPE_KEY
+from notifier.settings import Settings
+from notifier.stats import Stats
+
+log = structlog.get_logger("notifier.node")
+
+BROKER_RETRY_MAX_S = 10.0
+
+
+class Node:
+    """Everything one instance runs; built by `create_app`, started and stopped by its lifespan."""
+
+    def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
+        self.settings = settings
+        self.stats = Stats()
+        self.broker = broker or create_broker(settings)
+        self.hub = Hub(self.broker, self.stats)
+        self.verifier = TokenVerifier(settings)
+        self.origins = OriginPolicy(settings.allowed_origins)
+        self.admission = Admission(
+            max_connections=settings.max_connections, max_connections_per_user=settings.max_connections_per_user
+        )
+        self.sessions: set[Session] = set()
+        self.directory = SessionDirectory(
+            self.broker.instance_id, window_s=settings.resume_window_s, max_parked=settings.max_parked_sessions
+        )
+        self.user_budgets = UserBudgets(
+            operations_per_s=settings.user_subscribes_per_s,
+            operations_burst=settings.user_subscribes_burst,
+            max_topics=settings.max_topics_per_user,
+        )
+        self._session_context = SessionContext(
+            settings=settings,
+            hub=self.hub,
+            verifier=self.verifier,
+            admission=self.admission,
+            budgets=self.user_budgets,
+            stats=self.stats,
+            directory=self.directory,
+            remote_sessions=None,
+            on_finished=self.sessions.discard,
+        )
+        self._hand_over: SessionHandOver | None = None
+        self._fast_path_report = FastPathReport()
+        self._accepting = True
+        self._connect_task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
+        self._stop_deadline = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return self._accepting and self.broker.ready
+
+    async def start(self) -> None:
+        """Connect to the broker; if it is not reachable yet, keep trying in the background (not ready)."""
+        self._lag_task = asyncio.create_task(watch_loop_lag(self.stats.loop_lag), name="loop-lag")
+        try:
+            await self.broker.connect(self.hub.deliver)
+        except Exception as error:  # noqa: BLE001 - any failure to connect is retried, and logged
+            log.warning("broker_connect_failed", error=repr(error))
+            self._connect_task = asyncio.create_task(self._connect_until_up())
+
+    async def _connect_until_up(self) -> None:
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.broker.connect(self.hub.deliver)
+                return
+            except Exception as error:  # noqa: BLE001
+                log.warning("broker_connect_failed", error=repr(error), retry_in_s=delay)
+                delay = min(delay * 2, BROKER_RETRY_MAX_S)
+
+    async def drain(self) -> None:
+        """Graceful stop: take no new events or clients, flush what was handed off, close clients with 1012.
+
+        The whole stop, `stop()`'s broker close included, fits in NOTIFIER_SHUTDOWN_TIMEOUT_S.
+        """
+        if not self._accepting:
+            return
+        self._accepting = False
+        self._stop_deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+        # With other instances to hand sessions to, keep taking events while clients reconnect elsewhere: their
+        # parked sessions collect them and are handed over. Otherwise take no more events from the start.
+        hand_over = self._hand_over is not None and self.settings.resume_window_s > 0 and self._hand_over.others_alive()
+        if not hand_over:
+            self.directory.parking = False  # no one could resume them: sessions end with their connection
+            await self._within_deadline(self.broker.stop_consuming(), "stop_consuming")
+        log.info("draining", connections=len(self.sessions), hand_over=hand_over, code=closecodes.SHUTDOWN.code)
+        for session in tuple(self.sessions):
+            session.close(closecodes.SHUTDOWN)
+        # Keep a moment of the budget for closing the broker connection.
+        flush_deadline = self._stop_deadline - min(1.0, self.settings.shutdown_timeout_s / 4)
+        while self.sessions and time.monotonic() < flush_deadline:
+            await asyncio.sleep(0.05)
+        if self.sessions:
+            log.warning("drain_timeout", connections=len(self.sessions))
+        if hand_over:
+            parked = self.directory.parked_count
+            while self.directory.parked_count and time.monotonic() < flush_deadline:
+                await asyncio.sleep(0.05)
+            log.info("sessions_handed_over", parked=parked, left=self.directory.parked_count)
+            await self._within_deadline(self.broker.stop_consuming(), "stop_consuming")
+        # Last: RabbitMQ spends seconds removing thousands of bindings, and the clients are closed sooner without
+        # it competing for the CPU; it finishes after this process has left.
+        await self._delete_queue()
+
+    async def _delete_queue(self) -> None:
+        """With resume on, what is left in the queue once consuming stopped was for sessions that moved or
+        ended: delete the queue, and all its bindings with it in one request. With resume off, the queue keeps
+        what was not consumed until it expires (docs/guarantees.md)."""
+        if self.settings.resume_window_s > 0:
+            await self._within_deadline(self.broker.delete_queue(), "delete_queue")
+
+    def attach_control(self, control: ControlPlane) -> None:
+        """Resume sessions held by other instances, and hand ours over, through `control`."""
+        self._hand_over = SessionHandOver(control, self.directory, timeout_s=self.settings.resume_timeout_s)
+        self._session_context = dataclasses.replace(self._session_context, remote_sessions=self._hand_over)
+
+    async def stop(self) -> None:
+        await self.drain()
+        self.directory.end_all_parked()
+        await self._within_deadline(self.directory.wait_released(), "release_parked_sessions")
+        await self._within_deadline(self.broker.close(), "broker_close")
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+
+    async def _within_deadline(self, step: Awaitable[None], name: str) -> None:
+        remaining = max(0.1, self._stop_deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(step, remaining)
+        except TimeoutError:
+            log.warning("shutdown_step_timed_out", step=name)
+
+    # Connections.
+
+    async def serve(self, websocket: WebSocket) -> None:
+        """Serve one WebSocket from handshake to close."""
+        origin = websocket.headers.get("origin")
+        if not self.origins.allows(origin, websocket.headers.get("host")):
+            log.info("origin_refused", origin=origin[:200] if origin else None)
+            await self.origins.refuse(websocket)
+            return
+        if not self._accepting:
+            await websocket.accept()
+            await websocket.close(closecodes.SHUTDOWN.code, closecodes.SHUTDOWN.reason)
+            return
+        await websocket.accept()
+        task = asyncio.current_task()
+        assert task is not None
+        path = self.settings.write_path
+        sender = choose_sender(websocket.scope, websocket.send, task.cancel, path)
+        self._fast_path_report.note(sender, websocket.scope, path)
+        budget = websocket.scope.get(FRAME_BUDGET_SCOPE_KEY)
+        session = Session(websocket.receive, sender, self._session_context, frame_budget=budget)
+        self.sessions.add(session)
+        await session.run(websocket.query_params.get("token"))
+
+    def sessions_of(self, user: str) -> list[Session]:
+        """The open, authenticated connections of `user` on this instance."""
+        return [session for session in self.sessions if session.user == user and session.state is State.OPEN]
+
+    def parked_sessions_of(self, user: str) -> list[Session]:
+        """The parked sessions of `user` on this instance (their connection is gone; a resume may claim them)."""
+        parked = self.directory.parked_sessions()
+        return [session for session in parked if isinstance(session, Session) and session.user == user]

@@ -1,0 +1,97 @@
+"""Prometheus metrics, read from the instance's `Stats` and gauges at scrape time, so the hot path only bumps ints.
+
+Each app has its own registry (no process-wide state), so several apps can run in one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from notifier.formats import closecodes
+
+if TYPE_CHECKING:
+    from notifier.instance.node import Node
+
+CLOSE_REASONS = {reason.code: reason.reason for reason in closecodes.ALL}
+
+
+class NodeCollector(Collector):
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+        node = self._node
+        hub = node.hub
+        stats = node.stats
+        yield GaugeMetricFamily("notifier_connections", "Open WebSocket connections", value=len(node.sessions))
+        yield GaugeMetricFamily(
+            "notifier_subscriptions",
+            "Subscriptions held by open connections",
+            value=sum(len(session.topics) for session in node.sessions),
+        )
+        yield GaugeMetricFamily(
+            "notifier_sessions_parked",
+            "Sessions whose connection dropped, kept for a resume",
+            value=node.directory.parked_count,
+        )
+        yield GaugeMetricFamily("notifier_topics_bound", "Topics bound at the broker", value=len(hub.bound_topics))
+        yield GaugeMetricFamily(
+            "notifier_broker_connected", "1 while the broker connection is up", value=int(node.broker.ready)
+        )
+        yield CounterMetricFamily(
+            "notifier_broker_reconnects", "Times the broker connection was restored", value=node.broker.reconnects
+        )
+        yield CounterMetricFamily("notifier_events_consumed", "Events taken from the broker", value=stats.events_in)
+        yield CounterMetricFamily(
+            "notifier_events_delivered", "Event frames handed to clients' send queues", value=stats.frames_out
+        )
+        yield CounterMetricFamily(
+            "notifier_events_dropped",
+            "Event frames discarded from the queues of slow clients that were closed",
+            value=stats.frames_dropped,
+        )
+        yield CounterMetricFamily(
+            "notifier_events_dead_lettered",
+            "Broker messages rejected to the dead-letter queue",
+            value=node.broker.dead_lettered,
+        )
+        closes = CounterMetricFamily(
+            "notifier_connections_closed", "Connections closed by the server, by close code", labels=["code", "reason"]
+        )
+        for code, count in sorted(stats.closes_by_code.items()):
+            closes.add_metric([str(code), CLOSE_REASONS.get(code, "")], count)
+        yield closes
+        published = CounterMetricFamily(
+            "notifier_publish_requests", "POST /api/publish answers, by HTTP status", labels=["status"]
+        )
+        for status, count in sorted(stats.publish_results.items()):
+            published.add_metric([str(status)], count)
+        yield published
+        latency = stats.latency
+        yield HistogramMetricFamily(
+            "notifier_delivery_latency_seconds",
+            "From the publisher's timestamp (timestamp_in_ms header, else AMQP timestamp) to hand-off to clients",
+            buckets=latency.cumulative(),
+            sum_value=latency.total_s,
+        )
+        yield HistogramMetricFamily(
+            "notifier_event_loop_lag_seconds",
+            "How much later than due the event loop ran a probe scheduled every 0.5 s",
+            buckets=stats.loop_lag.cumulative(),
+            sum_value=stats.loop_lag.total_s,
+        )
+
+
+def build_registry(node: Node) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(NodeCollector(node))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
