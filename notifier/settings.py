@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -30,8 +31,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
 
-    # Broker: "amqp://..." for RabbitMQ, "memory://" for the embedded in-process broker.
+    # Broker: "amqp://..." for RabbitMQ (a comma-separated list of the nodes of a cluster, tried in turn on every
+    # (re)connect), "memory://" for the embedded in-process broker.
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # The instance queue: "classic" (re-declared on a live node when its node is lost; clients are told of the
+    # gap) or "quorum" (replicated across the cluster's nodes: a lost node loses nothing). docs/scaling.md.
+    queue_type: Literal["classic", "quorum"] = "classic"
     exchange: str = Field(default="notifications", min_length=1, max_length=255)
     dead_letter_exchange: str = Field(default="notifications.dead", min_length=1, max_length=255)
     instance_id: str = Field(default="", max_length=100)
@@ -131,6 +136,12 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @field_validator("amqp_url")
+    @classmethod
+    def _broker_addresses(cls, value: str) -> str:
+        split_amqp_urls(value)  # raises with what is wrong with which address
+        return value
+
     @field_validator("jwt_algorithms")
     @classmethod
     def _known_algorithms(cls, value: list[str]) -> list[str]:
@@ -172,3 +183,37 @@ class Settings(BaseSettings):
     @property
     def uses_memory_broker(self) -> bool:
         return self.amqp_url.startswith("memory://")
+
+    @property
+    def amqp_urls(self) -> list[str]:
+        """The RabbitMQ nodes to connect to, in the order they are tried."""
+        return split_amqp_urls(self.amqp_url)
+
+
+def split_amqp_urls(value: str) -> list[str]:
+    """The URLs of a comma-separated NOTIFIER_AMQP_URL (a comma inside a password is written %2C), each checked:
+    amqp:// or amqps://, a host, a valid port; `memory://` stands alone. Raises ValueError saying which one is
+    wrong and why, without its password."""
+    urls = [part.strip() for part in value.split(",")]
+    if urls == ["memory://"]:
+        return urls
+    for index, url in enumerate(urls, start=1):
+        where = f"address {index} of {len(urls)}" if len(urls) > 1 else "the address"
+        if not url:
+            raise ValueError(f"{where} is empty (a comma inside a password must be written %2C)")
+        parts = urlsplit(url)
+        if parts.scheme not in ("amqp", "amqps"):
+            shown = url if "@" not in url else url.rsplit("@", 1)[1]
+            raise ValueError(
+                f"{where} ({shown!r}) must start with amqp:// or amqps:// (a list is whole URLs separated by "
+                "commas, e.g. amqp://user:pass@node1:5672/,amqp://user:pass@node2:5672/; memory:// stands alone)"
+            )
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if not parts.hostname or port == -1:
+            raise ValueError(f"{where} ({parts.scheme}://...@{parts.netloc.rsplit('@', 1)[-1]}) needs a host and a valid port")
+        if len(parts.path) > 1 and "/" in unquote(parts.path[1:]).strip("/") and "%2F" not in parts.path:
+            raise ValueError(f"{where}: the vhost {unquote(parts.path[1:])!r} has a '/'; write it as %2F")
+    return urls

@@ -1,4 +1,4 @@
-"""The consume channel's fast path (notifier/broker/amqp.py): deliveries handled in the channel's reader, and its
+"""The consume channel's fast path (notifier/broker/aiormq_internals.py): deliveries handled in the channel's reader, and its
 frame queue sized to the prefetch, against a stand-in for aiormq's channel hooks; the real path is every
 end-to-end delivery test."""
 
@@ -13,7 +13,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from notifier.broker.amqp import _deepen_frame_buffer, _inline_deliveries
+from notifier.broker.aiormq_internals import deepen_frame_buffer, inline_deliveries
 
 pytestmark = pytest.mark.unit
 
@@ -53,7 +53,7 @@ async def test_each_delivery_is_handled_in_the_reader_and_a_failing_one_does_not
             raise RuntimeError("a bug in one delivery")
         handled.append(message.body)
 
-    _inline_deliveries(channel, handle)  # type: ignore[arg-type]
+    inline_deliveries(channel, handle)  # type: ignore[arg-type]
     for tag, body in enumerate((b"1", b"bad", b"2"), start=1):
         channel.queue(body)
         await channel._on_deliver_frame(deliver_frame(tag))  # the reader awaits it; it must not raise
@@ -64,7 +64,7 @@ async def test_each_delivery_is_handled_in_the_reader_and_a_failing_one_does_not
 async def test_a_delivery_for_a_consumer_no_longer_there_is_read_but_not_handled() -> None:
     channel = ChannelHooks()
     handled: list[bytes] = []
-    _inline_deliveries(channel, lambda message: handled.append(message.body))  # type: ignore[arg-type]
+    inline_deliveries(channel, lambda message: handled.append(message.body))  # type: ignore[arg-type]
     channel.queue(b"late")
     await channel._on_deliver_frame(deliver_frame(1, consumer="cancelled"))
     assert handled == []
@@ -73,7 +73,7 @@ async def test_a_delivery_for_a_consumer_no_longer_there_is_read_but_not_handled
 
 async def test_without_the_reader_hooks_the_callback_handles_each_message() -> None:
     handled: list[bytes] = []
-    callback = _inline_deliveries(object(), lambda message: handled.append(message.body))  # type: ignore[arg-type]
+    callback = inline_deliveries(object(), lambda message: handled.append(message.body))  # type: ignore[arg-type]
     message = DeliveredMessage(delivery=deliver_frame(1), header=ContentHeader(), body=b"x", channel=None)  # type: ignore[arg-type]
     await callback(message)
     assert handled == [b"x"]
@@ -82,10 +82,10 @@ async def test_without_the_reader_hooks_the_callback_handles_each_message() -> N
 async def test_the_consume_channels_frame_queue_is_deepened_to_the_prefetchs_frames_and_no_further() -> None:
     channel = ChannelHooks()
     channel.frames = asyncio.Queue(maxsize=10)  # type: ignore[assignment]  # aiormq's default
-    _deepen_frame_buffer(channel, 3 * 512)  # type: ignore[arg-type]
+    deepen_frame_buffer(channel, 3 * 512)  # type: ignore[arg-type]
     queue: asyncio.Queue[int] = channel.frames  # type: ignore[assignment]
     assert queue.maxsize == 1536
     for number in range(1536):
         queue.put_nowait(number)
     assert queue.full()  # still bounded: a put beyond it waits for the channel's reader
-    _deepen_frame_buffer(object(), 1536)  # type: ignore[arg-type]  # another aiormq: left alone
+    deepen_frame_buffer(object(), 1536)  # type: ignore[arg-type]  # another aiormq: left alone

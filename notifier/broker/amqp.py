@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import aio_pika
@@ -21,9 +21,14 @@ import aiormq
 import structlog
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 from aiormq import spec
-from aiormq.abc import ChannelFrame, DeliveredMessage
-from pamqp.header import ContentHeader
+from aiormq.abc import DeliveredMessage
 
+from notifier.broker.aiormq_internals import (
+    deepen_frame_buffer,
+    inline_deliveries,
+    wait_less_for_close_ok,
+    write_frames,
+)
 from notifier.broker.base import BrokerUnavailable, EventHandler
 from notifier.broker.bindings import Bindings, ChannelSource
 from notifier.formats.events import TIMESTAMP_MS_HEADER, UnusableMessage, event_from_message, now_ms, publish_time_ms
@@ -46,10 +51,6 @@ BIND_BATCH = 256
 
 # A delivery is three frames (method, header, body: an event's body fits in one frame).
 FRAMES_PER_MESSAGE = 3
-
-# How long a stopping instance that sent its queue's delete waits for RabbitMQ to confirm the connection's
-# close (see _wait_less_for_close_ok): long enough for a queue of a thousand or so bindings to go first.
-CLOSE_OK_WAIT_AFTER_DELETE_S = 0.5
 
 # The header that tells an operator reading the dead-letter queue why notifier refused a message.
 ERROR_HEADER = "x-notifier-error"
@@ -185,9 +186,9 @@ class AmqpBroker:
 
     async def _consume(self, channel: aiormq.abc.AbstractChannel) -> None:
         channel.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
-        _deepen_frame_buffer(channel, FRAMES_PER_MESSAGE * self._settings.prefetch)
+        deepen_frame_buffer(channel, FRAMES_PER_MESSAGE * self._settings.prefetch)
         consume_ok = await channel.basic_consume(
-            self.queue_name, _inline_deliveries(channel, self._on_delivery), timeout=self._settings.broker_timeout_s
+            self.queue_name, inline_deliveries(channel, self._on_delivery), timeout=self._settings.broker_timeout_s
         )
         tag: str = consume_ok.consumer_tag  # type: ignore[assignment]  # always set in a ConsumeOk
         current = self._consuming_on
@@ -283,7 +284,7 @@ class AmqpBroker:
         if self._connection is not None:
             connection, self._connection = self._connection, None
             if self._queue_delete_sent:
-                _wait_less_for_close_ok(connection)
+                wait_less_for_close_ok(connection)
             try:
                 await asyncio.wait_for(connection.close(), self._settings.broker_timeout_s)
             except _BROKER_ERRORS as error:
@@ -480,66 +481,10 @@ class AmqpBindChannel:
             raise BrokerUnavailable("channel closed")
         frames = [spec.Queue.Bind(queue=queue, exchange=exchange, routing_key=key, nowait=True) for key in routing_keys]
         # Only this sender uses the channel and a nowait bind gets no answer: nothing to wait for but the queue.
-        await channel.write_queue.put(ChannelFrame.marshall(channel_number=channel.number, frames=frames))
+        await write_frames(channel, frames)
 
     async def queue_unbind(self, queue: str, exchange: str, routing_key: str) -> None:
         await self._channel.queue_unbind(queue, exchange, routing_key=routing_key)
-
-
-def _deepen_frame_buffer(channel: aiormq.abc.AbstractChannel, frames: int) -> None:
-    """aiormq hands a channel's frames from the connection's reader to the channel's through a queue of 10:
-    under a burst the connection's reader waits on it every three messages, and the two tasks take turns
-    for each handful of frames. RabbitMQ sends the consume channel at most NOTIFIER_PREFETCH unacknowledged
-    messages, so a queue of their frames stays bounded and lets each task run through what has arrived
-    (unicast: about an eighth less CPU per delivery). With another aiormq, it is left as it is."""
-    queue = getattr(channel, "frames", None)
-    if isinstance(queue, asyncio.Queue) and isinstance(getattr(queue, "_maxsize", None), int):
-        # asyncio.Queue reads it on every put and has no public setter.
-        setattr(queue, "_maxsize", max(queue.maxsize, frames))  # noqa: B010
-
-
-def _inline_deliveries(
-    channel: aiormq.abc.AbstractChannel, handle: Callable[[DeliveredMessage], None]
-) -> aiormq.abc.ConsumerCallback:
-    """The consumer callback for `channel`. aiormq runs a consumer in a task of its own per message, which
-    costs a tenth of a unicast delivery; `handle` never waits, so where the channel has aiormq's usual reader
-    hooks, each delivery is handled in the channel's reader as soon as its body is read, for the consumers
-    the channel knows (a message for a consumer already cancelled is left unacknowledged, as aiormq leaves it).
-    With another aiormq, the callback runs the usual way."""
-
-    async def consume(message: DeliveredMessage) -> None:
-        handle(message)
-
-    get_frame = getattr(channel, "_get_frame", None)
-    read_content = getattr(channel, "_read_content", None)
-    consumers = getattr(channel, "consumers", None)
-    if get_frame is None or read_content is None or consumers is None or not hasattr(channel, "_on_deliver_frame"):
-        return consume
-
-    async def deliver(frame: spec.Basic.Deliver) -> None:
-        header = await get_frame()
-        if not isinstance(header, ContentHeader):
-            raise ValueError(f"unexpected frame {header!r} instead of a content header")
-        message = await read_content(frame, header)
-        if frame.consumer_tag not in consumers:
-            return
-        try:
-            handle(message)
-        except Exception:  # the channel's reader must go on: one bad delivery is logged, as aiormq logs it
-            log.exception("delivery_failed", topic=frame.routing_key)
-
-    channel._on_deliver_frame = deliver
-    return consume
-
-
-def _wait_less_for_close_ok(connection: AbstractRobustConnection) -> None:
-    """RabbitMQ answers a connection's close only once every channel of it is done, and a channel that sent
-    a queue delete is done when the last binding is gone: seconds, for an instance that held thousands of
-    users. aiormq waits up to READER_CLOSE_TIMEOUT (2 s) for that answer; the delete goes on without us, so a
-    stopping instance waits less and leaves (RabbitMQ then logs the close as unexpected)."""
-    underlay = connection.transport
-    if underlay is not None and hasattr(underlay.connection, "READER_CLOSE_TIMEOUT"):
-        underlay.connection.READER_CLOSE_TIMEOUT = CLOSE_OK_WAIT_AFTER_DELETE_S
 
 
 def _underlay(channel: AbstractRobustChannel) -> ChannelSource:

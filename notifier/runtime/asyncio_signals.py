@@ -1,4 +1,5 @@
-"""Draining under ASGI servers other than our own uvicorn runner (hypercorn, for one).
+"""Draining under ASGI servers other than our own uvicorn runner (hypercorn, for one); every reach into asyncio's
+private parts is here.
 
 ASGI tells an app nothing when the server starts to stop: the lifespan `shutdown` comes only after the server
 has waited for open connections, and WebSockets never end by themselves, so such a server cancels them (close
@@ -19,6 +20,11 @@ log = structlog.get_logger("notifier.server_signals")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
+# asyncio's private parts used here (tests/test_library_internals.py checks they are still there): the loop's
+# table of signal handlers, and a Handle's callback, its arguments and the call that runs it.
+SIGNAL_HANDLERS = "_signal_handlers"
+HANDLE_INTERNALS = ("_run", "_callback", "_args")
+
 
 def drain_before_server_stops(drain: Callable[[], Awaitable[None]]) -> Callable[[], None]:
     """Chain `drain` in front of the loop's signal handlers the server installed; returns an undo function.
@@ -27,8 +33,16 @@ def drain_before_server_stops(drain: Callable[[], Awaitable[None]]) -> Callable[
     drains by itself).
     """
     loop = asyncio.get_running_loop()
-    # asyncio keeps the handlers of add_signal_handler here; there is no public way to read them.
-    installed: dict[int, asyncio.Handle] = dict(getattr(loop, "_signal_handlers", {}) or {})
+    # asyncio keeps the handlers of add_signal_handler here; there is no public way to read them. uvloop keeps
+    # them out of Python's reach: then the server's stop cancels the sockets (1011), which an operator must know.
+    if not hasattr(loop, SIGNAL_HANDLERS):
+        log.warning(
+            "drain_before_server_stop_unavailable",
+            loop=type(loop).__module__,
+            hint="run `notifier serve`, or the server with the asyncio loop, for clients to get 1012 on a stop",
+        )
+        return lambda: None
+    installed: dict[int, asyncio.Handle] = dict(getattr(loop, SIGNAL_HANDLERS) or {})
     chained: list[int] = []
     draining: list[asyncio.Task[None]] = []
 

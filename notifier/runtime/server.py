@@ -13,7 +13,7 @@ import uvicorn
 
 from notifier.instance.node import Node
 from notifier.runtime.app import create_app
-from notifier.runtime.uvicorn_protocols import protocol_classes
+from notifier.runtime.uvicorn_protocols import forget_captured_signals, protocol_classes
 from notifier.settings import Settings
 
 log = structlog.get_logger("notifier.server")
@@ -60,7 +60,7 @@ class NotifierServer(uvicorn.Server):
             server_close_s=round(time.monotonic() - drained, 3),
         )
         # A drained stop is a clean exit: exit 0 instead of uvicorn re-raising the signal (status -15/143).
-        self._captured_signals.clear()
+        forget_captured_signals(self)
 
 
 def build_server(settings: Settings, *, dev: bool = False, metrics_dir: Path | None = None) -> NotifierServer:
