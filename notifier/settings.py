@@ -213,7 +213,9 @@ def split_amqp_urls(value: str) -> list[str]:
         except ValueError:
             port = -1
         if not parts.hostname or port == -1:
-            raise ValueError(f"{where} ({parts.scheme}://...@{parts.netloc.rsplit('@', 1)[-1]}) needs a host and a valid port")
+            raise ValueError(
+                f"{where} ({parts.scheme}://...@{parts.netloc.rsplit('@', 1)[-1]}) needs a host and a valid port"
+            )
         if len(parts.path) > 1 and "/" in unquote(parts.path[1:]).strip("/") and "%2F" not in parts.path:
             raise ValueError(f"{where}: the vhost {unquote(parts.path[1:])!r} has a '/'; write it as %2F")
     return urls

@@ -40,6 +40,7 @@ class Stats:
         "latency",
         "loop_lag",
         "publish_results",
+        "resyncs_sent",
     )
 
     def __init__(self) -> None:
@@ -50,3 +51,4 @@ class Stats:
         self.publish_results: Counter[int] = Counter()  # HTTP publish answers by status (publish route)
         self.latency = LatencyHistogram()  # hub
         self.loop_lag = LatencyHistogram()  # notifier/looplag.py
+        self.resyncs_sent = 0  # `resync` frames sent after a gap in routing (node)

@@ -53,7 +53,7 @@ async def test_connection_closed_by_rabbitmq_is_restored_with_its_bindings(
     assert (await alice.subscribe("news.b"))["type"] == "subscribed"
 
 
-async def test_instance_queue_deleted_under_a_running_instance_is_declared_and_bound_again(
+async def test_instance_queue_deleted_under_a_running_instance_is_declared_bound_again_and_clients_told(
     server: RunningServer, connect: ConnectClient, publisher: Publisher, exchange: str
 ) -> None:
     alice = await connect(server, "alice", topics=["news.*"])
@@ -68,6 +68,9 @@ async def test_instance_queue_deleted_under_a_running_instance_is_declared_and_b
 
     # RabbitMQ cancels the consumer of a deleted queue; the instance declares it again and binds its topics again.
     await wait_until(bound_again, 20, interval=0.5)
+    # Events routed while there was no queue are lost: the client is told, once its topics are routed again.
+    assert await alice.receive() == {"type": "resync", "reason": "routing_lost"}
+    assert server.node.broker.routing_gaps == 1
     await publisher.publish("news.a", "after the delete")
     await publisher.publish("user.alice", "personal too")
     assert (await alice.expect_event("news.a"))["data"] == "after the delete"

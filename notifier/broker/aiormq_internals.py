@@ -91,5 +91,3 @@ def wait_less_for_close_ok(connection: AbstractRobustConnection) -> None:
     underlay = connection.transport
     if underlay is not None and hasattr(underlay.connection, "READER_CLOSE_TIMEOUT"):
         underlay.connection.READER_CLOSE_TIMEOUT = CLOSE_OK_WAIT_AFTER_DELETE_S
-
-

@@ -6,12 +6,20 @@ channel is reopened. aio-pika's layer over aiormq (an IncomingMessage for every 
 of what consuming cost, so a delivered frame becomes an Event directly.
 The instance queue is not exclusive and expires after NOTIFIER_QUEUE_EXPIRES_S without a consumer, so it
 survives a short outage with its messages, and a dead instance leaves nothing behind.
+
+Routing (the queue, consumed, with a binding per held topic) is state this module owns and rebuilds: after a
+reconnect (to any node of NOTIFIER_AMQP_URL, notifier/broker/failover.py) or a cancelled consumer, the queue is
+looked up where it was; if it is gone, or its node is down (a classic queue lives on one node), a queue is
+declared on a live node, every held topic is bound to it again, and the instance is told of the gap, since
+events routed meanwhile may be lost. A quorum queue (NOTIFIER_QUEUE_TYPE=quorum) outlives the loss of a
+minority of nodes with its messages and bindings: then nothing is lost and there is no gap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 import uuid
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -29,8 +37,9 @@ from notifier.broker.aiormq_internals import (
     wait_less_for_close_ok,
     write_frames,
 )
-from notifier.broker.base import BrokerUnavailable, EventHandler
+from notifier.broker.base import BrokerUnavailable, EventHandler, RoutingGapHandler
 from notifier.broker.bindings import Bindings, ChannelSource
+from notifier.broker.failover import NodeAddresses, connect_to_any
 from notifier.formats.events import TIMESTAMP_MS_HEADER, UnusableMessage, event_from_message, now_ms, publish_time_ms
 from notifier.settings import Settings
 
@@ -55,6 +64,9 @@ FRAMES_PER_MESSAGE = 3
 # The header that tells an operator reading the dead-letter queue why notifier refused a message.
 ERROR_HEADER = "x-notifier-error"
 ERROR_HEADER_MAX_CHARS = 500
+
+# How often a restore of routing that failed (no node reachable, the queue's node not yet answering) tries again.
+ROUTING_RETRY_S = 1.0
 
 # What aio-pika and aiormq raise when the connection or channel is gone or the broker refuses.
 _BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, asyncio.TimeoutError)
@@ -91,6 +103,13 @@ class AmqpBroker:
         self._settings = settings
         self.instance_id = settings.instance_id or uuid.uuid4().hex[:12]
         self.queue_name = f"{settings.exchange}.instance.{self.instance_id}"
+        self._queues_made = 1  # a queue whose node was lost is replaced by one with the next number
+        self._addresses = NodeAddresses(
+            settings.amqp_urls,
+            reconnect_interval=1.0,
+            # A line held open but silent is noticed after a few missed heartbeats, then reconnected.
+            heartbeat=settings.broker_heartbeat_s,
+        )
         self._connection: AbstractRobustConnection | None = None
         self._exchange_name = settings.exchange
         self._publish_exchange: AbstractExchange | None = None
@@ -104,7 +123,10 @@ class AmqpBroker:
         self._stopped_consuming = False
         self._queue_delete_sent = False
         self._recovering: asyncio.Future[None] | None = None
+        # False from the moment routing is known broken (connection lost, consumer cancelled) until restored.
+        self._routing_ok = False
         self._on_event: EventHandler | None = None
+        self._on_routing_gap: RoutingGapHandler | None = None
         # The newest handed-off delivery not yet acknowledged, and the channel it came on.
         self._ack_channel: aiormq.abc.AbstractChannel | None = None
         self._ack_tag = 0
@@ -122,28 +144,33 @@ class AmqpBroker:
             max_covers=settings.bind_max_covers,
         )
         self.reconnects = 0
+        self.routing_gaps = 0
         self.dead_lettered = 0
         self._pending_publishes = 0
 
     @property
-    def ready(self) -> bool:
+    def connected(self) -> bool:
+        """The connection to a node is up (publishing works); routing may still be being restored."""
         connection = self._connection
         return connection is not None and not connection.is_closed and connection.connected.is_set()
+
+    @property
+    def ready(self) -> bool:
+        """Routing works: connected, and consuming the queue that every held topic is bound to."""
+        return self._routing_ok and self.connected and self._consumer_tag is not None
 
     @property
     def connection(self) -> AbstractRobustConnection | None:
         """The robust connection, once connected; the control plane opens its channels on it."""
         return self._connection
 
-    async def connect(self, on_event: EventHandler) -> None:
+    async def connect(self, on_event: EventHandler, on_routing_gap: RoutingGapHandler | None = None) -> None:
         settings = self._settings
         self._on_event = on_event
-        connection = await aio_pika.connect_robust(
-            settings.amqp_url,
+        self._on_routing_gap = on_routing_gap
+        connection = await connect_to_any(
+            self._addresses,
             timeout=settings.broker_timeout_s,
-            reconnect_interval=1.0,
-            # A line held open but silent is noticed after a few missed heartbeats, then reconnected.
-            heartbeat=settings.broker_heartbeat_s,
             client_properties={"connection_name": f"notifier {self.instance_id}"},
         )
         try:
@@ -153,7 +180,9 @@ class AmqpBroker:
             raise
         self._connection = connection
         connection.reconnect_callbacks.add(self._after_reconnect)
-        log.info("broker_connected", queue=self.queue_name, exchange=settings.exchange)
+        connection.close_callbacks.add(self._on_connection_lost)
+        self._routing_ok = True
+        log.info("broker_connected", queue=self.queue_name, exchange=settings.exchange, node=self.node)
 
     async def _declare(self, connection: AbstractRobustConnection) -> None:
         settings = self._settings
@@ -161,22 +190,64 @@ class AmqpBroker:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=settings.prefetch)
         await channel.declare_exchange(settings.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-        # A queue left by an earlier process with this NOTIFIER_INSTANCE_ID carries bindings and events for
-        # clients that are gone; start from a clean one. (Reconnects within this process keep the queue.)
-        await channel.queue_delete(self.queue_name, if_unused=False, if_empty=False)
-        await channel.declare_queue(self.queue_name, durable=True, arguments=self._queue_arguments())
+        await self._establish_queue(connection, fresh=True)
         await self._start_bindings(connection)
         publish_channel = await connection.channel(publisher_confirms=True)
         self._publish_exchange = await publish_channel.get_exchange(settings.exchange, ensure=False)
         self._dead_letter_exchange = await publish_channel.get_exchange(settings.dead_letter_exchange, ensure=False)
         self._consume_channel = channel
-        # The robust channel re-declares the queue when it is reopened (after a reconnect), then calls this.
+        # The robust channel calls this when it is reopened (after a reconnect): routing is restored then.
         channel.reopen_callbacks.add(self._consume_again)
         await self._consume(await channel.get_underlay_channel())
+
+    @property
+    def node(self) -> str:
+        """The address of the node this instance connects to (or last tried), without credentials."""
+        url = self._addresses.current
+        return f"{url.host}:{url.port}"
+
+    async def _establish_queue(self, connection: AbstractRobustConnection, *, fresh: bool) -> bool:
+        """Make sure this instance's queue exists on a live node. True if it is the queue consumed before, with
+        every binding and message (nothing lost); False if a new one was declared (bind everything again).
+
+        It is declared on a channel of its own, not the robust channel: aio-pika would re-declare it in every
+        reconnect, and a classic queue whose node is down cannot be declared at all, which tore the
+        connection down on each attempt. A declare that fails closes its channel, hence a channel per try.
+        """
+        timeout_s = self._settings.broker_timeout_s
+        channel = await _plain_channel(connection)
+        try:
+            existed = False
+            try:
+                if fresh:
+                    # A queue left by an earlier process with this NOTIFIER_INSTANCE_ID carries bindings and
+                    # events for clients that are gone; start from a clean one.
+                    await channel.queue_delete(self.queue_name, timeout=timeout_s)
+                else:
+                    await channel.queue_declare(self.queue_name, passive=True, timeout=timeout_s)
+                    existed = True
+            except aiormq.exceptions.ChannelNotFoundEntity as error:
+                channel = await _plain_channel(connection)
+                if _node_down(error):
+                    self._replace_queue(str(error))
+            await channel.queue_declare(
+                self.queue_name, durable=True, arguments=self._queue_arguments(), timeout=timeout_s
+            )
+            return existed
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    def _replace_queue(self, why: str) -> None:
+        old = self.queue_name
+        self._queues_made += 1
+        self.queue_name = f"{self._settings.exchange}.instance.{self.instance_id}.{self._queues_made}"
+        log.warning("broker_queue_replaced", old_queue=old, queue=self.queue_name, reason=why[:300])
 
     def _queue_arguments(self) -> dict[str, Any]:
         settings = self._settings
         return {
+            "x-queue-type": settings.queue_type,
             "x-expires": int(settings.queue_expires_s * 1000),
             "x-dead-letter-exchange": settings.dead_letter_exchange,
             # Bounded: past this length the oldest messages are dead-lettered, never silently dropped.
@@ -199,55 +270,89 @@ class AmqpBroker:
         self._consuming_on, self._consumer_tag = channel, tag
 
     async def _consume_again(self, _: AbstractRobustChannel | None) -> None:
-        if self._stopped_consuming or self._consume_channel is None:
-            return
-        try:
-            await self._consume(await self._consume_channel.get_underlay_channel())
-        except _BROKER_ERRORS as error:
-            # The connection failed again meanwhile: the next reopen consumes again.
-            log.warning("broker_consume_failed", error=repr(error))
+        """The consume channel was reopened (after a reconnect): restore routing, in a task, so the robust
+        connection can go on restoring its other channels meanwhile."""
+        self._routing_lost("reconnected")
 
     def _on_consumer_cancelled(self, frame: aiormq.spec.Basic.Cancel) -> None:
-        """RabbitMQ cancelled our consumer: the queue is gone (deleted by hand, say). Called from the channel's
-        reader, which must go on reading for the recovery's answers to arrive, so the recovery is a task."""
+        """RabbitMQ cancelled our consumer: the queue is gone (deleted by hand) or its node is down. Called from
+        the channel's reader, which must go on reading for the recovery's answers to arrive, so the recovery is
+        a task."""
         if frame.consumer_tag != self._consumer_tag or self._stopped_consuming:
             return
         log.warning("broker_consumer_cancelled", queue=self.queue_name)
         self._consuming_on = self._consumer_tag = None
-        if self._recovering is None or self._recovering.done():
-            self._recovering = asyncio.ensure_future(self._recover_consumer())
+        self._routing_lost("consumer cancelled")
 
-    async def _recover_consumer(self) -> None:
-        """Declare the queue again, consume it and bind every topic again, retrying until that works or the
-        channel's own reopen (after a connection loss) has consumed again."""
-        while not self._stopped_consuming and self._consumer_tag is None and self._consume_channel is not None:
+    def _on_connection_lost(self, *_: object) -> None:
+        if not self._stopped_consuming and self._connection is not None:
+            self._routing_ok = False
+
+    def _routing_lost(self, reason: str) -> None:
+        self._routing_ok = False
+        if self._stopped_consuming or self._consume_channel is None:
+            return
+        if self._recovering is None or self._recovering.done():
+            self._recovering = asyncio.ensure_future(self._restore_routing(reason))
+
+    async def _restore_routing(self, reason: str) -> None:
+        """Find or make the queue on a live node, consume it, and bind every held topic again; retried until it
+        works. If the queue is a new one, events routed in the gap may be lost: the instance is told once every
+        held topic is bound again, so that clients that fetch their state anew miss nothing after it."""
+        lost_at = time.monotonic()
+        log.warning("routing_lost", reason=reason, queue=self.queue_name)
+        while True:
+            if self._stopped_consuming or self._consume_channel is None:
+                return
+            connection = self._connection
             try:
-                channel = await self._consume_channel.get_underlay_channel()
-                timeout_s = self._settings.broker_timeout_s
-                await channel.queue_declare(
-                    self.queue_name, durable=True, arguments=self._queue_arguments(), timeout=timeout_s
-                )
-                await self._consume(channel)
-            except _BROKER_ERRORS as error:
-                log.warning("broker_consume_failed", error=repr(error))
-                await asyncio.sleep(1.0)
+                if connection is None or not self.connected:
+                    raise BrokerUnavailable("not connected")
+                kept = await self._establish_queue(connection, fresh=False)
+                await self._consume(await self._consume_channel.get_underlay_channel())
+            except (*_BROKER_ERRORS, BrokerUnavailable) as error:
+                log.warning("routing_restore_failed", reason=str(error)[:300] or repr(error), node=self.node)
+                await asyncio.sleep(ROUTING_RETRY_S)
                 continue
-            self.bindings.after_reconnect()
-            log.info("broker_consumer_restored", queue=self.queue_name)
+            break
+        if kept:
+            self.bindings.after_reconnect()  # binding twice is harmless; unbinds missed meanwhile go out
+        else:
+            self.bindings.move_to(self.queue_name)
+            if not await self.bindings.wait_all_bound(self._settings.bind_wait_s):
+                log.warning("routing_rebind_incomplete", queue=self.queue_name, waiting=self.bindings.waiting)
+            self.routing_gaps += 1
+        self._routing_ok = True
+        log.info(
+            "routing_restored",
+            queue=self.queue_name,
+            node=self.node,
+            events_may_be_lost=not kept,
+            gap_s=round(time.monotonic() - lost_at, 3),
+        )
+        if not kept and self._on_routing_gap is not None:
+            self._on_routing_gap(reason)
 
     async def _declare_dead_letters(self, connection: AbstractRobustConnection) -> None:
         """Declare the shared dead-letter exchange and queue; if the queue already exists with other
-        arguments (an earlier NOTIFIER_DEAD_LETTER_MAX_LENGTH), keep it as it is rather than fail to start."""
+        arguments (an earlier NOTIFIER_DEAD_LETTER_MAX_LENGTH or queue type), keep it as it is rather than fail
+        to start; if it lives on a node that is down, start without it (it is there, bound, once its node is
+        back; a message dead-lettered meanwhile is dropped by RabbitMQ)."""
         name = self._settings.dead_letter_exchange
         channel = await connection.channel()
+        arguments: dict[str, Any] = {"x-max-length": self._settings.dead_letter_max_length}
+        if self._settings.queue_type == "quorum":
+            arguments["x-queue-type"] = "quorum"  # replicated: no single node holds it
         try:
             exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=True)
-            queue = await channel.declare_queue(
-                name, durable=True, arguments={"x-max-length": self._settings.dead_letter_max_length}
-            )
+            queue = await channel.declare_queue(name, durable=True, arguments=arguments)
             await queue.bind(exchange)
         except aiormq.exceptions.ChannelPreconditionFailed as error:
             log.warning("dead_letter_queue_kept", queue=name, error=str(error))
+        except aiormq.exceptions.ChannelNotFoundEntity as error:
+            if not _node_down(error):
+                raise
+            log.warning("dead_letter_queue_unavailable", queue=name, error=str(error)[:300])
         finally:
             if not channel.is_closed:
                 await channel.close()
@@ -296,7 +401,7 @@ class AmqpBroker:
         RabbitMQ goes on deleting 15,000 bindings for seconds, and once it has the request it finishes the
         deletion whether or not this connection is still open. If it cannot be sent, the queue expires after
         NOTIFIER_QUEUE_EXPIRES_S, and its bindings with it."""
-        if self._connection is None or not self.ready:
+        if self._connection is None or not self.connected:
             return
         try:
             channel = await (await self._connection.channel()).get_underlay_channel()
@@ -321,7 +426,7 @@ class AmqpBroker:
         self.bindings.start(channels[:BIND_CHANNELS], unbind_channel=channels[-2], cover_channel=channels[-1])
 
     async def publish(self, topic: str, data: bytes, event_id: str) -> None:
-        if self._publish_exchange is None or not self.ready:
+        if self._publish_exchange is None or not self.connected:
             raise BrokerUnavailable("not connected to RabbitMQ")
         sent_ms = now_ms()
         message = aio_pika.Message(
@@ -494,3 +599,17 @@ def _underlay(channel: AbstractRobustChannel) -> ChannelSource:
         return AmqpBindChannel(await channel.get_underlay_channel())
 
     return source
+
+
+async def _plain_channel(connection: AbstractRobustConnection) -> aiormq.abc.AbstractChannel:
+    """A channel of the current connection that aio-pika does not restore after a reconnect."""
+    transport = connection.transport
+    if transport is None:
+        raise BrokerUnavailable("not connected")
+    return await transport.connection.channel()
+
+
+def _node_down(error: BaseException) -> bool:
+    """RabbitMQ's NOT_FOUND for a queue whose node is down ("home node ... is down or inaccessible"), as opposed
+    to a queue that does not exist."""
+    return "down or inaccessible" in str(error)

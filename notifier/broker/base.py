@@ -12,6 +12,12 @@ EventHandler = Callable[[Event], None]
 The broker acknowledges the message when the handler returns."""
 
 
+RoutingGapHandler = Callable[[str], None]
+"""Called once routing is restored after a gap in which events routed to this instance may have been lost (its
+queue was replaced: the node that held it was lost, or it was deleted), with the reason. The instance tells
+its clients (`resync`)."""
+
+
 class BrokerUnavailable(Exception):
     """The broker cannot be reached right now; the operation may succeed later."""
 
@@ -21,15 +27,18 @@ class Broker(Protocol):
     """Names this instance (its queue, its session ids)."""
     reconnects: int
     """How many times the connection was restored after a loss."""
+    routing_gaps: int
+    """How many times routing was restored on a new queue, with events possibly lost in the gap."""
     dead_lettered: int
     """Messages refused as unusable (dead-lettered by RabbitMQ)."""
 
     @property
     def ready(self) -> bool:
-        """True while the broker connection is up."""
+        """True while events reach this instance: connected, and its topics routed to it."""
 
-    async def connect(self, on_event: EventHandler) -> None:
-        """Connect, declare what the service needs, and start delivering events to `on_event`."""
+    async def connect(self, on_event: EventHandler, on_routing_gap: RoutingGapHandler | None = None) -> None:
+        """Connect, declare what the service needs, and start delivering events to `on_event`; call
+        `on_routing_gap` whenever events may have been lost on the way here."""
 
     async def stop_consuming(self) -> None:
         """Stop taking new events; unacknowledged ones go back to the queue."""

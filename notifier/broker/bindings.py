@@ -58,6 +58,8 @@ ChannelSource = Callable[[], Awaitable[BindChannel]]
 
 # How long to wait before sending again after a request failed (the robust connection is reconnecting).
 RETRY_S = 0.5
+# How often a restore of routing looks whether every wanted topic is bound again.
+ALL_BOUND_POLL_S = 0.05
 # How often a sender that stands aside while covers make every waiting bind background work looks again.
 COVERED_POLL_S = 0.05
 
@@ -198,6 +200,30 @@ class Bindings:
         else:
             self._queue_unbind(topic)
 
+    @property
+    def queue(self) -> str:
+        return self._queue
+
+    def move_to(self, queue: str) -> None:
+        """The queue was replaced by a new one named `queue` (the old one's node was lost): bind every wanted
+        topic to it. The old queue's bindings go with the old queue."""
+        self._queue = queue
+        self._maybe_bound.clear()
+        self.after_reconnect()
+
+    def all_bound(self) -> bool:
+        """Every wanted topic is confirmed bound to the current queue since the last (re)connect."""
+        return self._wanted <= self._confirmed
+
+    async def wait_all_bound(self, timeout_s: float) -> bool:
+        """Wait until every wanted topic is bound again after a reconnect or a move; False if out of time."""
+        deadline = time.monotonic() + timeout_s
+        while not self.all_bound():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(ALL_BOUND_POLL_S)
+        return True
+
     def after_reconnect(self) -> None:
         """The queue may have been re-declared empty: bind every wanted topic again, and unbind the rest."""
         self._confirmed.clear()
@@ -277,9 +303,12 @@ class Bindings:
                 await asyncio.sleep(0.01)
                 continue
             self._maybe_bound.add(pattern)
+            queue = self._queue
             try:
                 channel = await self._cover_channel()
-                await channel.queue_bind(self._queue, self._exchange, routing_key=pattern)
+                await channel.queue_bind(queue, self._exchange, routing_key=pattern)
+                if queue != self._queue:
+                    raise BrokerUnavailable(f"bound to {queue}, which was replaced meanwhile")
             except (*_REQUEST_ERRORS, BrokerUnavailable) as error:
                 log.warning("broker_bind_failed", topics=1, error=repr(error))
                 await asyncio.sleep(RETRY_S)
@@ -340,12 +369,15 @@ class Bindings:
                 del self._to_bind[topic]
             self._maybe_bound.update(batch)
             sent_at = time.monotonic()
+            queue = self._queue
             try:
                 channel = await channel_source()
                 if len(batch) > 1:
-                    await channel.queue_bind_nowait(self._queue, self._exchange, batch[:-1])
+                    await channel.queue_bind_nowait(queue, self._exchange, batch[:-1])
                 # The barrier: RabbitMQ answers it after every bind sent before it on this channel.
-                await channel.queue_bind(self._queue, self._exchange, routing_key=batch[-1])
+                await channel.queue_bind(queue, self._exchange, routing_key=batch[-1])
+                if queue != self._queue:
+                    raise BrokerUnavailable(f"bound to {queue}, which was replaced meanwhile")
             except (*_REQUEST_ERRORS, BrokerUnavailable) as error:
                 log.warning("broker_bind_failed", topics=len(batch), error=repr(error))
                 for topic in batch:

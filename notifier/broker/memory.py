@@ -6,7 +6,7 @@ import uuid
 
 import structlog
 
-from notifier.broker.base import BrokerUnavailable, EventHandler
+from notifier.broker.base import BrokerUnavailable, EventHandler, RoutingGapHandler
 from notifier.formats.events import UnusableMessage, event_from_message, now_ms
 
 log = structlog.get_logger("notifier.broker")
@@ -22,6 +22,7 @@ class MemoryBroker:
         self._connected = False
         self.instance_id = uuid.uuid4().hex[:12]
         self.reconnects = 0
+        self.routing_gaps = 0  # an in-process route has no gap
         self.dead_lettered = 0
 
     @property
@@ -32,7 +33,7 @@ class MemoryBroker:
     def bound_topics(self) -> frozenset[str]:
         return frozenset(self._bound)
 
-    async def connect(self, on_event: EventHandler) -> None:
+    async def connect(self, on_event: EventHandler, on_routing_gap: RoutingGapHandler | None = None) -> None:
         self._on_event = on_event
         self._connected = True
 

@@ -169,6 +169,12 @@ def unsubscribed_by_server(topic: str) -> bytes:
     return _encode({"type": "unsubscribed", "topic": topic, "id": None, "reason": "server"})
 
 
+def resync(reason: str) -> bytes:
+    """Events of this connection's topics may have been lost (its instance's routing was rebuilt after a broker
+    node was lost): the client should fetch its state anew. Subscriptions stay as they are."""
+    return _encode({"type": "resync", "reason": reason})
+
+
 def pong(request_id: RequestId) -> bytes:
     return _encode({"type": "pong", "id": request_id})
 

@@ -18,7 +18,7 @@ from notifier.connection.directory import SessionDirectory
 from notifier.connection.hub import Hub
 from notifier.connection.senders import FastPathReport, choose_sender
 from notifier.connection.session import Session, SessionContext, State
-from notifier.formats import closecodes
+from notifier.formats import closecodes, messages
 from notifier.instance.looplag import watch_loop_lag
 from notifier.limits.admission import Admission
 from notifier.limits.budgets import UserBudgets
@@ -80,7 +80,7 @@ class Node:
         """Connect to the broker; if it is not reachable yet, keep trying in the background (not ready)."""
         self._lag_task = asyncio.create_task(watch_loop_lag(self.stats.loop_lag), name="loop-lag")
         try:
-            await self.broker.connect(self.hub.deliver)
+            await self.broker.connect(self.hub.deliver, self.tell_of_routing_gap)
         except Exception as error:  # noqa: BLE001 - any failure to connect is retried, and logged
             log.warning("broker_connect_failed", error=repr(error))
             self._connect_task = asyncio.create_task(self._connect_until_up())
@@ -90,7 +90,7 @@ class Node:
         while True:
             await asyncio.sleep(delay)
             try:
-                await self.broker.connect(self.hub.deliver)
+                await self.broker.connect(self.hub.deliver, self.tell_of_routing_gap)
                 return
             except Exception as error:  # noqa: BLE001
                 log.warning("broker_connect_failed", error=repr(error), retry_in_s=delay)
@@ -182,6 +182,22 @@ class Node:
         session = Session(websocket.receive, sender, self._session_context, frame_budget=budget)
         self.sessions.add(session)
         await session.run(websocket.query_params.get("token"))
+
+    def tell_of_routing_gap(self, reason: str) -> None:
+        """Routing was rebuilt on a new queue: events of any topic held here may have been lost meanwhile. Every
+        open connection is told at once (`resync`); parked sessions end, so a resume answers `recovered: false`
+        instead of a replay with a hole in it."""
+        frame = messages.resync("routing_lost")
+        told = 0
+        for session in self.sessions:
+            if session.state is State.OPEN:
+                session.reply(frame)
+                told += 1
+        parked = self.directory.parked_sessions()
+        for session in parked:
+            self.directory.end(session)
+        self.stats.resyncs_sent += told
+        log.warning("routing_gap_told", reason=reason, resync_sent=told, parked_sessions_ended=len(parked))
 
     def sessions_of(self, user: str) -> list[Session]:
         """The open, authenticated connections of `user` on this instance."""

@@ -41,7 +41,17 @@ class NodeCollector(Collector):
         )
         yield GaugeMetricFamily("notifier_topics_bound", "Topics bound at the broker", value=len(hub.bound_topics))
         yield GaugeMetricFamily(
-            "notifier_broker_connected", "1 while the broker connection is up", value=int(node.broker.ready)
+            "notifier_broker_connected",
+            "1 while events reach this instance: connected to RabbitMQ and its topics routed here",
+            value=int(node.broker.ready),
+        )
+        yield CounterMetricFamily(
+            "notifier_routing_gaps",
+            "Times routing was rebuilt on a new queue (its node lost), with events possibly lost meanwhile",
+            value=node.broker.routing_gaps,
+        )
+        yield CounterMetricFamily(
+            "notifier_resyncs_sent", "resync frames sent to clients after a gap in routing", value=stats.resyncs_sent
         )
         yield CounterMetricFamily(
             "notifier_broker_reconnects", "Times the broker connection was restored", value=node.broker.reconnects
