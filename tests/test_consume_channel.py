@@ -1,5 +1,5 @@
-"""The consume channel's fast path (notifier/broker/aiormq_internals.py): deliveries handled in the channel's reader, and its
-frame queue sized to the prefetch, against a stand-in for aiormq's channel hooks; the real path is every
+"""The consume channel's fast path (notifier/broker/aiormq_internals.py): deliveries handled in the channel's
+reader, and its frame queue sized to the prefetch, against a stand-in for aiormq's channel hooks; the real path is every
 end-to-end delivery test."""
 
 from __future__ import annotations

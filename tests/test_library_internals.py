@@ -71,7 +71,9 @@ def test_aio_pika_robust_connection_makes_each_attempt_in_the_method_failover_ov
 def test_asyncio_loop_keeps_signal_handlers_where_the_drain_reads_them() -> None:
     loop = asyncio.new_event_loop()
     try:
-        assert hasattr(loop, asyncio_signals.SIGNAL_HANDLERS), f"the asyncio loop has no {asyncio_signals.SIGNAL_HANDLERS}"
+        assert hasattr(loop, asyncio_signals.SIGNAL_HANDLERS), (
+            f"the asyncio loop has no {asyncio_signals.SIGNAL_HANDLERS}"
+        )
         handle = asyncio.Handle(print, (), loop)
         for name in asyncio_signals.HANDLE_INTERNALS:
             assert hasattr(handle, name), f"asyncio.Handle no longer has {name!r}"

@@ -22,6 +22,10 @@ class BrokerUnavailable(Exception):
     """The broker cannot be reached right now; the operation may succeed later."""
 
 
+class BrokerUnreachable(BrokerUnavailable):
+    """A connection attempt failed; the attempt's log line already said why."""
+
+
 class Broker(Protocol):
     instance_id: str
     """Names this instance (its queue, its session ids)."""

@@ -19,6 +19,8 @@ import structlog
 from aio_pika.connection import make_url
 from yarl import URL
 
+from notifier.broker.base import BrokerUnreachable
+
 log = structlog.get_logger("notifier.broker")
 
 # The private method of aio_pika.RobustConnection that makes one connection attempt.
@@ -90,8 +92,11 @@ class FailoverConnection(aio_pika.RobustConnection):
 async def connect_to_any(
     addresses: NodeAddresses, *, timeout: float, client_properties: dict[str, Any]
 ) -> aio_pika.abc.AbstractRobustConnection:
-    """Connect to the next node of `addresses` (raising if that attempt fails); once connected, the connection
-    reconnects by itself, to the next node each time."""
+    """Connect to the next node of `addresses`; once connected, the connection reconnects by itself, to the next
+    node each time. Raises BrokerUnreachable if the attempt fails (its line is logged already)."""
     connection = FailoverConnection(addresses, client_properties=client_properties)
-    await connection.connect(timeout=timeout)
+    try:
+        await connection.connect(timeout=timeout)
+    except (TimeoutError, aiormq.exceptions.AMQPError, OSError) as error:
+        raise BrokerUnreachable(describe_connect_failure(error, connection.url)) from None
     return connection

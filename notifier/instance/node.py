@@ -11,7 +11,7 @@ from collections.abc import Awaitable
 import structlog
 from starlette.websockets import WebSocket
 
-from notifier.broker import Broker, create_broker
+from notifier.broker import Broker, BrokerUnreachable, create_broker
 from notifier.cluster.handover import ControlPlane, SessionHandOver
 from notifier.connection.auth import TokenVerifier
 from notifier.connection.directory import SessionDirectory
@@ -81,6 +81,8 @@ class Node:
         self._lag_task = asyncio.create_task(watch_loop_lag(self.stats.loop_lag), name="loop-lag")
         try:
             await self.broker.connect(self.hub.deliver, self.tell_of_routing_gap)
+        except BrokerUnreachable:  # the attempt's own line said why
+            self._connect_task = asyncio.create_task(self._connect_until_up())
         except Exception as error:  # noqa: BLE001 - any failure to connect is retried, and logged
             log.warning("broker_connect_failed", error=repr(error))
             self._connect_task = asyncio.create_task(self._connect_until_up())
@@ -92,9 +94,11 @@ class Node:
             try:
                 await self.broker.connect(self.hub.deliver, self.tell_of_routing_gap)
                 return
+            except BrokerUnreachable:  # the attempt's own line said why
+                pass
             except Exception as error:  # noqa: BLE001
                 log.warning("broker_connect_failed", error=repr(error), retry_in_s=delay)
-                delay = min(delay * 2, BROKER_RETRY_MAX_S)
+            delay = min(delay * 2, BROKER_RETRY_MAX_S)
 
     async def drain(self) -> None:
         """Graceful stop: take no new events or clients, flush what was handed off, close clients with 1012.
@@ -194,8 +198,8 @@ class Node:
                 session.reply(frame)
                 told += 1
         parked = self.directory.parked_sessions()
-        for session in parked:
-            self.directory.end(session)
+        for resumable in parked:
+            self.directory.end(resumable)
         self.stats.resyncs_sent += told
         log.warning("routing_gap_told", reason=reason, resync_sent=told, parked_sessions_ended=len(parked))
 

@@ -25,8 +25,11 @@ export interface Welcome {
 
 /** Events may have been missed: fetch the page's state anew. */
 export interface Resync {
-  /** `not_recovered`: the server could not resume the session; `no_session`: there was none to resume. */
-  reason: 'not_recovered' | 'no_session';
+  /**
+   * `not_recovered`: the server could not resume the session; `no_session`: there was none to resume;
+   * `routing_lost`: the server rebuilt its routing while this connection stayed open (a broker node was lost).
+   */
+  reason: 'not_recovered' | 'no_session' | 'routing_lost';
 }
 
 /** The part of the Web Storage API the client uses to keep its session across a page reload. */

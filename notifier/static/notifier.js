@@ -33,7 +33,8 @@
  * @property {(key: string) => void} removeItem
  *
  * @typedef {object} Resync
- * @property {'not_recovered' | 'no_session'} reason  the server refused the resume, or there was none to ask
+ * @property {'not_recovered' | 'no_session' | 'routing_lost'} reason  the server refused the resume, there was
+ *   none to ask, or the server's own routing was rebuilt while connected (a broker node was lost)
  *
  * @typedef {object} NotifierOptions
  * @property {string} url  `wss://host/ws`; `https://…` and page-relative URLs such as `/ws` are accepted too
@@ -577,6 +578,10 @@ export class NotifierClient {
         break;
       case 'error':
         this._onErrorFrame(frame);
+        break;
+      case 'resync':
+        // The server rebuilt its routing (a broker node was lost): events may be missing; the topics flow again.
+        this._emit('resync', { reason: typeof frame.reason === 'string' ? frame.reason : 'routing_lost' });
         break;
       default:
         break; // newer servers may add frames; ignoring them keeps old clients working

@@ -423,3 +423,20 @@ test('persistSession rejects something that is not a storage', async () => {
     /persistSession/,
   );
 });
+
+test('a resync frame from the server is told to the page at once, and the connection goes on', async (t) => {
+  const { client, server } = await connectedClient(t);
+  const resyncs = [];
+  const events = [];
+  client.on('resync', (r) => resyncs.push(r));
+  client.on('event', (e) => events.push(e.id));
+  client.connect();
+  await flush();
+  welcome(server.socket, { session: 's1' });
+  event(server.socket, 'e1');
+  server.socket.receive({ type: 'resync', reason: 'routing_lost' });
+  event(server.socket, 'e2');
+  assert.deepEqual(resyncs, [{ reason: 'routing_lost' }]);
+  assert.deepEqual(events, ['e1', 'e2']);
+  assert.equal(client.state, 'open');
+});
