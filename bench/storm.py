@@ -52,6 +52,7 @@ def storm_systems() -> list[System]:
             env={"NOTIFIER_WORKERS": "2"},
             note=f"{two.note}; two instances on one port, each with its own queue and bindings",
         ),
+        by_name["notifier-quorum"],
         by_name["websockets"],
         by_name["picows"],
     ]

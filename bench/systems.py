@@ -43,6 +43,15 @@ def all_systems() -> list[System]:
             note="python -m notifier serve (uvicorn, websockets-sansio)",
         ),
         System(
+            "notifier-quorum",
+            "notifier, quorum instance queue",
+            "notifier",
+            module="notifier",
+            env={"NOTIFIER_QUEUE_TYPE": "quorum"},
+            note="NOTIFIER_QUEUE_TYPE=quorum: the instance queue replicated through Raft (one member on a "
+            "single node; three on a 3-node cluster)",
+        ),
+        System(
             "notifier-memory",
             "notifier, in-memory broker",
             "notifier",

@@ -55,6 +55,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.rabbitmq)
         if "browser" in fixtures:
             item.add_marker(pytest.mark.browser)
+        if "cluster" in fixtures:
+            item.add_marker(pytest.mark.cluster)
         if item.get_closest_marker("broker_restart"):
             item.add_marker(pytest.mark.destructive)
         if item.get_closest_marker("destructive") and not item.get_closest_marker("rabbitmq"):

@@ -1,0 +1,164 @@
+"""A RabbitMQ cluster loses a node under a steady feed: no user goes deaf without being told, no event is lost
+with quorum queues, nothing needs a restart, and a new instance starts while a node is down.
+
+Instance A lists c1 first (its connection and its queue start there), B lists c2 first; the feed publishes
+through c3 and c2 with confirms, one event per user per tick; the faults hit c1. Browsers reconnect and resume
+as notifier.js does. Every confirmed event is accounted for: received, or its user was told (`resync`, or a
+resume answered `recovered: false`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from tests.cluster import Browser, Cluster, Feed, urls_from
+from tests.support import RunningServer, StartServer, wait_until
+
+pytestmark = pytest.mark.cluster
+
+USERS_PER_INSTANCE = 10
+TICK_S = 0.2
+STEADY_S = 2.0
+DOWN_S = 12.0
+# Shorter than the test cluster's failure detection (net_ticktime 10 s: about 10 to 14 s), as a GC pause or a
+# stalled disk would be.
+FREEZE_S = 6.0
+AFTER_S = 4.0
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Cluster:
+    """The 3-node cluster of .ci/cluster, started once for the session (about 15 s) and left running."""
+    running = Cluster()
+    running.start()
+    return running
+
+
+@pytest.fixture
+def healthy_cluster(cluster: Cluster) -> Iterator[Cluster]:
+    """The cluster with every node up before and after the test (a test's fault is undone even if it failed)."""
+    cluster.start()
+    yield cluster
+    cluster.start()
+
+
+@pytest.fixture
+def cluster_exchange() -> str:
+    return f"cl-{uuid.uuid4().hex[:10]}"
+
+
+async def in_thread(step: Callable[[], object]) -> None:
+    await asyncio.to_thread(step)
+
+
+FAULTS: dict[str, tuple[Callable[[Cluster], object], Callable[[Cluster], object], float]] = {
+    # a crash: the node is gone at once, its classic queues with it, until it is started again
+    "kill": (lambda c: c.kill("c1"), lambda c: c.start_node("c1"), DOWN_S),
+    # a RabbitMQ upgrade or restart: clients are closed with 320 CONNECTION_FORCED
+    "stop_app": (lambda c: c.stop_app("c1"), lambda c: c.start_app("c1"), DOWN_S),
+    # a stall shorter than failure detection
+    "freeze": (lambda c: c.freeze("c1"), lambda c: c.thaw("c1"), FREEZE_S),
+}
+
+
+@pytest.fixture
+async def browsers() -> AsyncIterator[Callable[[RunningServer, list[str]], Awaitable[list[Browser]]]]:
+    tasks: list[asyncio.Task[None]] = []
+    opened: list[Browser] = []
+
+    async def open_browsers(instance: RunningServer, users: list[str]) -> list[Browser]:
+        made = [Browser(lambda: instance.ws_url, user) for user in users]
+        for browser in made:
+            tasks.append(asyncio.create_task(browser.run()))
+        await asyncio.wait_for(asyncio.gather(*(browser.welcomed.wait() for browser in made)), 30)
+        opened.extend(made)
+        return made
+
+    yield open_browsers
+    for browser in opened:
+        browser.stop()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+@pytest.mark.parametrize("fault", list(FAULTS))
+async def test_a_lost_node_leaves_no_user_deaf_without_being_told(
+    healthy_cluster: Cluster,
+    start_server: StartServer,
+    browsers: Callable[[RunningServer, list[str]], Awaitable[list[Browser]]],
+    cluster_exchange: str,
+    queue_type: str,
+    fault: str,
+) -> None:
+    settings = {
+        "exchange": cluster_exchange,
+        "dead_letter_exchange": f"{cluster_exchange}.dead",
+        "queue_type": queue_type,
+        "broker_timeout_s": 3.0,
+    }
+    with capture_logs() as logs:
+        a = await start_server(amqp_url=urls_from("c1", "c2", "c3"), **settings)
+        b = await start_server(amqp_url=urls_from("c2", "c3", "c1"), **settings)
+        users_a = [f"a{index}" for index in range(USERS_PER_INSTANCE)]
+        users_b = [f"b{index}" for index in range(USERS_PER_INSTANCE)]
+        on_a = await browsers(a, users_a)
+        on_b = await browsers(b, users_b)
+
+        feed = Feed(urls_from("c3", "c2"), cluster_exchange, users_a + users_b, TICK_S)
+        feeding = asyncio.create_task(feed.run())
+        await asyncio.sleep(STEADY_S)
+        start_fault, end_fault, lasts_s = FAULTS[fault]
+        await in_thread(lambda: start_fault(healthy_cluster))
+        await asyncio.sleep(lasts_s)
+        await in_thread(lambda: end_fault(healthy_cluster))
+        await asyncio.sleep(AFTER_S)
+        feed.stop()
+        await feeding
+
+        everyone = on_a + on_b
+
+        def accounted_for() -> bool:
+            return all(not browser.missing(feed.confirmed[browser.user]) or browser.told for browser in everyone)
+
+        # Late is allowed; deaf is not: every confirmed event arrives, or its user was told.
+        await wait_until(accounted_for, 60, interval=0.2)
+
+    lost = {browser.user: browser.missing(feed.confirmed[browser.user]) for browser in everyone}
+    lost = {user: seqs for user, seqs in lost.items() if seqs}
+    confirmed = sum(len(seqs) for seqs in feed.confirmed.values())
+    print(f"{fault}/{queue_type}: {confirmed} events confirmed, lost {sum(map(len, lost.values()))}: {lost}")
+    assert confirmed >= (STEADY_S + lasts_s + AFTER_S) / TICK_S * len(everyone) * 0.5, "the feed did not run"
+    assert all(browser.in_order() for browser in everyone)
+    if queue_type == "quorum" or fault == "freeze":
+        assert lost == {}, "a replicated queue, or a node that only stalled, loses nothing"
+    assert all(browser.told == 0 for browser in on_b) and not any(user.startswith("b") for user in lost)
+
+    # No restart needed: both instances route again, and a new event reaches every user.
+    async with httpx.AsyncClient() as http:
+        for instance in (a, b):
+            assert (await http.get(f"{instance.http_url}/readyz")).status_code == 200
+    told = [line for line in logs if line["event"] == "routing_gap_told"]
+    if any(browser.told for browser in on_a):
+        assert told or any(line["event"] == "parked_session_ended" for line in logs)
+
+
+async def test_a_new_instance_starts_while_a_node_is_down(
+    healthy_cluster: Cluster, start_server: StartServer, cluster_exchange: str
+) -> None:
+    """The shared dead-letter queue lives on whichever node declared it first; its node's loss must not stop
+    another instance from becoming ready."""
+    settings = {"exchange": cluster_exchange, "dead_letter_exchange": f"{cluster_exchange}.dead"}
+    first = await start_server(amqp_url=urls_from("c1"), **settings)  # declares the dead-letter queue on c1
+    await wait_until(lambda: first.node.ready, 10)
+    await first.stop()
+    await in_thread(lambda: healthy_cluster.kill("c1"))
+    second = await start_server(amqp_url=urls_from("c1", "c2", "c3"), **settings)
+    await wait_until(lambda: second.node.ready, 20)
