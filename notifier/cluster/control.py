@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aio_pika
-import aiormq
 import orjson
 import structlog
 from aio_pika.abc import (
@@ -36,6 +35,7 @@ from aio_pika.abc import (
 )
 
 from notifier.broker import Broker, BrokerUnavailable
+from notifier.broker.base import BROKER_ERRORS
 from notifier.formats.recent import RecentIds
 from notifier.settings import Settings
 
@@ -61,8 +61,6 @@ MAX_PEERS = 1024
 RETRY_MAX_S = 10.0
 # A stop must fit in NOTIFIER_SHUTDOWN_TIMEOUT_S even with a broker in trouble: the goodbye is short.
 STOP_BYE_TIMEOUT_S = 0.5
-
-_BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, asyncio.TimeoutError)
 
 
 class BadControlMessage(Exception):
@@ -281,7 +279,7 @@ class AmqpControlPlane:
         if connection is not None:
             try:
                 await self._declare(connection)
-            except _BROKER_ERRORS as error:
+            except BROKER_ERRORS as error:
                 log.warning("control_start_failed", error=repr(error))
         self._background = asyncio.create_task(self._keep_up(), name="control-plane")
 
@@ -295,7 +293,7 @@ class AmqpControlPlane:
                 continue
             try:
                 await self._declare(connection)
-            except _BROKER_ERRORS as error:
+            except BROKER_ERRORS as error:
                 log.warning("control_start_failed", error=repr(error), retry_in_s=delay)
                 delay = min(delay * 2, RETRY_MAX_S)
         while True:
@@ -328,7 +326,7 @@ class AmqpControlPlane:
             await queue.bind(exchange, f"instance.{self.instance_id}", timeout=timeout)
             await queue.consume(self._on_message, timeout=timeout)
         except BaseException:
-            with contextlib.suppress(*_BROKER_ERRORS):
+            with contextlib.suppress(*BROKER_ERRORS):
                 await channel.close()
             raise
         self._channel = channel
@@ -361,7 +359,7 @@ class AmqpControlPlane:
         )
         try:
             await exchange.publish(message, routing_key=routing_key, timeout=timeout or self._settings.broker_timeout_s)
-        except _BROKER_ERRORS as error:
+        except BROKER_ERRORS as error:
             log.info("control_announce_failed", kind=kind, error=repr(error))
 
     # Sending.
@@ -385,7 +383,7 @@ class AmqpControlPlane:
         try:
             async with asyncio.timeout_at(deadline):
                 await exchange.publish(message, routing_key=routing_key)
-        except (*_BROKER_ERRORS, TimeoutError) as error:
+        except (*BROKER_ERRORS, TimeoutError) as error:
             raise BrokerUnavailable(f"control command not confirmed: {error!r}") from None
 
     async def broadcast(self, kind: str, args: CommandArgs, *, command_id: str | None = None) -> str:
@@ -462,7 +460,7 @@ class AmqpControlPlane:
             self.dropped += 1
             log.warning("control_message_dropped", reason=str(error), message_id=str(message.message_id)[:128])
         finally:
-            with contextlib.suppress(*_BROKER_ERRORS):
+            with contextlib.suppress(*BROKER_ERRORS):
                 await message.ack()
 
     async def _on_command(self, message: AbstractIncomingMessage) -> None:
@@ -482,7 +480,7 @@ class AmqpControlPlane:
         )
         try:
             await self._reply_exchange.publish(reply, routing_key=reply_to, timeout=self._settings.broker_timeout_s)
-        except _BROKER_ERRORS as error:
+        except BROKER_ERRORS as error:
             log.info("control_reply_failed", command=command.id, error=repr(error))
 
     def _on_reply(self, message: AbstractIncomingMessage) -> None:
