@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import difflib
 import json
 import os
 import secrets
 import shutil
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any, NoReturn
 
+import orjson
 import pydantic
 import structlog
 
@@ -24,6 +22,9 @@ from notifier.connection.auth import mint_token
 from notifier.logs import configure_logging
 from notifier.runtime import devstate
 from notifier.settings import ConfigError, Settings
+
+# How long `notifier publish` waits for the server's answer.
+HTTP_TIMEOUT_S = 10.0
 
 
 def command_name() -> str:
@@ -186,37 +187,48 @@ def cmd_publish(args: argparse.Namespace) -> None:
         running = sorted(state.port for state in devstate.running())
         hint = f" (notifier dev runs on ports {running}: pass --url)" if len(running) > 1 else ""
         fail(f"no API key: pass --api-key or set NOTIFIER_API_KEYS, or run `notifier dev`{hint}")
-    body: dict[str, Any] = {"topic": args.topic, "data": data}
-    if args.id:
-        body["id"] = args.id
-    request = urllib.request.Request(
-        url.rstrip("/") + "/api/publish",
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
-        method="POST",
-    )
+    _publish_http(url, api_key, args.topic, data, args.id)
+
+
+def _publish_http(url: str, api_key: str, topic: str, data: object, event_id: str | None) -> None:
+    """Publish through the HTTP API with the Python client (notifier/client.py), as a backend would."""
+    from notifier.client import Client, NotifierAPIError, NotifierConnectionError
+
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            print(response.read().decode())
-    except urllib.error.HTTPError as error:
-        fail(f"HTTP {error.code}: {error.read().decode(errors='replace')}")
-    except urllib.error.URLError as error:
-        fail(f"cannot reach {url}: {error.reason}")
+        with Client(url.rstrip("/"), api_key=api_key, timeout=HTTP_TIMEOUT_S) as client:
+            published = client.publish(topic, data, event_id)
+    except NotifierAPIError as error:
+        detail = orjson.dumps(error.body).decode() if error.body else error.message
+        fail(f"HTTP {error.status}: {detail}")
+    except NotifierConnectionError as error:
+        fail(f"cannot reach {url}: {error.__cause__ or error}")
+    # What the server answers to a publish.
+    print(orjson.dumps({"id": published, "topic": topic}).decode())
 
 
 async def _publish_amqp(settings: Settings, topic: str, data: object, event_id: str | None) -> None:
+    """Publish straight to the exchange: the event is checked and encoded as POST /api/publish does it, and
+    sent as the same persistent message the service sends."""
     import aio_pika
 
-    from notifier.formats.events import EVENT_ID_RE, EVENT_ID_RULE, TIMESTAMP_MS_HEADER, new_event_id, now_ms
+    from notifier.broker.event_message import event_message
+    from notifier.formats.events import EVENT_ID_RE, EVENT_ID_RULE
     from notifier.formats.topics import InvalidTopic, validate_topic
+    from notifier.http.errors import ApiError
+    from notifier.http.routes.publish import event_from_request
 
+    # Checked here first so that the errors name the command's arguments.
     try:
         validate_topic(topic)
     except InvalidTopic as error:
         fail(f"TOPIC: {error}")
     if event_id is not None and not EVENT_ID_RE.fullmatch(event_id):
         fail(f"--id must be {EVENT_ID_RULE}")
-    event_id = event_id or new_event_id()
+    request = {"topic": topic, "data": data} | ({"id": event_id} if event_id is not None else {})
+    try:
+        topic, body, event_id = event_from_request(request, settings.max_event_bytes)
+    except ApiError as error:
+        fail(error.message)
     try:
         connection = await aio_pika.connect(settings.amqp_url, timeout=settings.broker_timeout_s)
     except Exception as error:  # noqa: BLE001 - any failure to connect is reported the same way
@@ -224,15 +236,7 @@ async def _publish_amqp(settings: Settings, topic: str, data: object, event_id: 
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.declare_exchange(settings.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-        sent_ms = now_ms()
-        message = aio_pika.Message(
-            json.dumps(data).encode(),
-            content_type="application/json",
-            message_id=event_id,
-            headers={TIMESTAMP_MS_HEADER: sent_ms},
-            timestamp=datetime.datetime.fromtimestamp(sent_ms / 1000, datetime.UTC),
-        )
-        await exchange.publish(message, routing_key=topic)
+        await exchange.publish(event_message(body, event_id), routing_key=topic)
     print(json.dumps({"id": event_id, "topic": topic}))
 
 

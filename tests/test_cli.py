@@ -10,13 +10,26 @@ import time
 from contextlib import suppress
 from typing import Any
 
+import aio_pika
 import httpx
 import jwt
 import orjson
 import pytest
 import websockets
 
-from tests.support import SECRET, free_port, receive_json, run_cli, running_process, serve_env, token_for
+from notifier.formats.events import TIMESTAMP_MS_HEADER
+from tests.support import (
+    AMQP_URL,
+    API_KEY,
+    SECRET,
+    StartServer,
+    free_port,
+    receive_json,
+    run_cli,
+    running_process,
+    serve_env,
+    token_for,
+)
 
 
 def test_help_lists_the_commands() -> None:
@@ -118,6 +131,58 @@ async def test_publish_straight_to_rabbitmq(exchange: str) -> None:
         assert result.returncode == 0, result.stderr
         event = await receive_json(ws)
         assert (event["id"], event["data"]) == ("e-1", [True])
+
+
+def message_properties(message: aio_pika.abc.AbstractIncomingMessage) -> dict[str, Any]:
+    """What a consumer sees of a message besides its id and the moment it was sent."""
+    return {
+        "body": message.body,
+        "content_type": message.content_type,
+        "content_encoding": message.content_encoding,
+        "delivery_mode": message.delivery_mode,
+        "priority": message.priority,
+        "expiration": message.expiration,
+        "type": message.type,
+        "app_id": message.app_id,
+        "reply_to": message.reply_to,
+        "correlation_id": message.correlation_id,
+        "headers": sorted(message.headers),
+        "has_timestamp": message.timestamp is not None,
+    }
+
+
+async def test_the_cli_publishes_the_same_persistent_message_as_the_http_api(
+    start_server: StartServer, exchange: str
+) -> None:
+    server = await start_server()
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(exchange, "probe.*")  # the server declared the exchange
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(
+                f"{server.http_url}/api/publish",
+                json={"topic": "probe.api", "data": {"n": [1, 2]}, "id": "via-api"},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            )
+        assert answer.status_code == 202, answer.text
+        env = {"NOTIFIER_AMQP_URL": AMQP_URL, "NOTIFIER_EXCHANGE": exchange}
+        amqp = await asyncio.to_thread(
+            run_cli, "publish", "--amqp", "--id", "via-cli-amqp", "probe.cli_amqp", '{"n": [1, 2]}', env=env
+        )
+        assert amqp.returncode == 0, amqp.stderr
+        http_args = ("--url", server.http_url, "--api-key", API_KEY, "--id", "via-cli-http")
+        over_http = await asyncio.to_thread(run_cli, "publish", *http_args, "probe.cli_http", '{"n": [1, 2]}')
+        assert over_http.returncode == 0, over_http.stderr
+        assert orjson.loads(over_http.stdout) == {"id": "via-cli-http", "topic": "probe.cli_http"}
+        # Each publish returned only once RabbitMQ confirmed it: all three are in the queue, in order.
+        messages = [await queue.get(timeout=5) for _ in range(3)]
+    assert [message.message_id for message in messages] == ["via-api", "via-cli-amqp", "via-cli-http"]
+    api, *cli = (message_properties(message) for message in messages)
+    assert api["delivery_mode"] == aio_pika.DeliveryMode.PERSISTENT
+    assert api["headers"] == [TIMESTAMP_MS_HEADER]
+    assert cli == [api, api]
 
 
 @pytest.mark.loopback  # a closed port on 127.0.0.1

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from notifier.cluster.control import BadControlMessage, LocalControlPlane, parse_command
+from notifier.cluster.codec import BadControlMessage, parse_command
+from notifier.cluster.local_control import LocalControlPlane
 from notifier.formats.recent import RecentIds
 
 pytestmark = pytest.mark.unit

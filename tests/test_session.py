@@ -93,6 +93,9 @@ class FakeControlPlane:
             def on(self, kind: str, handler: Any) -> None:
                 handlers[kind] = handler
 
+            def live_instances(self) -> set[str] | None:
+                return None  # it cannot tell who is alive: every holder is asked, and may not answer
+
             async def ask(self, target: str, kind: str, args: dict[str, Any], *, timeout: float) -> Any:
                 plane.asked.append((target, kind))
                 handler = plane.handlers.get(target, {}).get(kind)

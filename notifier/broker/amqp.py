@@ -37,6 +37,7 @@ from notifier.broker.aiormq_internals import (
     wait_less_for_close_ok,
     write_frames,
 )
+from notifier.broker.base import BROKER_ERRORS as _BROKER_ERRORS
 from notifier.broker.base import BrokerUnavailable, EventHandler, RoutingGapHandler
 from notifier.broker.bindings import Bindings, ChannelSource
 from notifier.broker.failover import NodeAddresses, connect_to_any
@@ -67,9 +68,6 @@ ERROR_HEADER_MAX_CHARS = 500
 
 # How often a restore of routing that failed (no node reachable, the queue's node not yet answering) tries again.
 ROUTING_RETRY_S = 1.0
-
-# What aio-pika and aiormq raise when the connection or channel is gone or the broker refuses.
-_BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, asyncio.TimeoutError)
 
 T = TypeVar("T")
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Protocol
+
+import aiormq
 
 from notifier.formats.events import Event
 
@@ -24,6 +27,11 @@ class BrokerUnavailable(Exception):
 
 class BrokerUnreachable(BrokerUnavailable):
     """A connection attempt failed; the attempt's log line already said why."""
+
+
+# What aio-pika and aiormq raise when the connection or channel is gone or the broker refuses; the AMQP broker
+# and the AMQP control plane catch these and nothing broader.
+BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, asyncio.TimeoutError)
 
 
 class Broker(Protocol):

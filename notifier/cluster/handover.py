@@ -10,12 +10,13 @@ handed-over events first, then the ones it received itself that were not among t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import structlog
 
 from notifier.broker import BrokerUnavailable
+from notifier.cluster.codec import CommandResult
+from notifier.cluster.control import ControlPlane
 from notifier.connection.directory import SessionDirectory
 from notifier.formats.wire import Frame
 
@@ -29,16 +30,6 @@ MAX_HANDOVER_BYTES = 16 * 1024 * 1024
 # Requests to other instances in flight at once; in a reconnect storm the rest wait their turn rather than
 # overrun the control plane's bound on pending requests (the wait is not counted against the timeout).
 MAX_REQUESTS_IN_FLIGHT = 200
-
-Reply = dict[str, Any] | None
-
-
-class ControlPlane(Protocol):
-    """What hand-over needs of the control plane: answer commands, and ask one instance for something."""
-
-    def on(self, kind: str, handler: Callable[[dict[str, Any]], Awaitable[Reply]]) -> None: ...
-
-    async def ask(self, instance_id: str, kind: str, args: dict[str, Any], *, timeout: float) -> Reply: ...
 
 
 class HeldSession(Protocol):
@@ -77,14 +68,14 @@ class SessionHandOver:
     def others_alive(self) -> bool:
         """Whether another instance could take our sessions over: one was heard from lately (or the control
         plane cannot tell)."""
-        live_instances = getattr(self._control, "live_instances", None)
-        return live_instances is None or bool(live_instances() - {self._directory.instance_id})
+        live = self._control.live_instances()
+        return live is None or bool(live - {self._directory.instance_id})
 
     def _alive(self, holder: str) -> bool:
         """False when the control plane knows the holder is gone (it said goodbye, or went quiet): then the
         answer is `recovered: false` at once rather than after a timeout."""
-        live_instances = getattr(self._control, "live_instances", None)
-        return live_instances is None or holder in live_instances()
+        live = self._control.live_instances()
+        return live is None or holder in live
 
     # The asking side.
 
@@ -118,7 +109,7 @@ class SessionHandOver:
             log.warning("handover_bad_reply", holder=holder, kind=HAND_OVER)
             return None
 
-    async def _ask(self, holder: str, kind: str, args: dict[str, Any]) -> Reply:
+    async def _ask(self, holder: str, kind: str, args: dict[str, Any]) -> CommandResult:
         """The holder's answer, or None when there is none in time (or the request could not be sent)."""
         async with self._in_flight:
             try:
@@ -138,13 +129,13 @@ class SessionHandOver:
             return None  # unknown here, or another user's: the same answer, so nothing leaks
         return session  # type: ignore[return-value]
 
-    async def _describe(self, args: dict[str, Any]) -> Reply:
+    async def _describe(self, args: dict[str, Any]) -> CommandResult:
         session = self._held(args)
         if session is None:
             return {"found": False}
         return {"found": True, "topics": sorted(session.topics)}
 
-    async def _hand_over(self, args: dict[str, Any]) -> Reply:
+    async def _hand_over(self, args: dict[str, Any]) -> CommandResult:
         session = self._held(args)
         received = args.get("received")
         if session is None or isinstance(received, bool) or not isinstance(received, int):

@@ -1,7 +1,8 @@
-"""One client session's protocol state machine: awaiting auth -> open -> closing -> parked or ended; its
-subscriptions, its recent event frames (for a resume) and its token's expiry. The write path (outbox and
-sender) and every collaborator are passed in, so the state machine runs as well against a fake socket and the
-in-memory broker as against uvicorn and RabbitMQ."""
+"""One client session's protocol state machine: awaiting auth -> open -> closing -> parked or ended, and the
+handlers of its requests; its subscriptions, its recent event frames (kept for a resume) and its token's
+expiry. Taking over a session on resume is notifier/connection/resume.py, through this class's public methods.
+The write path (outbox and sender) and every collaborator are passed in, so the state machine runs as well
+against a fake socket and the in-memory broker as against uvicorn and RabbitMQ."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from notifier.connection.directory import SessionDirectory
 from notifier.connection.history import History
 from notifier.connection.hub import Hub
 from notifier.connection.outbox import Outbox
+from notifier.connection.resume import RemoteSessions, resume_session
 from notifier.connection.senders import Sender
 from notifier.formats import closecodes, messages
 from notifier.formats.closecodes import CloseReason
@@ -54,16 +56,6 @@ class State(enum.Enum):
 
 # A client that closes with this code said goodbye: its session ends instead of waiting for a resume.
 GOODBYE_CODE = 1000
-
-
-class RemoteSessions(Protocol):
-    """Sessions held by other instances (see notifier/cluster/handover.py)."""
-
-    def holder(self, session_id: str) -> str | None: ...
-
-    async def topics_of(self, session_id: str, user: str) -> list[str] | None: ...
-
-    async def take(self, session_id: str, user: str, received: int) -> list[Frame] | None: ...
 
 
 class Verifier(Protocol):
@@ -139,7 +131,7 @@ class Session:
         self._rate = frame_budget or RateLimiter(settings.client_frames_per_s, settings.client_frames_burst)
 
     @property
-    def _log(self) -> structlog.typing.FilteringBoundLogger:
+    def log(self) -> structlog.typing.FilteringBoundLogger:
         """The logger with this connection's id and user; bound when something is logged, not held."""
         if self.identity is None:
             return log.bind(conn=self.connection_id)  # type: ignore[no-any-return]
@@ -152,6 +144,16 @@ class Session:
     @property
     def write_path(self) -> str:
         return self._sender.name
+
+    @property
+    def awaiting_auth(self) -> bool:
+        """The connection has not signed in yet (and is not closing)."""
+        return self.state is State.AWAITING_AUTH
+
+    @property
+    def parked(self) -> bool:
+        """The connection ended without a goodbye: the session keeps collecting events for a resume."""
+        return self.state is State.PARKED
 
     # The hub's side: never waits.
 
@@ -168,7 +170,7 @@ class Session:
             self.history.record(frame)  # sent after the welcome, or replayed if the session is resumed
         elif state is State.PARKED:
             if self.history.sent - self._sent_when_parked >= self._settings.resume_max_events:
-                self._log.info("parked_session_overflowed")
+                self.log.info("parked_session_overflowed")
                 self._context.directory.end(self)  # it missed more than it can hold: never recoverable
             else:
                 self.history.record(frame)
@@ -190,7 +192,7 @@ class Session:
         self._start_timer(CLOSE_GRACE_S, self._abandon)
         self._context.stats.closes_by_code[reason.code] += 1
         if reason is not closecodes.SHUTDOWN:  # the drain logs those once, with their number
-            self._log.info("connection_closing", code=reason.code, reason=reason.reason)
+            self.log.info("connection_closing", code=reason.code, reason=reason.reason)
         self._outbox.close_after_pending(reason)
 
     def _on_outbox_overflow(self) -> None:
@@ -231,14 +233,14 @@ class Session:
             self._release_user_slot()
             context.on_finished(self)
             context.directory.park(self)
-            self._log.info("session_parked")
+            self.log.info("session_parked")
         else:
             context.directory.forget(self)
             self.state = State.ENDED
             # The connection stops counting first: its unbinds may wait for the broker, and a user who comes
             # straight back must not be refused for a connection that is gone.
             context.on_finished(self)
-            await self._release()
+            await self.release_slot_and_topics()
 
     def _is_live(self) -> bool:
         return self.state is State.OPEN or self.state is State.AWAITING_AUTH
@@ -255,8 +257,8 @@ class Session:
         if self.state is not State.PARKED:
             return None
         self.state = State.ENDED
-        self._log.info("parked_session_ended")
-        return self._release()
+        self.log.info("parked_session_ended")
+        return self.release_slot_and_topics()
 
     def hand_over(self) -> None:
         """A new connection resumes this session: stop holding anything, and drop a connection that still looks
@@ -274,8 +276,8 @@ class Session:
             self._holds_user_slot = False
             self._context.admission.release_user(self.identity.user)
 
-    async def _release(self) -> None:
-        """Give back the user's connection slot, then every topic."""
+    async def release_slot_and_topics(self) -> None:
+        """Give back the user's connection slot, then every topic it still holds."""
         self._release_user_slot()
         hub = self._context.hub
         for topic in tuple(self.topics):
@@ -354,7 +356,7 @@ class Session:
         try:
             identity = await context.verifier.verify(token)
         except TokenRejected as rejected:
-            self._log.info("auth_rejected", reason=str(rejected))
+            self.log.info("auth_rejected", reason=str(rejected))
             self.close(closecodes.TOKEN_EXPIRED if rejected.expired else closecodes.INVALID_TOKEN)
             return
         if self.state is not State.AWAITING_AUTH:
@@ -362,35 +364,30 @@ class Session:
         if not context.budgets.spend(identity.user):  # reconnecting does not refill the user's budget
             self.close(closecodes.RATE_LIMITED)
             return
-        if resume is not None:
-            taken_over = self._resume(identity, resume)
-            if taken_over is not None:
-                await taken_over._release()  # the topics the new token no longer grants (or all, if refused)
-                return
-            remote = context.remote_sessions
-            if remote is not None and remote.holder(resume.session) is not None:
-                await self._resume_from(remote, identity, resume)
-                return
-        if not self._admit(identity):
+        # A resume that cannot be tried (no such session here or elsewhere) signs in as a fresh session.
+        if resume is not None and await resume_session(self, context, identity, resume):
+            return
+        if not self.admit(identity):
             return
         personal = identity.grants.personal_topic
         try:
             await context.hub.subscribe(self, personal)
         except BrokerUnavailable as error:
-            self._log.warning("personal_topic_unavailable", error=str(error))
+            self.log.warning("personal_topic_unavailable", error=str(error))
             self.close(closecodes.TRY_AGAIN_LATER)
             return
         if self.state is not State.AWAITING_AUTH:  # closed while binding (shutdown, for instance)
             await context.hub.unsubscribe(self, personal)
             return
         self.topics.add(personal)
-        self._go_live(identity, [personal], recovered=False)
+        self.go_live(identity, [personal], recovered=False)
         # Events of the personal topic that arrived between the bind and the welcome follow it.
         for frame in self.history.after(0) or ():
             self._outbox.offer(frame)
 
-    def _admit(self, identity: Identity) -> bool:
-        """Take one of the user's connection slots for this session, or close it with 4502."""
+    def admit(self, identity: Identity) -> bool:
+        """Take one of the user's connection slots for this session, or close it with 4502 (also used by
+        notifier/connection/resume.py)."""
         if not self._context.admission.admit_user(identity.user):
             self.close(closecodes.USER_CONNECTION_LIMIT)
             return False
@@ -398,116 +395,20 @@ class Session:
         self._holds_user_slot = True
         return True
 
-    def _go_live(
+    def go_live(
         self, identity: Identity, topics: list[str], *, recovered: bool, dropped: list[str] | None = None
     ) -> None:
+        """Give this session its id, open it and send the welcome (also used by notifier/connection/resume.py)."""
         directory = self._context.directory
         self.session_id = directory.new_id()
         directory.register(self)
         self.state = State.OPEN
         self._schedule_expiry(identity.expires_at)
-        self._log.info("connection_authenticated", recovered=recovered)
+        self.log.info("connection_authenticated", recovered=recovered)
         welcome = messages.welcome(
             identity.user, topics, identity.expires_at, self.session_id, recovered=recovered, dropped=dropped
         )
         self._outbox.offer(Frame(welcome))
-
-    def _resume(self, identity: Identity, resume: messages.Resume) -> Session | None:
-        """Take over the session the client had, if it is here, the same user's and still whole; all or nothing.
-        Returns the session taken over, whose leftover topics the caller releases; None if there is none.
-
-        Runs without awaiting: no event can slip between the replay and the live ones that follow it."""
-        context = self._context
-        old = context.directory.find(resume.session)
-        if not isinstance(old, Session) or old is self or old.user != identity.user:
-            return None  # unknown here, or someone else's: a fresh session, and nothing of theirs is shown
-        replay = old.frames_after(resume.received)
-        if replay is None:
-            if old.state is State.PARKED:
-                context.directory.end(old)  # the client can never get it back whole
-            return None
-        old.hand_over()
-        if not self._admit(identity):
-            return old  # closed with 4502; the old session's topics are released all the same
-        kept = {topic for topic in old.topics if identity.grants.allows(topic)}
-        hub = context.hub
-        for topic in kept:
-            hub.transfer(old, self, topic)
-        old.topics -= kept  # what the new token no longer grants, released after the welcome
-        self.topics = kept
-        self.history = History(
-            window_s=self._settings.resume_window_s, max_events=self._settings.resume_max_events, sent=resume.received
-        )
-        personal = identity.grants.personal_topic
-        topics = [personal, *sorted(kept - {personal})]
-        self._go_live(identity, topics, recovered=True, dropped=sorted(old.topics))
-        for frame in replay:
-            if frame.topic in kept:
-                self.offer(frame)
-        self._log.info("session_resumed", replayed=len(replay), received=resume.received)
-        return old
-
-    async def _resume_from(self, remote: RemoteSessions, identity: Identity, resume: messages.Resume) -> None:
-        """Resume a session another instance holds: bind its topics first (this session keeps their events from
-        the bind on), then take its events after the client's count, then merge both by event id."""
-        context = self._context
-        held = await remote.topics_of(resume.session, identity.user)
-        if not self._is_awaiting_auth():
-            return
-        if not self._admit(identity):
-            return
-        personal = identity.grants.personal_topic
-        granted = {topic for topic in held or () if identity.grants.allows(topic)} - {personal}
-        others = sorted(topic for topic in granted if context.budgets.hold(identity.user, topic))
-        dropped = sorted(set(held or ()) - {personal} - set(others))
-        try:
-            for topic in [personal, *others]:
-                self.topics.add(topic)
-                await context.hub.subscribe(self, topic)
-        except BrokerUnavailable as error:
-            self.topics.discard(topic)
-            self._log.warning("resume_topics_unavailable", error=str(error))
-            self.close(closecodes.TRY_AGAIN_LATER)
-            return
-        if not self._is_awaiting_auth():
-            return
-        handed = await remote.take(resume.session, identity.user, resume.received) if held is not None else None
-        if not self._is_awaiting_auth():
-            return
-        collected = self.history.after(0)  # what reached this session since its binds
-        if handed is None or collected is None:
-            await self._start_fresh_after_failed_resume(identity, personal, collected or [])
-            return
-        handed_ids = {frame.event_id for frame in handed}
-        self.history = History(
-            window_s=self._settings.resume_window_s, max_events=self._settings.resume_max_events, sent=resume.received
-        )
-        self._go_live(identity, [personal, *others], recovered=True, dropped=dropped)
-        live = set(self.topics)
-        for frame in handed:
-            if frame.topic in live:
-                self.offer(frame)
-        for frame in collected:
-            if frame.event_id not in handed_ids:
-                self.offer(frame)
-        self._log.info("session_resumed_from_another_instance", replayed=len(handed), received=resume.received)
-
-    async def _start_fresh_after_failed_resume(self, identity: Identity, personal: str, collected: list[Frame]) -> None:
-        """The other instance could not hand the session over whole: a fresh session with the personal topic."""
-        for topic in tuple(self.topics - {personal}):
-            self.topics.discard(topic)
-            self._context.budgets.release(identity.user, topic)
-            await self._context.hub.unsubscribe(self, topic)
-        if not self._is_awaiting_auth():
-            return
-        self.history = History(window_s=self._settings.resume_window_s, max_events=self._settings.resume_max_events)
-        self._go_live(identity, [personal], recovered=False)
-        for frame in collected:
-            if frame.topic == personal:
-                self.offer(frame)
-
-    def _is_awaiting_auth(self) -> bool:
-        return self.state is State.AWAITING_AUTH
 
     def frames_after(self, received: int) -> list[Frame] | None:
         """The event frames after the client's `received`-th, or None if they are not all held (never all, with
@@ -519,7 +420,7 @@ class Session:
     def hand_over_to_another_instance(self) -> None:
         """Another instance resumed this session: let go of it and release what it holds."""
         self.hand_over()
-        self._context.directory.release_later(self._release())
+        self._context.directory.release_later(self.release_slot_and_topics())
 
     async def _refresh(self, frame: messages.Refresh) -> None:
         assert self.identity is not None
@@ -556,7 +457,7 @@ class Session:
 
     def _abandon(self) -> None:
         """The close handshake did not finish in time: drop the socket, which ends the reader too."""
-        self._log.info("connection_abandoned")
+        self.log.info("connection_abandoned")
         self._sender.abort()
 
     def _cancel_timer(self) -> None:
@@ -597,7 +498,7 @@ class Session:
                 return
             if self.state is not State.OPEN:
                 return
-        self._log.debug("subscribed", topic=topic)
+        self.log.debug("subscribed", topic=topic)
         self.reply(messages.subscription("subscribed", topic, frame.id))
 
     def _take_user_budget(self, topic: str) -> tuple[str, str] | None:

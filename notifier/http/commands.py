@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from notifier.cluster.control import BadControlMessage, CommandArgs, ControlPlane
+from notifier.cluster.codec import BadControlMessage, CommandArgs
+from notifier.cluster.control import ControlPlane
 from notifier.formats import closecodes
 from notifier.formats.closecodes import CloseReason
 from notifier.formats.grants import validate_user

@@ -12,7 +12,8 @@ import structlog
 from starlette.websockets import WebSocket
 
 from notifier.broker import Broker, BrokerUnreachable, create_broker
-from notifier.cluster.handover import ControlPlane, SessionHandOver
+from notifier.cluster.control import ControlPlane
+from notifier.cluster.handover import SessionHandOver
 from notifier.connection.auth import TokenVerifier
 from notifier.connection.directory import SessionDirectory
 from notifier.connection.hub import Hub

@@ -8,16 +8,19 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from notifier.limits.tokenbucket import TokenBucket
+
 # Users with no topic held are remembered for their rate only; past this many they are forgotten.
 MAX_IDLE_USERS = 50_000
 
 
-class _User:
-    __slots__ = ("last", "tokens", "topics")
+class _User(TokenBucket):
+    """One user: its bucket of operations, and the topics its connections hold."""
 
-    def __init__(self, tokens: float, now: float) -> None:
-        self.tokens = tokens
-        self.last = now
+    __slots__ = ("topics",)
+
+    def __init__(self, burst: float, now: float) -> None:
+        super().__init__(burst, now)
         self.topics: Counter[str] = Counter()  # topic -> connections of this user holding it
 
 
@@ -43,11 +46,7 @@ class UserBudgets:
 
     def spend(self, user: str) -> bool:
         """Take one subscribe/unsubscribe operation from `user`'s budget; False if it is spent."""
-        entry = self._entry(user)
-        if entry.tokens < 1.0:
-            return False
-        entry.tokens -= 1.0
-        return True
+        return self._entry(user).take()
 
     def hold(self, user: str, topic: str) -> bool:
         """Count one more connection of `user` on `topic`; False if it is a new topic past the limit."""
@@ -78,6 +77,5 @@ class UserBudgets:
                 self._users = {name: held for name, held in self._users.items() if held.topics}
             entry = self._users[user] = _User(self._burst, now)
         else:
-            entry.tokens = min(self._burst, entry.tokens + (now - entry.last) * self._rate)
-            entry.last = now
+            entry.refill(self._rate, self._burst, now)
         return entry

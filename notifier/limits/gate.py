@@ -16,6 +16,7 @@ import structlog
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from notifier.limits.tokenbucket import TokenBucket
 from notifier.settings import Settings
 
 log = structlog.get_logger("notifier.gate")
@@ -34,13 +35,14 @@ class Refusal:
     message: str
 
 
-class _Address:
-    __slots__ = ("last", "open", "tokens")
+class _Address(TokenBucket):
+    """One address: its bucket of new connections, and its open connections."""
 
-    def __init__(self, tokens: float, now: float) -> None:
+    __slots__ = ("open",)
+
+    def __init__(self, burst: float, now: float) -> None:
+        super().__init__(burst, now)
         self.open = 0
-        self.tokens = tokens
-        self.last = now
 
 
 class AddressLimits:
@@ -67,13 +69,11 @@ class AddressLimits:
                 self._forget_idle()
             entry = self._addresses[address] = _Address(self._burst, now)
         else:
-            entry.tokens = min(self._burst, entry.tokens + (now - entry.last) * self._rate)
-            entry.last = now
+            entry.refill(self._rate, self._burst, now)
         if entry.open >= self._max_open:
             return Refusal(429, "too_many_connections", f"at most {self._max_open} connections per client address")
-        if entry.tokens < 1.0:
+        if not entry.take():
             return Refusal(429, "too_many_new_connections", f"at most {self._rate:g} new connections per second")
-        entry.tokens -= 1.0
         entry.open += 1
         return None
 

@@ -1,4 +1,6 @@
-"""A token bucket: the frames-per-second budget of one connection (text frames and pings alike)."""
+"""The token bucket behind every rate in notifier: a connection's frames per second (text frames and pings
+alike), an address's new connections per second (gate) and a user's subscribe operations per second
+(budgets)."""
 
 from __future__ import annotations
 
@@ -9,22 +11,45 @@ import time
 FRAME_BUDGET_SCOPE_KEY = "notifier.frame_budget"
 
 
-class RateLimiter:
-    """A token bucket: `rate` tokens a second, holding at most `burst`."""
+class TokenBucket:
+    """Tokens that come back at `rate` a second up to `burst`; each allowed action takes one.
 
-    __slots__ = ("_burst", "_last", "_rate", "_tokens")
+    A bucket holds only its own state, the tokens and when they were last counted: the rate, the burst and the
+    clock are its owner's, passed in. The gate and the per-user budgets keep a bucket for each of thousands of
+    addresses and users under one policy, so their entries subclass this and add their own slots (an entry
+    stays one small object: no per-entry copy of the policy, no second object)."""
+
+    __slots__ = ("last", "tokens")
+
+    def __init__(self, burst: float, now: float) -> None:
+        self.tokens = float(burst)  # a new bucket starts full
+        self.last = now
+
+    def refill(self, rate: float, burst: float, now: float) -> None:
+        """Add the tokens that came back since the last count, up to `burst`."""
+        self.tokens = min(burst, self.tokens + (now - self.last) * rate)
+        self.last = now
+
+    def take(self) -> bool:
+        """Take one token if there is one (the owner refills first); False if the bucket is empty."""
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+class RateLimiter(TokenBucket):
+    """A token bucket that carries its own policy: `rate` tokens a second, holding at most `burst`. One per
+    connection, for its frames."""
+
+    __slots__ = ("_burst", "_rate")
 
     def __init__(self, rate: float, burst: int) -> None:
+        super().__init__(burst, time.monotonic())
         self._rate = rate
         self._burst = float(burst)
-        self._tokens = float(burst)
-        self._last = time.monotonic()
 
     def allow(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
+        """Take one token now; False if the budget is spent."""
+        self.refill(self._rate, self._burst, time.monotonic())
+        return self.take()

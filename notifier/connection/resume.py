@@ -1,0 +1,208 @@
+"""Session resume: a new connection that signs in with `resume` takes over the session its client had, all or
+nothing. Three paths:
+
+- the session is here (connected or parked): take it over without awaiting, its subscriptions moved to the new
+  connection and its events after the client's count replayed (`take_over_here`);
+- another instance holds it: bind its topics, take its events from that instance over the control plane and
+  merge both by event id (`resume_from_another_instance`, with notifier/cluster/handover.py on the other end);
+- that instance could not hand it over whole: a fresh session with the personal topic only
+  (`start_fresh_after_failed_resume`).
+
+Each path works on sessions through `ResumableSession`, the public side of notifier/connection/session.py.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import structlog
+
+from notifier.broker import BrokerUnavailable
+from notifier.connection.auth import Identity
+from notifier.connection.history import History
+from notifier.formats import closecodes, messages
+from notifier.formats.closecodes import CloseReason
+from notifier.formats.wire import Frame
+
+if TYPE_CHECKING:
+    from notifier.connection.session import SessionContext
+
+
+class RemoteSessions(Protocol):
+    """Sessions held by other instances (see notifier/cluster/handover.py)."""
+
+    def holder(self, session_id: str) -> str | None: ...
+
+    async def topics_of(self, session_id: str, user: str) -> list[str] | None: ...
+
+    async def take(self, session_id: str, user: str, received: int) -> list[Frame] | None: ...
+
+
+@runtime_checkable
+class ResumableSession(Protocol):
+    """What resume does with a session, on either side: the one the client had, and the new connection's."""
+
+    topics: set[str]
+    history: History
+
+    @property
+    def user(self) -> str | None: ...
+
+    @property
+    def parked(self) -> bool:
+        """Its connection ended without a goodbye: it keeps collecting events for a resume."""
+
+    @property
+    def awaiting_auth(self) -> bool:
+        """Its connection has not signed in yet (and is not closing)."""
+
+    @property
+    def log(self) -> structlog.typing.FilteringBoundLogger:
+        """The logger bound to its connection."""
+
+    def offer(self, frame: Frame) -> None:
+        """Take one event frame: send it (or queue it), and keep it for a resume."""
+
+    def close(self, reason: CloseReason, *, drop_pending: bool = False) -> None:
+        """Close the connection with `reason`."""
+
+    def frames_after(self, received: int) -> list[Frame] | None:
+        """The event frames after the client's `received`-th, or None if they are not all held."""
+
+    def hand_over(self) -> None:
+        """A new connection resumes it: it stops holding anything."""
+
+    def admit(self, identity: Identity) -> bool:
+        """Take one of the user's connection slots for it, or close it with 4502."""
+
+    def go_live(
+        self, identity: Identity, topics: list[str], *, recovered: bool, dropped: list[str] | None = None
+    ) -> None:
+        """Give it a session id, open it and send the welcome."""
+
+    async def release_slot_and_topics(self) -> None:
+        """Give back the user's connection slot, then every topic it still holds."""
+
+
+async def resume_session(
+    session: ResumableSession, context: SessionContext, identity: Identity, resume: messages.Resume
+) -> bool:
+    """Resume into `session`, which is awaiting auth, the session `resume` names. Returns False when there is no
+    such session to try, here or on another instance: the caller starts a fresh one. True when this dealt with
+    the login: the session is resumed, started fresh after a failed hand-over, or closed."""
+    taken_over = take_over_here(session, context, identity, resume)
+    if taken_over is not None:
+        await taken_over.release_slot_and_topics()  # the topics the new token no longer grants (or all, if refused)
+        return True
+    remote = context.remote_sessions
+    if remote is not None and remote.holder(resume.session) is not None:
+        await resume_from_another_instance(session, context, remote, identity, resume)
+        return True
+    return False
+
+
+def take_over_here(
+    session: ResumableSession, context: SessionContext, identity: Identity, resume: messages.Resume
+) -> ResumableSession | None:
+    """Take over the session the client had, if it is here, the same user's and still whole; all or nothing.
+    Returns the session taken over, whose leftover topics the caller releases; None if there is none.
+
+    Runs without awaiting: no event can slip between the replay and the live ones that follow it."""
+    old = context.directory.find(resume.session)
+    if not isinstance(old, ResumableSession) or old is session or old.user != identity.user:
+        return None  # unknown here, or someone else's: a fresh session, and nothing of theirs is shown
+    replay = old.frames_after(resume.received)
+    if replay is None:
+        if old.parked:
+            context.directory.end(old)  # the client can never get it back whole
+        return None
+    old.hand_over()
+    if not session.admit(identity):
+        return old  # closed with 4502; the old session's topics are released all the same
+    kept = {topic for topic in old.topics if identity.grants.allows(topic)}
+    hub = context.hub
+    for topic in kept:
+        hub.transfer(old, session, topic)
+    old.topics -= kept  # what the new token no longer grants, released after the welcome
+    session.topics = kept
+    session.history = _history(context, sent=resume.received)
+    personal = identity.grants.personal_topic
+    topics = [personal, *sorted(kept - {personal})]
+    session.go_live(identity, topics, recovered=True, dropped=sorted(old.topics))
+    for frame in replay:
+        if frame.topic in kept:
+            session.offer(frame)
+    session.log.info("session_resumed", replayed=len(replay), received=resume.received)
+    return old
+
+
+async def resume_from_another_instance(
+    session: ResumableSession,
+    context: SessionContext,
+    remote: RemoteSessions,
+    identity: Identity,
+    resume: messages.Resume,
+) -> None:
+    """Resume a session another instance holds: bind its topics first (this session keeps their events from
+    the bind on), then take its events after the client's count, then merge both by event id."""
+    held = await remote.topics_of(resume.session, identity.user)
+    if not session.awaiting_auth:
+        return
+    if not session.admit(identity):
+        return
+    personal = identity.grants.personal_topic
+    granted = {topic for topic in held or () if identity.grants.allows(topic)} - {personal}
+    others = sorted(topic for topic in granted if context.budgets.hold(identity.user, topic))
+    dropped = sorted(set(held or ()) - {personal} - set(others))
+    try:
+        for topic in [personal, *others]:
+            session.topics.add(topic)
+            await context.hub.subscribe(session, topic)
+    except BrokerUnavailable as error:
+        session.topics.discard(topic)
+        session.log.warning("resume_topics_unavailable", error=str(error))
+        session.close(closecodes.TRY_AGAIN_LATER)
+        return
+    if not session.awaiting_auth:
+        return
+    handed = await remote.take(resume.session, identity.user, resume.received) if held is not None else None
+    if not session.awaiting_auth:
+        return
+    collected = session.history.after(0)  # what reached this session since its binds
+    if handed is None or collected is None:
+        await start_fresh_after_failed_resume(session, context, identity, personal, collected or [])
+        return
+    handed_ids = {frame.event_id for frame in handed}
+    session.history = _history(context, sent=resume.received)
+    session.go_live(identity, [personal, *others], recovered=True, dropped=dropped)
+    live = set(session.topics)
+    for frame in handed:
+        if frame.topic in live:
+            session.offer(frame)
+    for frame in collected:
+        if frame.event_id not in handed_ids:
+            session.offer(frame)
+    session.log.info("session_resumed_from_another_instance", replayed=len(handed), received=resume.received)
+
+
+async def start_fresh_after_failed_resume(
+    session: ResumableSession, context: SessionContext, identity: Identity, personal: str, collected: list[Frame]
+) -> None:
+    """The other instance could not hand the session over whole: a fresh session with the personal topic."""
+    for topic in tuple(session.topics - {personal}):
+        session.topics.discard(topic)
+        context.budgets.release(identity.user, topic)
+        await context.hub.unsubscribe(session, topic)
+    if not session.awaiting_auth:
+        return
+    session.history = _history(context)
+    session.go_live(identity, [personal], recovered=False)
+    for frame in collected:
+        if frame.topic == personal:
+            session.offer(frame)
+
+
+def _history(context: SessionContext, *, sent: int = 0) -> History:
+    """A new, empty history; `sent` is the count of events the client already has."""
+    settings = context.settings
+    return History(window_s=settings.resume_window_s, max_events=settings.resume_max_events, sent=sent)
