@@ -18,7 +18,6 @@ minority of nodes with its messages and bindings: then nothing is lost and there
 from __future__ import annotations
 
 import asyncio
-import datetime
 import time
 import uuid
 from collections.abc import Coroutine
@@ -40,8 +39,9 @@ from notifier.broker.aiormq_internals import (
 from notifier.broker.base import BROKER_ERRORS as _BROKER_ERRORS
 from notifier.broker.base import BrokerUnavailable, EventHandler, RoutingGapHandler
 from notifier.broker.bindings import Bindings, ChannelSource
+from notifier.broker.event_message import event_message
 from notifier.broker.failover import NodeAddresses, connect_to_any
-from notifier.formats.events import TIMESTAMP_MS_HEADER, UnusableMessage, event_from_message, now_ms, publish_time_ms
+from notifier.formats.events import UnusableMessage, event_from_message, publish_time_ms
 from notifier.settings import Settings
 
 log = structlog.get_logger("notifier.broker")
@@ -426,15 +426,7 @@ class AmqpBroker:
     async def publish(self, topic: str, data: bytes, event_id: str) -> None:
         if self._publish_exchange is None or not self.connected:
             raise BrokerUnavailable("not connected to RabbitMQ")
-        sent_ms = now_ms()
-        message = aio_pika.Message(
-            data,
-            content_type="application/json",
-            message_id=event_id,
-            headers={TIMESTAMP_MS_HEADER: sent_ms},
-            timestamp=datetime.datetime.fromtimestamp(sent_ms / 1000, datetime.UTC),
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        )
+        message = event_message(data, event_id)
         if self._pending_publishes >= self._settings.max_pending_publishes:
             # RabbitMQ is slow to confirm: refuse at once rather than pile up requests that wait.
             raise BrokerUnavailable(f"{self._pending_publishes} publishes are already waiting for RabbitMQ")

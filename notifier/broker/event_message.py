@@ -1,7 +1,7 @@
 """One event as an AMQP message, the way notifier publishes it: JSON data, the event id as `message_id`, the
 publish time in milliseconds in a header and as the timestamp, and persistent, so a durable queue keeps it
-across a broker restart. `notifier publish --amqp` builds its messages here; the AMQP broker's `publish`
-builds the same message (tests/test_cli.py compares the two)."""
+across a broker restart. `notifier publish --amqp` and the AMQP broker's `publish` (behind `POST /api/publish`)
+both build their messages here (tests/test_cli.py compares them)."""
 
 from __future__ import annotations
 
