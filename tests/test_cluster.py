@@ -10,8 +10,11 @@ resume answered `recovered: false`).
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -30,6 +33,11 @@ DOWN_S = 12.0
 # stalled disk would be.
 FREEZE_S = 6.0
 AFTER_S = 4.0
+# A node's upgrade: stopped this long, then the next one after this long.
+UPGRADE_DOWN_S = 5.0
+UPGRADE_BETWEEN_S = 3.0
+# The service's default NOTIFIER_BIND_WAIT_S.
+BIND_WAIT_S = 20.0
 # What a reader of a failed run wants to see of the instances' logs.
 ROUTING_EVENTS = {
     "routing_lost",
@@ -98,42 +106,49 @@ async def browsers() -> AsyncIterator[Callable[[RunningServer, list[str]], Await
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
-@pytest.mark.parametrize("fault", list(FAULTS))
-async def test_a_lost_node_leaves_no_user_deaf_without_being_told(
-    healthy_cluster: Cluster,
+OpenBrowsers = Callable[[RunningServer, list[str]], Awaitable[list[Browser]]]
+
+
+@dataclass
+class Outcome:
+    """What the users of both instances saw while `fault` ran under the feed."""
+
+    on_a: list[Browser]
+    on_b: list[Browser]
+    feed: Feed
+    lost: dict[str, list[int]]
+    logs: list[MutableMapping[str, Any]]
+
+
+async def under_feed(
+    cluster: Cluster,
     start_server: StartServer,
-    browsers: Callable[[RunningServer, list[str]], Awaitable[list[Browser]]],
-    cluster_exchange: str,
+    browsers: OpenBrowsers,
+    exchange: str,
     queue_type: str,
-    fault: str,
-) -> None:
+    fault: Callable[[RunningServer, RunningServer], Awaitable[None]],
+) -> Outcome:
+    """Instances A (c1 first) and B (c2 first), USERS_PER_INSTANCE browsers on each and the feed; run `fault`,
+    then wait until every confirmed event reached its user or the user was told."""
     settings = {
-        "exchange": cluster_exchange,
-        "dead_letter_exchange": f"{cluster_exchange}.dead",
+        "exchange": exchange,
+        "dead_letter_exchange": f"{exchange}.dead",
         "queue_type": queue_type,
         "broker_timeout_s": 3.0,
     }
     with capture_logs() as logs:
         a = await start_server(amqp_url=urls_from("c1", "c2", "c3"), **settings)
         b = await start_server(amqp_url=urls_from("c2", "c3", "c1"), **settings)
-        users_a = [f"a{index}" for index in range(USERS_PER_INSTANCE)]
-        users_b = [f"b{index}" for index in range(USERS_PER_INSTANCE)]
-        on_a = await browsers(a, users_a)
-        on_b = await browsers(b, users_b)
-
-        feed = Feed(urls_from("c3", "c2", "c1"), cluster_exchange, users_a + users_b, TICK_S)
+        on_a = await browsers(a, [f"a{index}" for index in range(USERS_PER_INSTANCE)])
+        on_b = await browsers(b, [f"b{index}" for index in range(USERS_PER_INSTANCE)])
+        everyone = on_a + on_b
+        feed = Feed(urls_from("c3", "c2", "c1"), exchange, [browser.user for browser in everyone], TICK_S)
         feeding = asyncio.create_task(feed.run())
         await asyncio.sleep(STEADY_S)
-        start_fault, end_fault, lasts_s = FAULTS[fault]
-        await in_thread(lambda: start_fault(healthy_cluster))
-        await asyncio.sleep(lasts_s)
-        await in_thread(lambda: end_fault(healthy_cluster))
+        await fault(a, b)
         await asyncio.sleep(AFTER_S)
         feed.stop()
         await feeding
-
-        everyone = on_a + on_b
 
         def accounted_for() -> bool:
             return all(not browser.missing(feed.confirmed[browser.user]) or browser.told for browser in everyone)
@@ -141,10 +156,15 @@ async def test_a_lost_node_leaves_no_user_deaf_without_being_told(
         # Late is allowed; deaf is not: every confirmed event arrives, or its user was told.
         await wait_until(accounted_for, 60, interval=0.2)
 
+        # No restart needed: both instances say they route again.
+        async with httpx.AsyncClient() as http:
+            for instance in (a, b):
+                assert (await http.get(f"{instance.http_url}/readyz")).status_code == 200
+
     lost = {browser.user: browser.missing(feed.confirmed[browser.user]) for browser in everyone}
-    lost = {user: seqs for user, seqs in lost.items() if seqs}
+    outcome = Outcome(on_a, on_b, feed, {user: seqs for user, seqs in lost.items() if seqs}, logs)
     confirmed = sum(len(seqs) for seqs in feed.confirmed.values())
-    print(f"{fault}/{queue_type}: {confirmed} events confirmed, lost {sum(map(len, lost.values()))}: {lost}")
+    print(f"{queue_type}: {confirmed} events confirmed, lost {sum(map(len, outcome.lost.values()))}: {outcome.lost}")
     print("told:", {browser.user: browser.told for browser in everyone if browser.told})
     for line in logs:
         if line["event"] in ROUTING_EVENTS:
@@ -152,17 +172,92 @@ async def test_a_lost_node_leaves_no_user_deaf_without_being_told(
     # (While a node is frozen, confirms of events routed to its queues wait: the feed pauses with them.)
     assert confirmed >= (STEADY_S + AFTER_S) / TICK_S * len(everyone) * 0.5, "the feed did not run"
     assert all(browser.in_order() for browser in everyone)
-    if queue_type == "quorum" or fault == "freeze":
-        assert lost == {}, "a replicated queue, or a node that only stalled, loses nothing"
-    assert all(browser.told == 0 for browser in on_b) and not any(user.startswith("b") for user in lost)
+    # B's queue is on c2, which no fault here touches before B's own users are checked: B loses nothing.
+    return outcome
 
-    # No restart needed: both instances route again, and a new event reaches every user.
-    async with httpx.AsyncClient() as http:
-        for instance in (a, b):
-            assert (await http.get(f"{instance.http_url}/readyz")).status_code == 200
-    told = [line for line in logs if line["event"] == "routing_gap_told"]
-    if any(browser.told for browser in on_a):
-        assert told or any(line["event"] == "parked_session_ended" for line in logs)
+
+def assert_every_loss_was_told(outcome: Outcome) -> None:
+    everyone = outcome.on_a + outcome.on_b
+    deaf = [browser.user for browser in everyone if browser.user in outcome.lost and not browser.told]
+    assert deaf == [], f"users who lost events without being told: {deaf}"
+    if any(browser.told for browser in outcome.on_a):
+        assert any(line["event"] == "routing_gap_told" for line in outcome.logs)
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+@pytest.mark.parametrize("fault", list(FAULTS))
+async def test_a_lost_node_leaves_no_user_deaf_without_being_told(
+    healthy_cluster: Cluster,
+    start_server: StartServer,
+    browsers: OpenBrowsers,
+    cluster_exchange: str,
+    queue_type: str,
+    fault: str,
+) -> None:
+    start_fault, end_fault, lasts_s = FAULTS[fault]
+
+    async def on_c1(a: RunningServer, b: RunningServer) -> None:
+        await in_thread(lambda: start_fault(healthy_cluster))
+        await asyncio.sleep(lasts_s)
+        await in_thread(lambda: end_fault(healthy_cluster))
+
+    outcome = await under_feed(healthy_cluster, start_server, browsers, cluster_exchange, queue_type, on_c1)
+    assert_every_loss_was_told(outcome)
+    if queue_type == "quorum" or fault == "freeze":
+        assert outcome.lost == {}, "a replicated queue, or a node that only stalled, loses nothing"
+    assert all(browser.told == 0 for browser in outcome.on_b)
+    assert not any(user.startswith("b") for user in outcome.lost)
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+async def test_a_rolling_upgrade_of_every_node_in_turn(
+    healthy_cluster: Cluster,
+    start_server: StartServer,
+    browsers: OpenBrowsers,
+    cluster_exchange: str,
+    queue_type: str,
+) -> None:
+    """stop_app and start_app on c1, c2, then c3, as an upgrade of RabbitMQ does: with quorum queues nothing is
+    lost; with classic ones every loss is told."""
+
+    async def upgrade(a: RunningServer, b: RunningServer) -> None:
+        for node in ("c1", "c2", "c3"):
+            await in_thread(lambda node=node: healthy_cluster.stop_app(node))  # type: ignore[misc]
+            await asyncio.sleep(UPGRADE_DOWN_S)
+            await in_thread(lambda node=node: healthy_cluster.start_app(node))  # type: ignore[misc]
+            await asyncio.sleep(UPGRADE_BETWEEN_S)
+
+    outcome = await under_feed(healthy_cluster, start_server, browsers, cluster_exchange, queue_type, upgrade)
+    assert_every_loss_was_told(outcome)
+    if queue_type == "quorum":
+        assert outcome.lost == {}, "a replicated queue loses nothing in a rolling upgrade"
+
+
+async def test_a_frozen_node_delays_logins_elsewhere_within_the_bind_wait(
+    healthy_cluster: Cluster,
+    start_server: StartServer,
+    browsers: OpenBrowsers,
+    cluster_exchange: str,
+) -> None:
+    """While c1 is frozen, a bind at RabbitMQ (a change to the cluster's metadata) waits for it, even through a
+    healthy node: a login on B waits, and either is welcomed once c1 answers again or is refused with 1013 at
+    NOTIFIER_BIND_WAIT_S. Never longer, and never deaf: after the thaw it is welcomed and gets its events."""
+    waits: list[float] = []
+
+    async def freeze_and_log_in(a: RunningServer, b: RunningServer) -> None:
+        await in_thread(lambda: healthy_cluster.freeze("c1"))
+        try:
+            started = time.monotonic()
+            late = await browsers(b, ["late"])
+            waits.append(time.monotonic() - started)
+            assert late[0].connections >= 1
+        finally:
+            await in_thread(lambda: healthy_cluster.thaw("c1"))
+
+    outcome = await under_feed(healthy_cluster, start_server, browsers, cluster_exchange, "classic", freeze_and_log_in)
+    print(f"a login on B while c1 was frozen waited {waits[0]:.1f} s")
+    assert outcome.lost == {}
+    assert waits[0] < BIND_WAIT_S + FREEZE_S + 5
 
 
 async def test_a_new_instance_starts_while_a_node_is_down(

@@ -73,7 +73,8 @@ async def test_churn_leaves_nothing_behind(
     assert node.hub.bound_topics == frozenset()
     assert not node.hub._subscribers and not node.hub._guards
     assert node.admission.users == 0 and node.admission.connections == 0
-    assert tasks_after <= tasks_before
+    # A settle or release task of the last cycles may still be finishing: it must end, not stay.
+    await wait_until(lambda: len(asyncio.all_tasks()) <= tasks_before, 5)
     assert rss_after - rss_before < 20 * 2**20, (rss_before, rss_after)
 
     async def no_binding_left() -> bool:  # unbinds go out in the background, one after the other
