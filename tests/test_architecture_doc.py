@@ -88,15 +88,15 @@ def self_assigned(cls: type) -> set[str]:
     return names
 
 
-def lookup(owner: object, chain: list[str], cited: str) -> str | None:
-    """Follow `chain` from `owner`; None if every step exists, else what is missing."""
+def lookup(owner: object, chain: list[str], cited: str, start: str) -> str | None:
+    """Follow `chain` from `owner` (named `start`); None if every step exists, else what is missing."""
     for index, name in enumerate(chain):
         if hasattr(owner, name):
             owner = getattr(owner, name)
             continue
         if isinstance(owner, type) and index == len(chain) - 1 and name in self_assigned(owner):
             return None
-        return f"`{cited}`: {'.'.join(chain[:index]) or 'the module'} has no {name!r}"
+        return f"`{cited}`: {'.'.join([start, *chain[:index]])} has no {name!r}"
     return None
 
 
@@ -120,7 +120,7 @@ def check_dotted(span: str) -> str | None:
     if found is None:
         return f"`{span}`: no such module"
     module, chain = found
-    return lookup(module, chain, span)
+    return lookup(module, chain, span, module.__name__)
 
 
 def check_path(span: str) -> str | None:
@@ -132,7 +132,7 @@ def check_path(span: str) -> str | None:
     if path.startswith("notifier/") and path.endswith(".py"):
         module = ".".join(Path(path).with_suffix("").parts)
         module = module.removesuffix(".__init__")
-        return lookup(importlib.import_module(module), qualified.split("."), span)
+        return lookup(importlib.import_module(module), qualified.split("."), span, path)
     if path.endswith(".py"):
         tree = ast.parse((ROOT / path).read_text())
         defined = {
@@ -175,7 +175,7 @@ def check_short(span: str) -> str | None:
     candidates = classes_by_name().get(name, [])
     if not candidates:
         return f"`{span}`: notifier has no class {name!r}"
-    problems = [lookup(cls, chain, span) for cls in candidates]
+    problems = [lookup(cls, chain, span, f"{cls.__module__}.{name}") for cls in candidates]
     return None if None in problems else problems[0]
 
 
@@ -225,7 +225,7 @@ def test_a_stale_citation_is_reported() -> None:
 `notifier/connection/hub.py::Hub.deliver_all` `notifier/connection/hub.py::Hub.deliver`
 `tests/test_hub.py::test_that_never_was` `NOTIFIER_MAX_NOTHING` `closecodes.SLOW_CLIENT` (4003)
 `notifier.instance.node.Node.hub` `notifier.connection.session.SessionContext.hub` [gone](gone.md)
-`Hub.deliver` `Hub.fan_out` `Nowhere.run` `Session._resume` `TransportSender` `HttpToolsProtocol` `Vanished`
+`Hub.deliver` `Hub.fan_out` `Nowhere.run` `Session.run` `TransportSender` `HttpToolsProtocol` `Vanished`
 ```
 `notifier.inside.a.fence` is an example, not a citation
 ```
