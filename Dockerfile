@@ -11,13 +11,14 @@
 # tests/test_container.py replays this recipe outside Docker: keep the build in one `pip wheel` and the
 # install in one `pip install`, or update the replay with it.
 
-# Stage 1: wheels of notifier and of everything it depends on, built from the source alone.
+# Stage 1: wheels of notifier and of everything it depends on, built from the source alone, at the versions
+# constraints.txt pins (the ones the tests run with); stage 2 installs only these wheels, so it gets them too.
 FROM python:3.11.14-slim-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY notifier ./notifier
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip wheel --disable-pip-version-check --wheel-dir /wheels .
+    pip wheel --disable-pip-version-check --wheel-dir /wheels -c constraints.txt .
 
 # Stage 2: the runtime. Only the installed wheels; no source, no build tools, no pip cache.
 FROM python:3.11.14-slim-bookworm

@@ -23,11 +23,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from notifier.runtime.workers import shutdown_bound_s
 from notifier.settings import Settings
 from tests.dockerfile import DOCKERFILE, Stage, stages
 from tests.support import AMQP_URL, SECRET, free_port
+from tests.test_dependencies import pins
 
 ROOT = DOCKERFILE.parent
 HADOLINT = Path(sys.executable).parent / "hadolint"
@@ -178,6 +181,26 @@ def test_the_image_holds_only_the_wheels_install(installed: Installed) -> None:
     ).stdout.split()
     missing = [path for path in tracked if not (package.parent / path).exists()]
     assert not missing, f"files of the package missing from the wheel: {missing}"
+
+
+@pytest.mark.slow
+def test_the_image_holds_the_pinned_versions(installed: Installed) -> None:
+    """The build resolves with constraints.txt, so the image runs the versions the tests run with."""
+    code = "import importlib.metadata as m, json; print(json.dumps({d.name: d.version for d in m.distributions()}))"
+    found: dict[str, str] = json.loads(
+        subprocess.run(
+            [str(installed.bin / "python"), "-c", code], capture_output=True, text=True, timeout=60, check=True, cwd="/"
+        ).stdout
+    )
+    pinned = pins()
+    differ = {
+        name: version
+        for name, version in found.items()
+        if canonicalize_name(name) not in {"notifier", "pip", "setuptools", "wheel"}
+        and pinned.get(canonicalize_name(name)) != Version(version)
+    }
+    assert differ == {}, f"installed in the image at versions constraints.txt does not pin: {differ}"
+    assert "notifier" in {canonicalize_name(name) for name in found}
 
 
 @pytest.mark.slow
