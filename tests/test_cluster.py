@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +87,7 @@ FAULTS: dict[str, tuple[Callable[[Cluster], object], Callable[[Cluster], object]
 
 
 @pytest.fixture
-async def browsers() -> AsyncIterator[Callable[[RunningServer, list[str]], Awaitable[list[Browser]]]]:
+async def browsers() -> AsyncIterator[Callable[[RunningServer, list[str]], Coroutine[Any, Any, list[Browser]]]]:
     tasks: list[asyncio.Task[None]] = []
     opened: list[Browser] = []
 
@@ -107,7 +107,7 @@ async def browsers() -> AsyncIterator[Callable[[RunningServer, list[str]], Await
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-OpenBrowsers = Callable[[RunningServer, list[str]], Awaitable[list[Browser]]]
+OpenBrowsers = Callable[[RunningServer, list[str]], Coroutine[Any, Any, list[Browser]]]
 
 
 @dataclass
