@@ -31,7 +31,7 @@ STEADY_S = 2.0
 DOWN_S = 12.0
 # Shorter than the test cluster's failure detection (net_ticktime 10 s: about 10 to 14 s), as a GC pause or a
 # stalled disk would be.
-FREEZE_S = 6.0
+FREEZE_S = 4.0
 AFTER_S = 4.0
 # A node's upgrade: stopped this long, then the next one after this long.
 UPGRADE_DOWN_S = 5.0
