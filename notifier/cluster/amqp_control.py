@@ -50,6 +50,10 @@ log = structlog.get_logger("notifier.control")
 
 # Commands handled at once per instance (they are acknowledged when done, so RabbitMQ holds the rest).
 CONTROL_PREFETCH = 64
+# The `hello` header listing the command kinds the sender runs (so that a newer instance knows which of its
+# requests an older one understands).
+KINDS_HEADER = "x-notifier-kinds"
+MAX_ANNOUNCED_KINDS = 64
 # A peer not heard from for this many heartbeats is taken for gone.
 PEER_HEARTBEATS_TO_EXPIRE = 3
 # Instances remembered at most (a bound against messages with made-up sender ids).
@@ -91,6 +95,7 @@ class AmqpControlPlane:
         self._channel: AbstractRobustChannel | None = None
         self._collectors: dict[str, _Collector] = {}
         self._peers: dict[str, float] = {}  # instance id -> when it was last heard from (monotonic)
+        self._peer_kinds: dict[str, frozenset[str]] = {}  # instance id -> the command kinds it announced
         self._tasks: set[asyncio.Task[None]] = set()
         self._background: asyncio.Task[None] | None = None
         self._declared = False
@@ -104,12 +109,18 @@ class AmqpControlPlane:
     def on(self, kind: str, handler: CommandHandler) -> None:
         self._runner.on(kind, handler)
 
+    def runs(self, instance_id: str, kind: str) -> bool:
+        if instance_id == self.instance_id:
+            return kind in self._runner.kinds
+        return kind in self._peer_kinds.get(instance_id, ())
+
     def live_instances(self) -> set[str]:
         """This instance and the peers heard from within the last few heartbeats."""
         horizon = time.monotonic() - PEER_HEARTBEATS_TO_EXPIRE * self._settings.control_heartbeat_s
         for peer, seen in tuple(self._peers.items()):
             if seen < horizon:
                 del self._peers[peer]
+                self._peer_kinds.pop(peer, None)
         return {self.instance_id, *self._peers}
 
     # Start and stop.
@@ -197,7 +208,11 @@ class AmqpControlPlane:
         if exchange is None:
             return
         message = aio_pika.Message(
-            b"", type=kind, app_id=self.instance_id, expiration=self._settings.control_heartbeat_s
+            b"",
+            type=kind,
+            app_id=self.instance_id,
+            expiration=self._settings.control_heartbeat_s,
+            headers={KINDS_HEADER: ",".join(sorted(self._runner.kinds))},
         )
         try:
             await exchange.publish(message, routing_key=routing_key, timeout=timeout or self._settings.broker_timeout_s)
@@ -283,12 +298,15 @@ class AmqpControlPlane:
             if isinstance(sender, str) and sender and sender != self.instance_id:
                 if message.type == "bye":
                     self._peers.pop(sender, None)
+                    self._peer_kinds.pop(sender, None)
                 else:
                     known = sender in self._peers
                     if not known and len(self._peers) >= MAX_PEERS:
                         self.live_instances()  # forget the quiet ones to make room
                     if known or len(self._peers) < MAX_PEERS:
                         self._peers[sender] = time.monotonic()
+                        if message.type == "hello":
+                            self._peer_kinds[sender] = _announced_kinds(message.headers)
                     if message.type == "hello" and not known:
                         # A newcomer learns of this instance at once rather than at the next heartbeat.
                         self._spawn(self._announce("hello", f"instance.{sender}"))
@@ -333,3 +351,13 @@ class AmqpControlPlane:
         if not isinstance(sender, str) or not sender:
             raise BadControlMessage("reply without the sender's instance id")
         collector.add(sender, parse_reply(message.body))
+
+
+def _announced_kinds(headers: object) -> frozenset[str]:
+    """The command kinds a `hello` announced; none when it says nothing intelligible (an earlier release)."""
+    value = headers.get(KINDS_HEADER) if isinstance(headers, dict) else None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        return frozenset()
+    return frozenset(kind[:64] for kind in value.split(",")[:MAX_ANNOUNCED_KINDS] if kind)

@@ -5,17 +5,24 @@ The new instance first asks the holder which topics the session holds (`session.
 (events from the bind on are kept by the new session), then asks for the events after the client's count
 (`session.hand_over`); the holder answers with them and lets go of the session. The new instance merges:
 handed-over events first, then the ones it received itself that were not among them (same event id).
+
+A rolling deploy moves every session of an instance at once, so requests go in batches: the requests of one
+kind to one holder that wait while earlier ones are on their way go as one command (`session.describe_batch`,
+`session.hand_over_batch`), a few batches in flight per holder. A holder of an earlier release, which does not
+announce the batch kinds, is asked one session at a time. Every request, waiting included, is bounded by
+NOTIFIER_RESUME_TIMEOUT_S; past it the session is not resumed (the client gets `recovered: false`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any, Protocol
 
 import structlog
 
 from notifier.broker import BrokerUnavailable
-from notifier.cluster.codec import CommandResult
+from notifier.cluster.codec import BadControlMessage, CommandResult
 from notifier.cluster.control import ControlPlane
 from notifier.connection.directory import SessionDirectory
 from notifier.formats.wire import Frame
@@ -24,12 +31,39 @@ log = structlog.get_logger("notifier.handover")
 
 DESCRIBE = "session.describe"
 HAND_OVER = "session.hand_over"
+DESCRIBE_BATCH = "session.describe_batch"
+HAND_OVER_BATCH = "session.hand_over_batch"
 
-# A hand-over larger than this is refused (the client gets `recovered: false`): it travels as one message.
+# A hand-over larger than this is refused (the client gets `recovered: false`): it travels as one message. A
+# batch's reply holds at most this much too; the sessions past it are answered `deferred` and asked again.
 MAX_HANDOVER_BYTES = 16 * 1024 * 1024
-# Requests to other instances in flight at once; in a reconnect storm the rest wait their turn rather than
-# overrun the control plane's bound on pending requests (the wait is not counted against the timeout).
+# Sessions in one batched request, and batched requests of one kind in flight to one holder at once.
+MAX_BATCH = 256
+BATCHES_IN_FLIGHT = 4
+# One-session requests (to a holder of an earlier release) in flight at once; the rest wait their turn, within
+# their own time bound, rather than overrun the control plane's bound on pending requests.
 MAX_REQUESTS_IN_FLIGHT = 200
+
+
+class _Waiting:
+    """One session's request waiting for a batch: its arguments, the answer to come, and its deadline."""
+
+    __slots__ = ("answer", "args", "deadline")
+
+    def __init__(self, args: dict[str, Any], answer: asyncio.Future[CommandResult], deadline: float) -> None:
+        self.args = args
+        self.answer = answer
+        self.deadline = deadline
+
+
+class _Outbox:
+    """The requests of one batch kind to one holder that wait to go out, and how many senders serve them."""
+
+    __slots__ = ("senders", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: deque[_Waiting] = deque()
+        self.senders = 0
 
 
 class HeldSession(Protocol):
@@ -55,8 +89,13 @@ class SessionHandOver:
         self._directory = directory
         self._timeout_s = timeout_s
         self._in_flight = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
+        self._outboxes: dict[tuple[str, str], _Outbox] = {}
+        self._senders: set[asyncio.Task[None]] = set()
+        self.batches_sent = 0
         control.on(DESCRIBE, self._describe)
         control.on(HAND_OVER, self._hand_over)
+        control.on(DESCRIBE_BATCH, self._describe_batch)
+        control.on(HAND_OVER_BATCH, self._hand_over_batch)
 
     def holder(self, session_id: str) -> str | None:
         """The other instance that holds `session_id`, or None when it names this one (or none)."""
@@ -84,7 +123,7 @@ class SessionHandOver:
         holder = self.holder(session_id)
         if holder is None or not self._alive(holder):
             return None
-        reply = await self._ask(holder, DESCRIBE, {"session": session_id, "user": user})
+        reply = await self._ask(holder, DESCRIBE, DESCRIBE_BATCH, {"session": session_id, "user": user})
         if not reply or not reply.get("found"):
             return None
         topics = reply.get("topics")
@@ -100,7 +139,7 @@ class SessionHandOver:
         if holder is None:
             return None
         args = {"session": session_id, "user": user, "received": received}
-        reply = await self._ask(holder, HAND_OVER, args)
+        reply = await self._ask(holder, HAND_OVER, HAND_OVER_BATCH, args)
         if not reply or not reply.get("found"):
             return None
         try:
@@ -109,14 +148,78 @@ class SessionHandOver:
             log.warning("handover_bad_reply", holder=holder, kind=HAND_OVER)
             return None
 
-    async def _ask(self, holder: str, kind: str, args: dict[str, Any]) -> CommandResult:
-        """The holder's answer, or None when there is none in time (or the request could not be sent)."""
-        async with self._in_flight:
-            try:
-                return await self._control.ask(holder, kind, args, timeout=self._timeout_s)
-            except BrokerUnavailable as error:
-                log.info("handover_request_not_sent", holder=holder, kind=kind, error=str(error))
-                return None
+    async def _ask(self, holder: str, kind: str, batch_kind: str, args: dict[str, Any]) -> CommandResult:
+        """The holder's answer for one session, or None when there is none within NOTIFIER_RESUME_TIMEOUT_S,
+        waiting for a turn included (or the request could not be sent)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        if not self._control.runs(holder, batch_kind):
+            return await self._ask_alone(holder, kind, args, deadline)
+        answer: asyncio.Future[CommandResult] = loop.create_future()
+        outbox = self._outboxes.get((holder, batch_kind))
+        if outbox is None:
+            outbox = self._outboxes[(holder, batch_kind)] = _Outbox()
+        outbox.waiting.append(_Waiting(args, answer, deadline))
+        if outbox.senders < BATCHES_IN_FLIGHT:
+            outbox.senders += 1
+            sender = asyncio.create_task(self._send_batches(holder, batch_kind, outbox))
+            self._senders.add(sender)
+            sender.add_done_callback(self._senders.discard)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await answer
+        except TimeoutError:
+            log.info("handover_request_timed_out", holder=holder, kind=batch_kind)
+            return None
+        finally:
+            answer.cancel()  # a request not yet sent is then never sent
+
+    async def _ask_alone(self, holder: str, kind: str, args: dict[str, Any], deadline: float) -> CommandResult:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(deadline), self._in_flight:
+                return await self._control.ask(holder, kind, args, timeout=max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            log.info("handover_request_timed_out", holder=holder, kind=kind)
+        except BrokerUnavailable as error:
+            log.info("handover_request_not_sent", holder=holder, kind=kind, error=str(error))
+        return None
+
+    async def _send_batches(self, holder: str, kind: str, outbox: _Outbox) -> None:
+        """Send the waiting requests as batches, one at a time, until none waits."""
+        loop = asyncio.get_running_loop()
+        try:
+            while outbox.waiting:
+                batch: list[_Waiting] = []
+                while outbox.waiting and len(batch) < MAX_BATCH:
+                    waiting = outbox.waiting.popleft()
+                    if not waiting.answer.done():  # its asker gave up meanwhile
+                        batch.append(waiting)
+                if not batch:
+                    continue
+                timeout_s = max(waiting.deadline for waiting in batch) - loop.time()
+                try:
+                    reply = await self._control.ask(
+                        holder, kind, {"sessions": [waiting.args for waiting in batch]}, timeout=max(0.0, timeout_s)
+                    )
+                except BrokerUnavailable as error:
+                    log.info("handover_request_not_sent", holder=holder, kind=kind, error=str(error))
+                    reply = None
+                self.batches_sent += 1
+                results = reply.get("results") if isinstance(reply, dict) else None
+                if not isinstance(results, list) or len(results) != len(batch):
+                    if reply is not None:
+                        log.warning("handover_bad_reply", holder=holder, kind=kind)
+                    results = [None] * len(batch)
+                for waiting, result in zip(batch, results, strict=True):
+                    if isinstance(result, dict) and result.get("deferred") is True:
+                        outbox.waiting.append(waiting)  # past the reply's size bound: asked again
+                    elif not waiting.answer.done():
+                        waiting.answer.set_result(result if isinstance(result, dict) else None)
+        finally:
+            outbox.senders -= 1
+            if not outbox.senders and not outbox.waiting:
+                self._outboxes.pop((holder, kind), None)
 
     # The holding side.
 
@@ -130,20 +233,55 @@ class SessionHandOver:
         return session  # type: ignore[return-value]
 
     async def _describe(self, args: dict[str, Any]) -> CommandResult:
+        return self._describe_one(args)
+
+    async def _hand_over(self, args: dict[str, Any]) -> CommandResult:
+        result, _ = self._hand_over_one(args, MAX_HANDOVER_BYTES)
+        return result
+
+    async def _describe_batch(self, args: dict[str, Any]) -> CommandResult:
+        return {"results": [self._describe_one(item) for item in _batch_items(args)]}
+
+    async def _hand_over_batch(self, args: dict[str, Any]) -> CommandResult:
+        """Hand every session of the batch over, within one reply's size bound: the ones past it stay here,
+        answered `deferred` (the asker asks again)."""
+        results: list[dict[str, Any]] = []
+        room = MAX_HANDOVER_BYTES
+        for item in _batch_items(args):
+            result, size = self._hand_over_one(item, room)
+            results.append(result)
+            room -= size
+        handed = sum(1 for result in results if result.get("found"))
+        log.info("sessions_handed_over", sessions=handed, asked=len(results))
+        return {"results": results}
+
+    def _describe_one(self, args: dict[str, Any]) -> dict[str, Any]:
         session = self._held(args)
         if session is None:
             return {"found": False}
         return {"found": True, "topics": sorted(session.topics)}
 
-    async def _hand_over(self, args: dict[str, Any]) -> CommandResult:
+    def _hand_over_one(self, args: dict[str, Any], room: int) -> tuple[dict[str, Any], int]:
+        """The session's events after the client's count, and their size; it is let go of once they are in the
+        answer. Past `room` bytes (but within MAX_HANDOVER_BYTES) it is `deferred` and kept."""
         session = self._held(args)
         received = args.get("received")
         if session is None or isinstance(received, bool) or not isinstance(received, int):
-            return {"found": False}
+            return {"found": False}, 0
         frames = session.frames_after(received)
-        if frames is None or sum(len(frame.payload) for frame in frames) > MAX_HANDOVER_BYTES:
-            return {"found": False}
+        size = sum(len(frame.payload) for frame in frames) if frames is not None else 0
+        if frames is None or size > MAX_HANDOVER_BYTES:
+            return {"found": False}, 0
+        if size > room:
+            return {"deferred": True}, 0
         items = [{"topic": frame.topic, "id": frame.event_id, "payload": frame.payload.decode()} for frame in frames]
         session.hand_over_to_another_instance()
-        log.info("session_handed_over", events=len(items))
-        return {"found": True, "frames": items}
+        log.debug("session_handed_over", events=len(items))
+        return {"found": True, "frames": items}, size
+
+
+def _batch_items(args: dict[str, Any]) -> list[dict[str, Any]]:
+    sessions = args.get("sessions")
+    if not isinstance(sessions, list) or len(sessions) > MAX_BATCH:
+        raise BadControlMessage(f"a batch is a list of at most {MAX_BATCH} sessions")
+    return [item if isinstance(item, dict) else {} for item in sessions]

@@ -25,6 +25,9 @@ class LocalControlPlane:
     def on(self, kind: str, handler: CommandHandler) -> None:
         self._runner.on(kind, handler)
 
+    def runs(self, instance_id: str, kind: str) -> bool:
+        return instance_id == self.instance_id and kind in self._runner.kinds
+
     def live_instances(self) -> set[str]:
         """Only this one: no other instance shares an in-memory broker."""
         return {self.instance_id}

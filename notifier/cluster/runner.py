@@ -30,6 +30,11 @@ class CommandRunner:
         """Run `handler` for each command of `kind`."""
         self._handlers[kind] = handler
 
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The kinds of command this instance runs."""
+        return frozenset(self._handlers)
+
     async def run(self, command: Command) -> tuple[bool, CommandResult]:
         """Run `command`; returns whether it ran and what its handler returned."""
         if command.id in self._seen:

@@ -145,10 +145,12 @@ async def resume_from_another_instance(
 ) -> None:
     """Resume a session another instance holds: bind its topics first (this session keeps their events from
     the bind on), then take its events after the client's count, then merge both by event id."""
+    # Signed in from here on (its token is verified): while it waits for the holder it holds one of the user's
+    # connection slots, not one of the anonymous ones that every other client's sign-in needs.
+    if not session.admit(identity):
+        return
     held = await remote.topics_of(resume.session, identity.user)
     if not session.awaiting_auth:
-        return
-    if not session.admit(identity):
         return
     personal = identity.grants.personal_topic
     granted = {topic for topic in held or () if identity.grants.allows(topic)} - {personal}
