@@ -115,8 +115,9 @@ class NotifierProcess:
             self._process.wait()
 
 
-class Publisher:
-    """An independent backend: publishes to the topic exchange with aio-pika, as protocol.md describes."""
+class Backend:
+    """An independent backend: publishes to the topic exchange with aio-pika, as protocol.md describes, and
+    returns the id it gave each event (the page shows it)."""
 
     def __init__(self, exchange: aio_pika.abc.AbstractExchange) -> None:
         self._exchange = exchange
@@ -144,12 +145,13 @@ async def exchange_name(rabbitmq: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def publisher(rabbitmq: str, exchange_name: str) -> AsyncIterator[Publisher]:
+async def backend(rabbitmq: str, exchange_name: str) -> AsyncIterator[Backend]:
+    """Named apart from the suite's `publisher` fixture: this one returns each event's id."""
     connection = await aio_pika.connect(rabbitmq, timeout=5)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
-        yield Publisher(exchange)
+        yield Backend(exchange)
 
 
 @pytest.fixture
