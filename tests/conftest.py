@@ -155,12 +155,36 @@ async def exchange(rabbitmq: str) -> AsyncIterator[str]:
         await channel.queue_delete(f"{name}.dead")
 
 
+# Each write path of notifier/connection/senders.py -> the NOTIFIER_WRITE_PATH that gives it under uvicorn.
+WRITE_PATH_SETTINGS = {"transport": "auto", "asgi": "asgi"}
+
+
+@pytest.fixture(params=list(WRITE_PATH_SETTINGS))
+def write_path(request: pytest.FixtureRequest) -> str:
+    """Run a socket test once over each write path: frames straight to uvicorn's transport (what `notifier
+    serve` runs) and plain ASGI sends (what any other ASGI server gets), as uvicorn's own suite runs over each of
+    its protocol implementations. Servers the test starts take it, and `connect` checks each client is on it."""
+    path: str = request.param
+    return path
+
+
+def write_path_of(request: pytest.FixtureRequest) -> str | None:
+    """The write path the test asked for with the `write_path` fixture, if it did."""
+    if "write_path" not in request.fixturenames:
+        return None
+    path: str = request.getfixturevalue("write_path")
+    return path
+
+
 @pytest.fixture
-async def start_server(exchange: str) -> AsyncIterator[StartServer]:
+async def start_server(exchange: str, request: pytest.FixtureRequest) -> AsyncIterator[StartServer]:
     """Start real uvicorn servers (our drain-on-shutdown subclass) in this test's event loop."""
     running: list[RunningServer] = []
+    path = write_path_of(request)
 
     async def start(**overrides: Any) -> RunningServer:
+        if path is not None:
+            overrides.setdefault("write_path", WRITE_PATH_SETTINGS[path])
         overrides.setdefault("exchange", exchange)
         overrides.setdefault("dead_letter_exchange", f"{exchange}.dead")
         overrides.setdefault("port", free_port())
@@ -192,9 +216,11 @@ async def server(start_server: StartServer) -> RunningServer:
 
 
 @pytest.fixture
-async def connect() -> AsyncIterator[ConnectClient]:
-    """Open clients; with a `user`, authenticate and check the welcome."""
+async def connect(request: pytest.FixtureRequest) -> AsyncIterator[ConnectClient]:
+    """Open clients; with a `user`, authenticate and check the welcome (and, under the `write_path` fixture,
+    that the server writes to this client on that path)."""
     opened: list[Client] = []
+    path = write_path_of(request)
 
     async def open_client(
         running: RunningServer,
@@ -217,6 +243,9 @@ async def connect() -> AsyncIterator[ConnectClient]:
             await client.send({"type": "auth", "token": token or token_for(user or "", topics)})
             welcome = await client.receive()
             assert welcome["type"] == "welcome", welcome
+            if path is not None:
+                paths = {session.write_path for session in running.node.sessions_of(welcome["user"])}
+                assert paths == {path}, f"{welcome['user']} is written to on {paths}, not on {path}"
         return client
 
     yield open_client

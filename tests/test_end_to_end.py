@@ -7,6 +7,7 @@ import asyncio
 import aio_pika
 import httpx
 import orjson
+import pytest
 import websockets
 
 from tests.support import (
@@ -23,7 +24,11 @@ from tests.support import (
     token_for,
 )
 
+# The core socket tests run over both write paths: uvicorn's transport and plain ASGI sends.
+OVER_BOTH_WRITE_PATHS = pytest.mark.usefixtures("write_path")
 
+
+@OVER_BOTH_WRITE_PATHS
 async def test_welcome_subscribes_personal_topic(server: RunningServer, connect: ConnectClient) -> None:
     client = await connect(server)
     await client.send({"type": "auth", "token": token_for("alice")})
@@ -34,6 +39,7 @@ async def test_welcome_subscribes_personal_topic(server: RunningServer, connect:
     assert isinstance(welcome["expires"], int)
 
 
+@OVER_BOTH_WRITE_PATHS
 async def test_events_from_an_aio_pika_publisher_reach_subscribers(
     server: RunningServer, connect: ConnectClient, publisher: Publisher
 ) -> None:
@@ -52,6 +58,7 @@ async def test_events_from_an_aio_pika_publisher_reach_subscribers(
     assert len(event["id"]) == 32  # assigned by the service when the publisher leaves message_id out
 
 
+@OVER_BOTH_WRITE_PATHS
 async def test_events_published_over_http_reach_subscribers(server: RunningServer, connect: ConnectClient) -> None:
     alice = await connect(server, "alice")
     async with httpx.AsyncClient(base_url=server.http_url) as http:
@@ -66,6 +73,7 @@ async def test_events_published_over_http_reach_subscribers(server: RunningServe
     assert (event["id"], event["data"]) == ("my-id", {"n": 1})
 
 
+@OVER_BOTH_WRITE_PATHS
 async def test_nothing_arrives_for_topics_not_subscribed(
     server: RunningServer, connect: ConnectClient, publisher: Publisher
 ) -> None:
@@ -83,6 +91,7 @@ async def test_nothing_arrives_for_topics_not_subscribed(
     await alice.expect_silence()
 
 
+@OVER_BOTH_WRITE_PATHS
 async def test_unsubscribe_stops_delivery(server: RunningServer, connect: ConnectClient, publisher: Publisher) -> None:
     alice = await connect(server, "alice", topics=["news.*"])
     await alice.subscribe("news.sport")
@@ -93,6 +102,7 @@ async def test_unsubscribe_stops_delivery(server: RunningServer, connect: Connec
     assert (await alice.expect_event())["topic"] == "user.alice"
 
 
+@OVER_BOTH_WRITE_PATHS
 async def test_forbidden_topic_gets_forbidden_error(server: RunningServer, connect: ConnectClient) -> None:
     alice = await connect(server, "alice", topics=["news.*"])
     for topic in ("user.bob", "user.alicex", "news.sport.live", "orders.1"):
@@ -172,6 +182,7 @@ async def test_two_instances_bind_only_their_clients_topics_and_deliver_only_to_
     assert bindings == {}
 
 
+@OVER_BOTH_WRITE_PATHS
 async def test_many_subscribers_of_one_topic_share_one_binding(
     server: RunningServer, connect: ConnectClient, publisher: Publisher
 ) -> None:
@@ -185,6 +196,7 @@ async def test_many_subscribers_of_one_topic_share_one_binding(
     assert server.node.stats.events_in == 1
 
 
+@OVER_BOTH_WRITE_PATHS
 async def test_event_data_passes_through_unchanged(
     server: RunningServer, connect: ConnectClient, publisher: Publisher
 ) -> None:
@@ -196,6 +208,7 @@ async def test_event_data_passes_through_unchanged(
     assert received == values
 
 
+@OVER_BOTH_WRITE_PATHS
 async def test_subscribed_is_sent_only_after_the_binding_exists(
     server: RunningServer, connect: ConnectClient, publisher: Publisher
 ) -> None:
@@ -215,6 +228,7 @@ async def test_readyz_and_healthz(server: RunningServer) -> None:
         assert ready.json() == {"status": "ready"}
 
 
+@OVER_BOTH_WRITE_PATHS
 async def test_amqp_timestamp_becomes_event_ts(
     server: RunningServer, connect: ConnectClient, publisher: Publisher
 ) -> None:
