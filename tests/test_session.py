@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import orjson
@@ -23,6 +24,7 @@ from notifier.limits.admission import Admission
 from notifier.limits.budgets import UserBudgets
 from notifier.settings import Settings
 from notifier.stats import Stats
+from tests.support import Publish, assert_nothing_before_sentinel, wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -366,12 +368,18 @@ async def test_events_the_client_did_not_get_before_the_drop_are_replayed(instan
     _, socket, welcome = await resumed(instance, "alice", session_id, 3)  # its last two were lost in flight
     assert welcome["recovered"] is True
     assert await received_events(socket, 2) == [3, 4]
-    await socket_stays_quiet(socket, 2)
+    await socket_stays_quiet(socket, 2, instance.publish, "user.alice")
 
 
-async def socket_stays_quiet(socket: FakeSocket, events: int) -> None:
-    await asyncio.sleep(0.05)
-    assert len([f for f in socket.frames() if f["type"] == "event"]) == events
+async def socket_stays_quiet(socket: FakeSocket, events: int, publish: Publish, topic: str) -> None:
+    """No event beyond the first `events`: a sentinel published now to `topic` is the next event it gets."""
+
+    async def next_event() -> dict[str, Any]:
+        await received_events(socket, events + 1)
+        frame: dict[str, Any] = [frame for frame in socket.frames() if frame["type"] == "event"][events]
+        return frame
+
+    await assert_nothing_before_sentinel(next_event, publish, topic)
 
 
 async def test_resumed_subscriptions_come_back_and_are_checked_against_the_new_token(instance: Instance) -> None:
@@ -407,7 +415,7 @@ async def test_someone_elses_session_is_never_resumed(instance: Instance) -> Non
     await instance.publish("user.alice", "for alice only")
     _, socket, welcome = await resumed(instance, "mallory", session_id, 0)
     assert (welcome["recovered"], welcome["user"], welcome["topics"]) == (False, "mallory", ["user.mallory"])
-    await socket_stays_quiet(socket, 0)
+    await socket_stays_quiet(socket, 0, instance.publish, "user.mallory")
     _, alice, welcome = await resumed(instance, "alice", session_id, 0)  # still there for its owner
     assert welcome["recovered"] is True
     assert await received_events(alice, 1) == ["for alice only"]
@@ -417,9 +425,8 @@ async def test_past_the_window_the_session_is_gone_and_released() -> None:
     node = Instance(resume_window_s=0.1)
     await node.broker.connect(node.hub.deliver)
     session_id, _ = await dropped_after(node, "alice", 1)
-    await asyncio.sleep(0.3)
-    assert node.directory.parked_count == 0
-    assert node.broker.bound_topics == set()
+    # Once its window (0.1 s) is over, the parked session is ended and its topics released.
+    await wait_until(lambda: node.directory.parked_count == 0 and node.broker.bound_topics == set(), 2)
     _, _, welcome = await resumed(node, "alice", session_id, 1)
     assert welcome["recovered"] is False
 
@@ -435,7 +442,7 @@ async def test_a_parked_session_that_overflows_is_ended_at_once() -> None:
     assert node.broker.bound_topics == set()
     _, socket, welcome = await resumed(node, "alice", session_id, 0)
     assert welcome["recovered"] is False
-    await socket_stays_quiet(socket, 0)
+    await socket_stays_quiet(socket, 0, node.publish, "user.alice")
 
 
 async def test_a_count_the_session_never_reached_is_not_recovered(instance: Instance) -> None:
@@ -549,7 +556,7 @@ async def test_events_during_the_hand_over_come_once_each(pair: tuple[Instance, 
     _, socket, welcome = await resumed(second, "bob", session_id, received)
     assert welcome["recovered"] is True
     assert await received_events(socket, 2) == [2, 3]
-    await socket_stays_quiet(socket, 2)
+    await socket_stays_quiet(socket, 2, partial(publish_to_both, pair), "user.bob")
 
 
 async def test_a_holder_that_does_not_answer_gives_recovered_false(pair: tuple[Instance, Instance]) -> None:
@@ -557,7 +564,7 @@ async def test_a_holder_that_does_not_answer_gives_recovered_false(pair: tuple[I
     session_id, _ = await dropped_after(first, "carol", 1)
     _, socket, welcome = await resumed(second, "carol", session_id.replace("first.", "gone."), 1)
     assert (welcome["recovered"], welcome["topics"]) == (False, ["user.carol"])
-    await socket_stays_quiet(socket, 0)
+    await socket_stays_quiet(socket, 0, partial(publish_to_both, pair), "user.carol")
 
 
 async def test_another_users_token_cannot_take_a_session_from_another_instance(
@@ -568,5 +575,5 @@ async def test_another_users_token_cannot_take_a_session_from_another_instance(
     await publish_to_both(pair, "user.dave", "private")
     _, socket, welcome = await resumed(second, "mallory", session_id, 0)
     assert (welcome["recovered"], welcome["user"]) == (False, "mallory")
-    await socket_stays_quiet(socket, 0)
+    await socket_stays_quiet(socket, 0, partial(publish_to_both, pair), "user.mallory")
     assert first.directory.parked_count == 1  # still there for dave
