@@ -1,4 +1,4 @@
-"""Helpers shared by the test modules: the broker under test, free ports, rabbitmqctl, `notifier` processes.
+"""Helpers shared by the test modules: the broker under test, free ports, rabbitmqctl, servers and clients.
 
 Fixtures live in conftest.py; this module holds plain functions, so no test module imports another.
 """
@@ -8,13 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +34,6 @@ AMQP_URL = os.environ.get("NOTIFIER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.
 SECRET = "test-secret-that-is-long-enough-for-hs256!"
 API_KEY = "test-api-key-0123456789"
 RECEIVE_TIMEOUT_S = 5.0
-PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -113,72 +109,6 @@ async def wait_until(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
-
-
-def clean_env() -> dict[str, str]:
-    """This process's environment without any NOTIFIER_* setting, so a child reads only what a test gives it."""
-    return {key: value for key, value in os.environ.items() if not key.startswith("NOTIFIER_")}
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """`python -m notifier ...` to completion, with a clean environment plus `env`."""
-    return subprocess.run(
-        [PYTHON, "-m", "notifier", *args],
-        env={**clean_env(), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def serve_env(port: int, exchange: str, **extra: str) -> dict[str, str]:
-    """The NOTIFIER_* variables of a `notifier serve` on loopback `port`, on the broker and exchange under test."""
-    return {
-        "NOTIFIER_PORT": str(port),
-        "NOTIFIER_JWT_SECRET": SECRET,
-        "NOTIFIER_AMQP_URL": AMQP_URL,
-        "NOTIFIER_EXCHANGE": exchange,
-        "NOTIFIER_DEAD_LETTER_EXCHANGE": f"{exchange}.dead",
-        "NOTIFIER_QUEUE_EXPIRES_S": "5",
-        **extra,
-    }
-
-
-@asynccontextmanager
-async def running_process(args: list[str], env: dict[str, str], port: int) -> AsyncIterator[asyncio.subprocess.Process]:
-    """Start `python -m notifier ...`, wait for /readyz, and stop it with SIGTERM afterwards."""
-    process = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "notifier",
-        *args,
-        env={**clean_env(), **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with httpx.AsyncClient() as http:
-            for _ in range(200):
-                if process.returncode is not None:
-                    raise AssertionError(f"exited early: {await process.stderr.read()!r}")  # type: ignore[union-attr]
-                try:
-                    if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)  # polling a port that is not open yet: there is no event to await
-            else:
-                raise AssertionError("server did not become ready")
-        yield process
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
 
 
 Publish = Callable[[str, Any], Awaitable[object]]

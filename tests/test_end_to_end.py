@@ -10,6 +10,7 @@ import orjson
 import pytest
 import websockets
 
+from tests.processes import StartNotifier, notifier_env
 from tests.support import (
     API_KEY,
     ConnectClient,
@@ -20,8 +21,6 @@ from tests.support import (
     bindings_of,
     free_port,
     receive_json,
-    running_process,
-    serve_env,
     token_for,
 )
 
@@ -256,17 +255,17 @@ async def test_existing_dead_letter_queue_with_other_limits_is_kept(
 
 
 async def test_restart_after_a_crash_with_a_fixed_instance_id_leaves_no_stale_bindings(
-    start_server: StartServer, connect: ConnectClient, exchange: str
+    start_server: StartServer, connect: ConnectClient, exchange: str, start_notifier: StartNotifier
 ) -> None:
     port = free_port()
-    env = serve_env(port, exchange, NOTIFIER_INSTANCE_ID="fixed", NOTIFIER_QUEUE_EXPIRES_S="60")
-    async with running_process(["serve"], env, port) as process:
-        ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws?token={token_for('alice', ['news.*'])}")
-        assert (await receive_json(ws))["type"] == "welcome"
-        await ws.send('{"type": "subscribe", "topic": "news.old"}')
-        assert (await receive_json(ws))["type"] == "subscribed"
-        process.kill()  # a crash: no drain, no unbinding
-        await process.wait()
+    env = notifier_env(port, exchange, NOTIFIER_INSTANCE_ID="fixed", NOTIFIER_QUEUE_EXPIRES_S="60")
+    process = await start_notifier("serve", env=env, port=port)
+    ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws?token={token_for('alice', ['news.*'])}")
+    assert (await receive_json(ws))["type"] == "welcome"
+    await ws.send('{"type": "subscribe", "topic": "news.old"}')
+    assert (await receive_json(ws))["type"] == "subscribed"
+    process.kill()  # a crash: no drain, no unbinding
+    await process.wait()
     second = await start_server(instance_id="fixed", queue_expires_s=60)
     await connect(second, "bob")
     queue = second.node.broker.queue_name  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ import pytest
 import websockets
 
 from notifier.formats import closecodes
+from tests.processes import StartNotifier, notifier_env
 from tests.support import (
     Client,
     ConnectClient,
@@ -22,8 +23,6 @@ from tests.support import (
     assert_nothing_before_sentinel,
     free_port,
     receive_json,
-    running_process,
-    serve_env,
     token_for,
     wait_until,
 )
@@ -262,15 +261,19 @@ async def test_a_rolling_restart_loses_nothing_for_clients_on_a_steady_feed(
 
 
 async def test_a_crashed_holder_answers_recovered_false_quickly(
-    start_server: StartServer, connect: ConnectClient, publisher: Publisher, exchange: str
+    start_server: StartServer,
+    connect: ConnectClient,
+    publisher: Publisher,
+    exchange: str,
+    start_notifier: StartNotifier,
 ) -> None:
     port = free_port()
-    async with running_process(["serve"], serve_env(port, exchange), port) as process:
-        ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws")
-        await ws.send(orjson.dumps({"type": "auth", "token": token_for("frank")}).decode())
-        welcome = await receive_json(ws)
-        process.kill()  # SIGKILL: no drain, no hand-over
-        await process.wait()
+    process = await start_notifier("serve", env=notifier_env(port, exchange), port=port)
+    ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws")
+    await ws.send(orjson.dumps({"type": "auth", "token": token_for("frank")}).decode())
+    welcome = await receive_json(ws)
+    process.kill()  # SIGKILL: no drain, no hand-over
+    await process.wait()
     survivor = await start_server()
     await publisher.publish("user.frank", "after the crash")
     frank = CountingClient()

@@ -12,14 +12,13 @@ from typing import Any
 import orjson
 import websockets
 
+from tests.processes import StartNotifier, notifier_env
 from tests.support import (
     Publisher,
     assert_nothing_before_sentinel,
     bindings_of,
     free_port,
     receive_json,
-    running_process,
-    serve_env,
     token_for,
     wait_until,
 )
@@ -28,13 +27,17 @@ from tests.support_workers import instance_queues
 QUEUE_EXPIRES_S = 3
 
 
-async def test_three_instances_route_by_topic_and_survive_one_stopping(exchange: str, publisher: Publisher) -> None:
+async def test_three_instances_route_by_topic_and_survive_one_stopping(
+    exchange: str, publisher: Publisher, start_notifier: StartNotifier
+) -> None:
     ports = [free_port() for _ in range(3)]
     async with contextlib.AsyncExitStack() as stack:
         processes = []
         for n, port in enumerate(ports):
-            env = serve_env(port, exchange, NOTIFIER_QUEUE_EXPIRES_S=str(QUEUE_EXPIRES_S), NOTIFIER_INSTANCE_ID=f"i{n}")
-            processes.append(await stack.enter_async_context(running_process(["serve"], env, port)))
+            env = notifier_env(
+                port, exchange, NOTIFIER_QUEUE_EXPIRES_S=str(QUEUE_EXPIRES_S), NOTIFIER_INSTANCE_ID=f"i{n}"
+            )
+            processes.append(await start_notifier("serve", env=env, port=port))
 
         async def client(port: int, user: str, topics: list[str]) -> Any:
             ws = await stack.enter_async_context(
@@ -72,7 +75,7 @@ async def test_three_instances_route_by_topic_and_survive_one_stopping(exchange:
         with contextlib.suppress(websockets.ConnectionClosed):
             await asyncio.wait_for(b.recv(), 10)
         assert b.close_code == 1012
-        assert await asyncio.wait_for(processes[1].wait(), 15) == 0
+        assert await processes[1].wait(15) == 0
         await publisher.publish("shared.all", "after the stop")
         assert (await receive_json(a))["data"] == "after the stop"
         assert (await receive_json(c))["data"] == "after the stop"

@@ -10,8 +10,9 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from notifier.runtime import devstate
-from tests.browser.conftest import Backend, NotifierProcess, notes, sign_in_with_token, subscribe, token_for
+from tests.browser.conftest import Backend, browser_env, notes, sign_in_with_token, subscribe, token_for
 from tests.faults import CuttableProxy
+from tests.processes import NotifierProcess, StartNotifier
 from tests.support import free_port
 
 WAIT_MS = 15_000
@@ -37,7 +38,7 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
 async def test_page_subscribes_and_shows_an_event_published_to_rabbitmq(
     service: NotifierProcess, backend: Backend, page: Page
 ) -> None:
-    await sign_in_with_token(page, service.base_url, token_for("alice", ["news.#"]))
+    await sign_in_with_token(page, service.http_url, token_for("alice", ["news.#"]))
     await expect(page.locator("#who")).to_contain_text("alice")
     await expect(page.locator('.sub[data-topic="user.alice"]')).to_have_attribute("data-status", "subscribed")
     await subscribe(page, "news.sport")
@@ -54,7 +55,7 @@ async def test_page_subscribes_and_shows_an_event_published_to_rabbitmq(
 
 
 async def test_forbidden_topic_is_refused_with_its_code(service: NotifierProcess, page: Page) -> None:
-    await sign_in_with_token(page, service.base_url, token_for("alice", ["news.#"]))
+    await sign_in_with_token(page, service.http_url, token_for("alice", ["news.#"]))
     await page.fill("#topic", "user.bob")
     await page.press("#topic", "Enter")
     await expect(page.locator("#subscribe-error")).to_have_attribute("data-code", "forbidden")
@@ -64,7 +65,7 @@ async def test_forbidden_topic_is_refused_with_its_code(service: NotifierProcess
 async def test_page_reconnects_after_a_restart_resubscribes_and_shows_the_next_event(
     service: NotifierProcess, backend: Backend, page: Page
 ) -> None:
-    await sign_in_with_token(page, service.base_url, token_for("alice", ["news.#"]))
+    await sign_in_with_token(page, service.http_url, token_for("alice", ["news.#"]))
     await subscribe(page, "news.sport")
     await backend.publish("news.sport", {"title": "before the restart"})
     await expect(notes(page, "news.sport")).to_have_count(1)
@@ -90,8 +91,8 @@ async def test_a_page_never_shows_another_users_events(
     try:
         alice = await alice_context.new_page()
         bob = await bob_context.new_page()
-        await sign_in_with_token(alice, service.base_url, token_for("alice"))
-        await sign_in_with_token(bob, service.base_url, token_for("bob"))
+        await sign_in_with_token(alice, service.http_url, token_for("alice"))
+        await sign_in_with_token(bob, service.http_url, token_for("bob"))
 
         # Both events go through one queue in order: once Alice has her later event, Bob's earlier one would
         # have reached her already if it were going to.
@@ -110,13 +111,13 @@ async def test_a_page_never_shows_another_users_events(
 
 
 async def test_demo_page_in_dev_mode_signs_in_subscribes_and_publishes(
-    exchange_name: str, page: Page, tmp_path: Path
+    exchange: str, page: Page, start_notifier: StartNotifier
 ) -> None:
     """`notifier dev --amqp`: the page mints its own token and publishes through the service. Saves docs/demo.png."""
-    dev = NotifierProcess("dev", free_port(), exchange_name, tmp_path / "notifier.log", extra_args=("--amqp",))
-    await dev.start()
+    port = free_port()
+    dev = await start_notifier("dev", "--amqp", env=browser_env(port, exchange), port=port)
     try:
-        await page.goto(dev.base_url + "/")
+        await page.goto(dev.http_url + "/")
         await page.fill("#user", "ada")
         await page.fill("#patterns", "news.#, team.7.*")
         await page.click("#connect")
@@ -142,7 +143,7 @@ async def test_demo_page_in_dev_mode_signs_in_subscribes_and_publishes(
         await page.screenshot(path=str(SCREENSHOT), animations="disabled")
     finally:
         await dev.stop()
-    assert not devstate.state_path(dev.port).exists(), "notifier dev removes the state it left for the CLI"
+    assert not devstate.state_path(port).exists(), "notifier dev removes the state it left for the CLI"
 
 
 async def test_a_long_lived_page_renews_its_token_and_keeps_one_connection(
@@ -156,7 +157,7 @@ async def test_a_long_lived_page_renews_its_token_and_keeps_one_connection(
         return minted[-1]
 
     await page.expose_function("mintShortToken", mint_short_token)
-    await page.goto(service.base_url + "/")
+    await page.goto(service.http_url + "/")
     await page.evaluate(
         """async () => {
             const { NotifierClient } = await import('/static/notifier.js');
