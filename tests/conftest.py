@@ -11,13 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +25,9 @@ from websockets.typing import Origin
 
 from notifier.instance.node import Node
 from tests.faults import CuttableProxy
+from tests.processes import NOTIFIER, NotifierProcess, StartNotifier, notifier_env
 from tests.support import (
     AMQP_URL,
-    API_KEY,
-    SECRET,
     Client,
     ConnectClient,
     Publisher,
@@ -41,7 +37,7 @@ from tests.support import (
     make_settings,
     token_for,
 )
-from tests.support_workers import SHUTDOWN_TIMEOUT_S, Service, delete_queues, group_alive, instance_queues
+from tests.support_workers import Service, StartService, delete_queues, instance_queues
 
 # Tiers that keep a test out of `unit`: it needs a service, a program installed, the network, or minutes.
 NOT_UNIT = ("rabbitmq", "browser", "nginx", "cluster", "loopback", "slow")
@@ -155,12 +151,36 @@ async def exchange(rabbitmq: str) -> AsyncIterator[str]:
         await channel.queue_delete(f"{name}.dead")
 
 
+# Each write path of notifier/connection/senders.py -> the NOTIFIER_WRITE_PATH that gives it under uvicorn.
+WRITE_PATH_SETTINGS = {"transport": "auto", "asgi": "asgi"}
+
+
+@pytest.fixture(params=list(WRITE_PATH_SETTINGS))
+def write_path(request: pytest.FixtureRequest) -> str:
+    """Run a socket test once over each write path: frames straight to uvicorn's transport (what `notifier
+    serve` runs) and plain ASGI sends (what any other ASGI server gets), as uvicorn's own suite runs over each of
+    its protocol implementations. Servers the test starts take it, and `connect` checks each client is on it."""
+    path: str = request.param
+    return path
+
+
+def write_path_of(request: pytest.FixtureRequest) -> str | None:
+    """The write path the test asked for with the `write_path` fixture, if it did."""
+    if "write_path" not in request.fixturenames:
+        return None
+    path: str = request.getfixturevalue("write_path")
+    return path
+
+
 @pytest.fixture
-async def start_server(exchange: str) -> AsyncIterator[StartServer]:
+async def start_server(exchange: str, request: pytest.FixtureRequest) -> AsyncIterator[StartServer]:
     """Start real uvicorn servers (our drain-on-shutdown subclass) in this test's event loop."""
     running: list[RunningServer] = []
+    path = write_path_of(request)
 
     async def start(**overrides: Any) -> RunningServer:
+        if path is not None:
+            overrides.setdefault("write_path", WRITE_PATH_SETTINGS[path])
         overrides.setdefault("exchange", exchange)
         overrides.setdefault("dead_letter_exchange", f"{exchange}.dead")
         overrides.setdefault("port", free_port())
@@ -192,9 +212,11 @@ async def server(start_server: StartServer) -> RunningServer:
 
 
 @pytest.fixture
-async def connect() -> AsyncIterator[ConnectClient]:
-    """Open clients; with a `user`, authenticate and check the welcome."""
+async def connect(request: pytest.FixtureRequest) -> AsyncIterator[ConnectClient]:
+    """Open clients; with a `user`, authenticate and check the welcome (and, under the `write_path` fixture,
+    that the server writes to this client on that path)."""
     opened: list[Client] = []
+    path = write_path_of(request)
 
     async def open_client(
         running: RunningServer,
@@ -217,6 +239,9 @@ async def connect() -> AsyncIterator[ConnectClient]:
             await client.send({"type": "auth", "token": token or token_for(user or "", topics)})
             welcome = await client.receive()
             assert welcome["type"] == "welcome", welcome
+            if path is not None:
+                paths = {session.write_path for session in running.node.sessions_of(welcome["user"])}
+                assert paths == {path}, f"{welcome['user']} is written to on {paths}, not on {path}"
         return client
 
     yield open_client
@@ -235,50 +260,57 @@ async def publisher(rabbitmq: str, exchange: str) -> AsyncIterator[Publisher]:
 
 
 @pytest.fixture
-def start_service(exchange: str, tmp_path: Path) -> Iterator[Any]:
+async def start_notifier(tmp_path: Path) -> AsyncIterator[StartNotifier]:
+    """Start processes running notifier (tests/processes.py), their output under the test's tmp_path; each
+    is stopped, and its whole process group killed, when the test is over."""
+    started: list[NotifierProcess] = []
+
+    async def start(
+        *args: str,
+        env: Mapping[str, str],
+        port: int,
+        ready: bool = True,
+        command: Sequence[str] = NOTIFIER,
+        cwd: Path | None = None,
+    ) -> NotifierProcess:
+        log_path = tmp_path / f"{args[0] if args else Path(command[0]).name}-{len(started)}.log"
+        process = NotifierProcess(args, env, log_path, port, command=command, cwd=cwd)
+        started.append(process)
+        await process.start(ready=ready)
+        return process
+
+    yield start
+    for process in started:
+        await process.end()
+
+
+@pytest.fixture
+async def start_service(exchange: str, start_notifier: StartNotifier) -> AsyncIterator[StartService]:
+    """Start `notifier serve ...` as an operator runs it (JSON logs, often with --workers), without waiting
+    for it: tests wait for what they need (its instance queues). Its queues are deleted afterwards."""
     started: list[Service] = []
 
-    def start(*args: str, **extra_env: str) -> Service:
+    async def start(*args: str, **extra_env: str) -> Service:
         port = free_port()
-        env = {
-            **{key: value for key, value in os.environ.items() if not key.startswith("NOTIFIER_")},
-            "NOTIFIER_HOST": "127.0.0.1",
-            "NOTIFIER_PORT": str(port),
-            "NOTIFIER_AMQP_URL": AMQP_URL,
-            "NOTIFIER_EXCHANGE": exchange,
-            "NOTIFIER_DEAD_LETTER_EXCHANGE": f"{exchange}.dead",
-            "NOTIFIER_JWT_SECRET": SECRET,
-            "NOTIFIER_API_KEYS": API_KEY,
-            "NOTIFIER_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
-            "NOTIFIER_QUEUE_EXPIRES_S": "5",
-            "NOTIFIER_LOG_FORMAT": "json",
+        env = notifier_env(
+            port,
+            exchange,
+            NOTIFIER_LOG_FORMAT="json",
             # Every test client comes from 127.0.0.1: the per-address limits are tested on their own (test_abuse).
-            "NOTIFIER_MAX_CONNECTIONS_PER_ADDRESS": "100000",
-            "NOTIFIER_NEW_CONNECTIONS_PER_S_PER_ADDRESS": "100000",
-            "NOTIFIER_NEW_CONNECTIONS_BURST_PER_ADDRESS": "100000",
-            "NOTIFIER_MAX_UNAUTHENTICATED_CONNECTIONS": "100000",
+            NOTIFIER_MAX_CONNECTIONS_PER_ADDRESS="100000",
+            NOTIFIER_NEW_CONNECTIONS_PER_S_PER_ADDRESS="100000",
+            NOTIFIER_NEW_CONNECTIONS_BURST_PER_ADDRESS="100000",
+            NOTIFIER_MAX_UNAUTHENTICATED_CONNECTIONS="100000",
             **extra_env,
-        }
-        log_path = tmp_path / f"notifier-{len(started)}.log"
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "notifier", "serve", *args],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # its own process group, so the test can see that every worker ended
-            )
-        service = Service(process, env, log_path, port, exchange)
+        )
+        service = Service(await start_notifier("serve", *args, env=env, port=port, ready=False), exchange)
         started.append(service)
         return service
 
     yield start
     for service in started:
-        if group_alive(service.process.pid):
-            os.killpg(service.process.pid, signal.SIGKILL)
-        service.process.wait(10)
-        asyncio.run(delete_queues(service.seen_queues | instance_queues(exchange)))
+        await service.process.end()
+        await delete_queues(service.seen_queues | await asyncio.to_thread(instance_queues, exchange))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Helpers shared by the test modules: the broker under test, free ports, rabbitmqctl, `notifier` processes.
+"""Helpers shared by the test modules: the broker under test, free ports, rabbitmqctl, servers and clients.
 
 Fixtures live in conftest.py; this module holds plain functions, so no test module imports another.
 """
@@ -8,12 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import subprocess
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,6 @@ AMQP_URL = os.environ.get("NOTIFIER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.
 SECRET = "test-secret-that-is-long-enough-for-hs256!"
 API_KEY = "test-api-key-0123456789"
 RECEIVE_TIMEOUT_S = 5.0
-PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -114,70 +111,24 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
-def clean_env() -> dict[str, str]:
-    """This process's environment without any NOTIFIER_* setting, so a child reads only what a test gives it."""
-    return {key: value for key, value in os.environ.items() if not key.startswith("NOTIFIER_")}
+Publish = Callable[[str, Any], Awaitable[object]]
+"""Publishes `data` to a topic: `Publisher.publish`, or any other way a test sends events."""
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """`python -m notifier ...` to completion, with a clean environment plus `env`."""
-    return subprocess.run(
-        [PYTHON, "-m", "notifier", *args],
-        env={**clean_env(), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+async def assert_nothing_before_sentinel(
+    receive: Callable[[], Awaitable[dict[str, Any]]], publish: Publish, topic: str
+) -> None:
+    """Assert that nothing more arrives: publish a sentinel event to `topic` (one the receiver holds, on the path
+    of what must not arrive) and check that the next frame `receive` gives is that sentinel alone.
 
-
-def serve_env(port: int, exchange: str, **extra: str) -> dict[str, str]:
-    """The NOTIFIER_* variables of a `notifier serve` on loopback `port`, on the broker and exchange under test."""
-    return {
-        "NOTIFIER_PORT": str(port),
-        "NOTIFIER_JWT_SECRET": SECRET,
-        "NOTIFIER_AMQP_URL": AMQP_URL,
-        "NOTIFIER_EXCHANGE": exchange,
-        "NOTIFIER_DEAD_LETTER_EXCHANGE": f"{exchange}.dead",
-        "NOTIFIER_QUEUE_EXPIRES_S": "5",
-        **extra,
-    }
-
-
-@asynccontextmanager
-async def running_process(args: list[str], env: dict[str, str], port: int) -> AsyncIterator[asyncio.subprocess.Process]:
-    """Start `python -m notifier ...`, wait for /readyz, and stop it with SIGTERM afterwards."""
-    process = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "notifier",
-        *args,
-        env={**clean_env(), **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with httpx.AsyncClient() as http:
-            for _ in range(200):
-                if process.returncode is not None:
-                    raise AssertionError(f"exited early: {await process.stderr.read()!r}")  # type: ignore[union-attr]
-                try:
-                    if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)  # polling a port that is not open yet: there is no event to await
-            else:
-                raise AssertionError("server did not become ready")
-        yield process
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+    Whatever was still on its way is ahead of the sentinel, so this waits no fixed time and cannot pass because
+    delivery was merely slow: it fails on a frame that arrives, and times out if the sentinel does not.
+    """
+    sentinel = {"sentinel": uuid.uuid4().hex}
+    await publish(topic, sentinel)
+    frame = await receive()
+    received = (frame.get("type"), frame.get("topic"), frame.get("data"))
+    assert received == ("event", topic, sentinel), f"expected nothing before the sentinel on {topic}, got {frame}"
 
 
 async def receive_json(ws: Any, timeout: float = 5) -> dict[str, Any]:
@@ -252,6 +203,19 @@ class RunningServer:
 StartServer = Callable[..., Awaitable[RunningServer]]
 
 
+def publish_over_http(running: RunningServer) -> Publish:
+    """Publishes through `running`'s HTTP API (POST /api/publish), as a backend without aio-pika does."""
+
+    async def publish(topic: str, data: Any) -> None:
+        async with httpx.AsyncClient(base_url=running.http_url, timeout=5) as http:
+            response = await http.post(
+                "/api/publish", json={"topic": topic, "data": data}, headers={"Authorization": f"Bearer {API_KEY}"}
+            )
+        assert response.status_code == 202, response.text
+
+    return publish
+
+
 class Client:
     """A browser-like WebSocket client that speaks the protocol in JSON."""
 
@@ -283,11 +247,6 @@ class Client:
         if topic is not None:
             assert frame["topic"] == topic, frame
         return frame
-
-    async def expect_silence(self, seconds: float = 0.5) -> None:
-        with contextlib.suppress(TimeoutError):
-            frame = await self.receive(seconds)
-            raise AssertionError(f"expected no frame, got {frame}")
 
     async def expect_close(self, code: int, timeout: float = RECEIVE_TIMEOUT_S) -> None:
         """Read until the server closes; assert its close code."""

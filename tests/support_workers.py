@@ -3,22 +3,19 @@ clients. The `start_service` fixture is in conftest.py."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
 import os
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aio_pika
 import websockets
 
+from tests.processes import START_TIMEOUT_S, NotifierProcess
 from tests.support import AMQP_URL, Client, Publisher, rabbitmqctl_rows, token_for
-
-SHUTDOWN_TIMEOUT_S = 3.0
-START_TIMEOUT_S = 30.0
 
 
 def instance_queues(exchange: str) -> set[str]:
@@ -33,26 +30,22 @@ def queue_of_topic(exchange: str) -> dict[str, str]:
 
 @dataclass
 class Service:
-    """A `notifier serve` process group, its environment and its JSON log."""
+    """A `notifier serve` process group (started by the `start_service` fixture), its exchange and its JSON log."""
 
-    process: subprocess.Popen[bytes]
-    env: dict[str, str]
-    log_path: Path
-    port: int
+    process: NotifierProcess
     exchange: str
     seen_queues: set[str] = field(default_factory=set)
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return self.process.ws_url
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.process.http_url
 
     def log(self) -> list[dict[str, Any]]:
-        lines = self.log_path.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
+        return self.process.log_records()
 
     def worker_pids(self) -> list[int]:
         return [entry["pid"] for entry in self.log() if entry["event"] == "worker_started"]
@@ -60,17 +53,23 @@ class Service:
     def live_worker_pids(self) -> set[int]:
         return {pid for pid in self.worker_pids() if alive(pid)}
 
-    def wait_for_queues(self, count: int, *, besides: set[str] | None = None) -> set[str]:
-        """Wait until `count` instance queues exist that are not in `besides`."""
+    async def wait_for_queues(self, count: int, *, besides: set[str] | None = None) -> set[str]:
+        """Wait until `count` instance queues exist that are not in `besides` (RabbitMQ's view: polled)."""
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
-            assert self.process.poll() is None, self.log_path.read_text()
-            queues = instance_queues(self.exchange) - (besides or set())
+            assert self.process.returncode is None, self.process.logs()
+            queues = await asyncio.to_thread(instance_queues, self.exchange) - (besides or set())
             self.seen_queues |= queues
             if len(queues) >= count:
                 return queues
             assert time.monotonic() < deadline, f"{len(queues)} of {count} instance queues after {START_TIMEOUT_S}s"
-            time.sleep(0.3)
+            await asyncio.sleep(0.3)
+
+
+class StartService(Protocol):
+    """The `start_service` fixture: `notifier serve *args` with the NOTIFIER_* variables `extra_env` added."""
+
+    async def __call__(self, *args: str, **extra_env: str) -> Service: ...
 
 
 def alive(pid: int) -> bool:
@@ -82,14 +81,6 @@ def alive(pid: int) -> bool:
         # A zombie has exited; it only waits for its parent to collect it.
         if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
             return False
-    return True
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
     return True
 
 

@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import select
-import signal
 import socket
 import time
 from typing import Any
@@ -19,13 +18,12 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from notifier.formats import closecodes
+from tests.processes import StartNotifier, notifier_env
 from tests.support import (
     ConnectClient,
     RunningServer,
     StartServer,
     free_port,
-    running_process,
-    serve_env,
     token_for,
     wait_until,
 )
@@ -174,23 +172,24 @@ def send_and_read_close(port: int, payload: bytes, path: str = "/ws") -> int | N
     return None
 
 
-async def test_invalid_utf8_is_closed_with_1007_and_logged_as_one_short_line_without_the_token(exchange: str) -> None:
+async def test_invalid_utf8_is_closed_with_1007_and_logged_as_one_short_line_without_the_token(
+    exchange: str, start_notifier: StartNotifier
+) -> None:
     port = free_port()
     token = token_for("alice")
     percent_encoded_name = "%74oken"  # "token", as a proxy might pass it on
-    async with running_process(["serve"], serve_env(port, exchange), port) as process:
+    process = await start_notifier("serve", env=notifier_env(port, exchange), port=port)
 
-        def attack() -> list[int | None]:
-            codes = [send_and_read_close(port, b'{"type": "auth", "token": "' + token.encode() + b'"}\xff')]
-            query = f"/ws?{percent_encoded_name}={token}&x=1"
-            codes.append(send_and_read_close(port, b"\xff", path=query))
-            codes += [send_and_read_close(port, b"a" * 60_000 + b"\xff") for _ in range(30)]
-            return codes
+    def attack() -> list[int | None]:
+        codes = [send_and_read_close(port, b'{"type": "auth", "token": "' + token.encode() + b'"}\xff')]
+        query = f"/ws?{percent_encoded_name}={token}&x=1"
+        codes.append(send_and_read_close(port, b"\xff", path=query))
+        codes += [send_and_read_close(port, b"a" * 60_000 + b"\xff") for _ in range(30)]
+        return codes
 
-        codes = await asyncio.to_thread(attack)
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), 15)
-        logs = (await process.stderr.read()).decode()  # type: ignore[union-attr]
+    codes = await asyncio.to_thread(attack)
+    await process.stop()
+    logs = process.logs()
     assert codes == [1007] * 32
     assert token.split(".")[2] not in logs  # not the signature, let alone the whole token
     records = [json.loads(line) for line in logs.splitlines() if line.strip()]

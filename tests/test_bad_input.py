@@ -13,8 +13,7 @@ import websockets
 from notifier.formats import closecodes
 from tests.support import SECRET, Client, ConnectClient, Publisher, RunningServer, StartServer, token_for, wait_until
 
-# Socket-level tests run over both write paths: uvicorn's transport and plain ASGI sends.
-WRITE_PATHS = ["auto", "asgi"]
+# The slow-client tests run over both write paths (the `write_path` fixture): uvicorn's transport and plain ASGI.
 
 
 @pytest.fixture
@@ -268,11 +267,10 @@ async def test_same_origin_page_is_allowed_without_a_list(start_server: StartSer
         assert refused.value.response.status_code == 403, foreign
 
 
-@pytest.mark.parametrize("write_path", WRITE_PATHS)
 async def test_slow_client_is_closed_and_others_keep_receiving(
     start_server: StartServer, connect: ConnectClient, publisher: Publisher, write_path: str
 ) -> None:
-    running = await start_server(send_queue_size=8, write_path=write_path)
+    running = await start_server(send_queue_size=8)
     fast = await connect(running, "fast", topics=["firehose"])
     await fast.subscribe("firehose")
     slow = await connect(running, "slow", topics=["firehose"])
@@ -351,11 +349,10 @@ async def test_frames_the_websocket_layer_refuses_close_with_its_code(
     await assert_bystander_served(bystander, publisher)
 
 
-@pytest.mark.parametrize("write_path", WRITE_PATHS)
 async def test_a_client_that_never_reads_again_is_dropped_after_its_close(
     start_server: StartServer, connect: ConnectClient, publisher: Publisher, write_path: str
 ) -> None:
-    running = await start_server(send_queue_size=4, write_path=write_path)
+    running = await start_server(send_queue_size=4)
     stalled = await connect(running, "stalled", topics=["firehose"])
     await stalled.subscribe("firehose")
     stalled.ws.transport.pause_reading()  # and never resumes
@@ -368,7 +365,7 @@ async def test_a_client_that_never_reads_again_is_dropped_after_its_close(
     # It cannot take even the close frame; the session lets go of it after the grace period. On the transport
     # path the socket is dropped too; over plain ASGI, closing the socket is the server's business.
     connections = running.server.server_state.connections
-    if write_path == "auto":
+    if write_path == "transport":
         await wait_until(lambda: not running.node.sessions and not connections, 15)
     else:
         await wait_until(lambda: not running.node.sessions, 15)

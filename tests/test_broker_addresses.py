@@ -10,7 +10,8 @@ from yarl import URL
 
 from notifier.broker.failover import NodeAddresses, describe_connect_failure
 from notifier.settings import split_amqp_urls
-from tests.support import AMQP_URL, StartServer, amqp_url_through, free_port, run_cli, wait_until
+from tests.processes import run_cli
+from tests.support import AMQP_URL, StartServer, amqp_url_through, free_port, wait_until
 
 NODE_1 = "amqp://u:p@rabbit1:5672/"
 NODE_2 = "amqp://u:p@rabbit2:5673/prod"

@@ -19,6 +19,7 @@ from tests.support import (
     RunningServer,
     StartServer,
     amqp_url_through,
+    assert_nothing_before_sentinel,
     bindings_of,
     rabbitmqctl,
     wait_until,
@@ -209,7 +210,7 @@ async def test_queue_overflow_dead_letters_the_oldest(
     proxy.restore()
     received = [(await alice.expect_event("user.alice", timeout=20))["data"] for _ in range(5)]
     assert received == [7, 8, 9, 10, 11]  # the newest five, in order
-    await alice.expect_silence()
+    await assert_nothing_before_sentinel(alice.receive, publisher.publish, "user.alice")
 
     channel = await publisher.connection.channel()
     dead_queue = await channel.declare_queue(f"{exchange}.dead", passive=True)

@@ -8,20 +8,13 @@ import pytest
 from notifier.formats import closecodes
 from notifier.limits import budgets
 from notifier.limits.budgets import UserBudgets
+from tests.fakes import FakeClock
 from tests.support import ConnectClient, StartServer, token_for, wait_until
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.unit
 def test_operations_refill_at_the_rate_and_are_per_user() -> None:
-    clock = Clock()
+    clock = FakeClock()
     user_budgets = UserBudgets(operations_per_s=2, operations_burst=3, max_topics=10, clock=clock)
     assert [user_budgets.spend("alice") for _ in range(4)] == [True, True, True, False]
     assert user_budgets.spend("bob")
@@ -31,7 +24,7 @@ def test_operations_refill_at_the_rate_and_are_per_user() -> None:
 
 @pytest.mark.unit
 def test_distinct_topics_are_counted_across_connections() -> None:
-    user_budgets = UserBudgets(operations_per_s=1, operations_burst=1, max_topics=2, clock=Clock())
+    user_budgets = UserBudgets(operations_per_s=1, operations_burst=1, max_topics=2, clock=FakeClock())
     assert user_budgets.hold("alice", "a")
     assert user_budgets.hold("alice", "a")  # a second connection on the same topic costs no new topic
     assert user_budgets.hold("alice", "b")
@@ -46,7 +39,7 @@ def test_distinct_topics_are_counted_across_connections() -> None:
 @pytest.mark.unit
 def test_idle_users_are_forgotten_past_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(budgets, "MAX_IDLE_USERS", 100)
-    user_budgets = UserBudgets(operations_per_s=1, operations_burst=5, max_topics=5, clock=Clock())
+    user_budgets = UserBudgets(operations_per_s=1, operations_burst=5, max_topics=5, clock=FakeClock())
     assert user_budgets.hold("holder", "t")
     for number in range(1000):
         user_budgets.spend(f"user{number}")

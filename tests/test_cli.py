@@ -18,18 +18,8 @@ import pytest
 import websockets
 
 from notifier.formats.events import TIMESTAMP_MS_HEADER
-from tests.support import (
-    AMQP_URL,
-    API_KEY,
-    SECRET,
-    StartServer,
-    free_port,
-    receive_json,
-    run_cli,
-    running_process,
-    serve_env,
-    token_for,
-)
+from tests.processes import StartNotifier, notifier_env, run_cli
+from tests.support import AMQP_URL, API_KEY, SECRET, StartServer, free_port, receive_json, token_for
 
 
 def test_help_lists_the_commands() -> None:
@@ -75,41 +65,41 @@ def test_token_command_refuses_bad_input() -> None:
 
 
 @pytest.mark.loopback
-async def test_dev_mode_and_publish_work_with_no_flags() -> None:
+async def test_dev_mode_and_publish_work_with_no_flags(start_notifier: StartNotifier) -> None:
     port = free_port()
     env = {"NOTIFIER_PORT": str(port)}
-    async with running_process(["dev"], env, port) as process:
-        banner = b""
-        while b"Publish:" not in banner:
-            banner += await asyncio.wait_for(process.stdout.readline(), 5)  # type: ignore[union-attr]
-        token = re.search(rb"(eyJ[\w-]+\.[\w-]+\.[\w-]+)", banner)
-        assert token is not None, banner
-        async with websockets.connect(f"ws://127.0.0.1:{port}/ws?token={token.group(1).decode()}") as ws:
-            welcome = await receive_json(ws)
-            assert welcome["user"] == "demo"
-            result = await asyncio.to_thread(run_cli, "publish", "user.demo", '{"hello": "world"}', env=env)
-            assert result.returncode == 0, result.stderr
-            event = await receive_json(ws)
-            assert event["data"] == {"hello": "world"}
-            assert event["id"] == json.loads(result.stdout)["id"]
+    process = await start_notifier("dev", env=notifier_env(**env), port=port)
+    banner = process.output()  # printed, and flushed, before it listens
+    token = re.search(r"(eyJ[\w-]+\.[\w-]+\.[\w-]+)", banner)
+    assert token is not None, banner
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws?token={token.group(1)}") as ws:
+        welcome = await receive_json(ws)
+        assert welcome["user"] == "demo"
+        result = await asyncio.to_thread(run_cli, "publish", "user.demo", '{"hello": "world"}', env=env)
+        assert result.returncode == 0, result.stderr
+        event = await receive_json(ws)
+        assert event["data"] == {"hello": "world"}
+        assert event["id"] == json.loads(result.stdout)["id"]
 
 
-async def test_serve_logs_json_never_logs_the_token_and_stops_with_1012(exchange: str) -> None:
+async def test_serve_logs_json_never_logs_the_token_and_stops_with_1012(
+    exchange: str, start_notifier: StartNotifier
+) -> None:
     port = free_port()
     token = token_for("alice")
-    async with running_process(["serve"], serve_env(port, exchange), port) as process:
-        ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws?token={token}")
-        assert (await receive_json(ws))["type"] == "welcome"
-        await ws.send('{"type": "auth", "token": "' + token + '"}')  # a second auth: answered, never logged
-        assert (await receive_json(ws))["code"] == "bad_request"
-        started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        with suppress(websockets.ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), 10)
-        assert ws.close_code == 1012
-        assert await asyncio.wait_for(process.wait(), 15) == 0
-        assert time.monotonic() - started < 10
-        logs = (await process.stderr.read()).decode()  # type: ignore[union-attr]
+    process = await start_notifier("serve", env=notifier_env(port, exchange), port=port)
+    ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws?token={token}")
+    assert (await receive_json(ws))["type"] == "welcome"
+    await ws.send('{"type": "auth", "token": "' + token + '"}')  # a second auth: answered, never logged
+    assert (await receive_json(ws))["code"] == "bad_request"
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    with suppress(websockets.ConnectionClosed):
+        await asyncio.wait_for(ws.recv(), 10)
+    assert ws.close_code == 1012
+    assert await process.wait(15) == 0
+    assert time.monotonic() - started < 10
+    logs = process.logs()
     assert token not in logs
     assert token.split(".")[2] not in logs  # not even the signature
     lines = [line for line in logs.splitlines() if line.strip()]
@@ -121,11 +111,11 @@ async def test_serve_logs_json_never_logs_the_token_and_stops_with_1012(exchange
     assert authenticated["conn"]
 
 
-async def test_publish_straight_to_rabbitmq(exchange: str) -> None:
+async def test_publish_straight_to_rabbitmq(exchange: str, start_notifier: StartNotifier) -> None:
     port = free_port()
-    env = serve_env(port, exchange)
-    url = f"ws://127.0.0.1:{port}/ws?token={token_for('alice')}"
-    async with running_process(["serve"], env, port), websockets.connect(url) as ws:
+    env = notifier_env(port, exchange)
+    await start_notifier("serve", env=env, port=port)
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws?token={token_for('alice')}") as ws:
         assert (await receive_json(ws))["type"] == "welcome"
         result = await asyncio.to_thread(run_cli, "publish", "--amqp", "--id", "e-1", "user.alice", "[true]", env=env)
         assert result.returncode == 0, result.stderr
@@ -206,19 +196,19 @@ def test_a_short_api_key_is_a_clear_config_error() -> None:
     assert "at least 16 characters" in result.stderr
 
 
-async def test_serve_without_allowed_origins_warns_and_lets_its_own_demo_page_connect(exchange: str) -> None:
+async def test_serve_without_allowed_origins_warns_and_lets_its_own_demo_page_connect(
+    exchange: str, start_notifier: StartNotifier
+) -> None:
     port = free_port()
-    env = serve_env(port, exchange, NOTIFIER_DEMO_PAGE="true")
-    async with running_process(["serve"], env, port) as process:
-        async with httpx.AsyncClient() as http:
-            assert (await http.get(f"http://127.0.0.1:{port}/")).status_code == 200  # the demo page is served
-        page_origin = f"http://127.0.0.1:{port}"
-        async with websockets.connect(f"ws://127.0.0.1:{port}/ws", origin=page_origin) as ws:  # type: ignore[arg-type]
-            await ws.send(orjson.dumps({"type": "auth", "token": token_for("alice")}).decode())
-            assert (await receive_json(ws))["type"] == "welcome"
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), 15)
-        logs = (await process.stderr.read()).decode()  # type: ignore[union-attr]
+    process = await start_notifier("serve", env=notifier_env(port, exchange, NOTIFIER_DEMO_PAGE="true"), port=port)
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"http://127.0.0.1:{port}/")).status_code == 200  # the demo page is served
+    page_origin = f"http://127.0.0.1:{port}"
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws", origin=page_origin) as ws:  # type: ignore[arg-type]
+        await ws.send(orjson.dumps({"type": "auth", "token": token_for("alice")}).decode())
+        assert (await receive_json(ws))["type"] == "welcome"
+    await process.stop()
+    logs = process.logs()
     warning = next(json.loads(line) for line in logs.splitlines() if "allowed_origins_empty" in line)
     assert warning["level"] == "warning"
     assert "NOTIFIER_ALLOWED_ORIGINS" in warning["hint"]

@@ -29,6 +29,7 @@ from packaging.version import Version
 from notifier.runtime.workers import shutdown_bound_s
 from notifier.settings import Settings
 from tests.dockerfile import DOCKERFILE, Stage, stages
+from tests.processes import StartNotifier, run_command
 from tests.support import AMQP_URL, SECRET, free_port
 from tests.test_dependencies import pins
 
@@ -205,7 +206,7 @@ def test_the_image_holds_the_pinned_versions(installed: Installed) -> None:
 
 @pytest.mark.slow
 async def test_the_image_cmd_serves_health_and_readiness_and_stops_on_sigterm(
-    installed: Installed, exchange: str
+    installed: Installed, exchange: str, start_notifier: StartNotifier
 ) -> None:
     port = free_port()
     env = installed.env(
@@ -221,50 +222,26 @@ async def test_the_image_cmd_serves_health_and_readiness_and_stops_on_sigterm(
     values = {k[9:].lower(): v for k, v in env.items() if k.startswith("NOTIFIER_")}
     settings = Settings(_env_file=None, **values)  # type: ignore[call-arg,arg-type]
     healthcheck = installed.command(installed.final.exec_form("HEALTHCHECK"))
-    process = await asyncio.create_subprocess_exec(
-        *installed.command(installed.final.exec_form("CMD")),
-        env=env,
-        cwd="/",
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    # The image's environment as it is, not this process's: the launcher is given the whole of it.
+    process = await start_notifier(
+        env=env, port=port, command=installed.command(installed.final.exec_form("CMD")), cwd=Path("/")
     )
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as http:
-            deadline = time.monotonic() + 30
-            while True:
-                assert process.returncode is None, (await process.stderr.read()).decode()  # type: ignore[union-attr]
-                try:
-                    if (await http.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "not ready within 30 s"
-                await asyncio.sleep(0.2)
-            health = await http.get("/healthz")
-            assert health.status_code == 200 and health.json() == {"status": "ok"}
-            assert (await http.get("/readyz")).json() == {"status": "ready"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as http:
+        health = await http.get("/healthz")
+        assert health.status_code == 200 and health.json() == {"status": "ok"}
+        assert (await http.get("/readyz")).json() == {"status": "ready"}
 
-        checked = await asyncio.to_thread(
-            subprocess.run, healthcheck, env=env, capture_output=True, timeout=30, check=False
-        )
-        assert checked.returncode == 0, "the HEALTHCHECK fails against a healthy server"
+    checked = await asyncio.to_thread(run_command, healthcheck, env)
+    assert checked.returncode == 0, "the HEALTHCHECK fails against a healthy server"
 
-        process.send_signal(signal.SIGTERM)
-        stop_requested = time.monotonic()
-        assert await asyncio.wait_for(process.wait(), shutdown_bound_s(settings)) == 0
-        assert time.monotonic() - stop_requested < shutdown_bound_s(settings)
-        logs = (await process.stderr.read()).decode()  # type: ignore[union-attr]
-        # NOTIFIER_LOG_FORMAT=json from the image's ENV: every line is a JSON object with its level.
-        entries = [json.loads(line) for line in logs.splitlines()]
-        assert {entry["level"] for entry in entries} <= {"debug", "info", "warning"}
-        assert any(entry["event"] == "stopped" for entry in entries)
+    process.send_signal(signal.SIGTERM)
+    stop_requested = time.monotonic()
+    assert await process.wait(shutdown_bound_s(settings)) == 0
+    assert time.monotonic() - stop_requested < shutdown_bound_s(settings)
+    # NOTIFIER_LOG_FORMAT=json from the image's ENV: every line is a JSON object with its level.
+    entries = [json.loads(line) for line in process.logs().splitlines()]
+    assert {entry["level"] for entry in entries} <= {"debug", "info", "warning"}
+    assert any(entry["event"] == "stopped" for entry in entries)
 
-        checked = await asyncio.to_thread(
-            subprocess.run, healthcheck, env=env, capture_output=True, timeout=30, check=False
-        )
-        assert checked.returncode != 0, "the HEALTHCHECK passes with no server"
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    checked = await asyncio.to_thread(run_command, healthcheck, env)
+    assert checked.returncode != 0, "the HEALTHCHECK passes with no server"

@@ -13,20 +13,21 @@ import httpx
 import pytest
 import websockets
 
-from tests.support import API_KEY, free_port, receive_json, running_process, serve_env, token_for, wait_until
+from tests.processes import StartNotifier, notifier_env
+from tests.support import API_KEY, free_port, receive_json, token_for, wait_until
 
 pytestmark = pytest.mark.rabbitmq
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
-async def test_presence_is_bounded_while_an_instance_hangs(exchange: str) -> None:
+async def test_presence_is_bounded_while_an_instance_hangs(exchange: str, start_notifier: StartNotifier) -> None:
     ports = [free_port() for _ in range(3)]
     async with contextlib.AsyncExitStack() as stack:
         processes = []
         for n, port in enumerate(ports):
-            env = serve_env(port, exchange, NOTIFIER_INSTANCE_ID=f"p{n}", NOTIFIER_API_KEYS=API_KEY)
-            processes.append(await stack.enter_async_context(running_process(["serve"], env, port)))
+            env = notifier_env(port, exchange, NOTIFIER_INSTANCE_ID=f"p{n}")
+            processes.append(await start_notifier("serve", env=env, port=port))
         http = await stack.enter_async_context(
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports[0]}", timeout=5, headers=AUTH)
         )

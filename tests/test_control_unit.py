@@ -10,20 +10,13 @@ import pytest
 from notifier.cluster.codec import BadControlMessage, parse_command
 from notifier.cluster.local_control import LocalControlPlane
 from notifier.formats.recent import RecentIds
+from tests.fakes import FakeClock
 
 pytestmark = pytest.mark.unit
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_recent_ids_forget_after_the_window() -> None:
-    clock = Clock()
+    clock = FakeClock()
     recent = RecentIds(window_s=10, max_ids=100, clock=clock)
     recent.add("a")
     clock.now = 9.9
@@ -34,7 +27,7 @@ def test_recent_ids_forget_after_the_window() -> None:
 
 
 def test_recent_ids_are_bounded_in_number_oldest_forgotten_first() -> None:
-    recent = RecentIds(window_s=60, max_ids=3, clock=Clock())
+    recent = RecentIds(window_s=60, max_ids=3, clock=FakeClock())
     for item in "abcd":
         recent.add(item)
     assert len(recent) == 3

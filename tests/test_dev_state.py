@@ -8,15 +8,14 @@ import json
 import os
 import re
 import shlex
-import signal
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
 import websockets
 
-from tests.support import free_port, receive_json, run_cli, running_process
+from tests.processes import NotifierProcess, StartNotifier, notifier_env, run_cli, run_command
+from tests.support import free_port, receive_json
 
 # Each test runs `notifier dev` on loopback.
 pytestmark = pytest.mark.loopback
@@ -27,14 +26,16 @@ def private_env(tmp_path: Path) -> dict[str, str]:
     return {"TMPDIR": str(tmp_path), "XDG_RUNTIME_DIR": ""}
 
 
-async def read_banner(process: asyncio.subprocess.Process) -> str:
-    banner = b""
-    while b"API key:" not in banner:
-        banner += await asyncio.wait_for(process.stdout.readline(), 10)  # type: ignore[union-attr]
-    return banner.decode()
+def banner_of(process: NotifierProcess) -> str:
+    """What `notifier dev` printed: it is out, flushed, before the server listens."""
+    banner = process.output()
+    assert "API key:" in banner, banner
+    return banner
 
 
-async def test_publish_and_token_find_the_dev_server_on_another_port_with_no_flags(tmp_path: Path) -> None:
+async def test_publish_and_token_find_the_dev_server_on_another_port_with_no_flags(
+    tmp_path: Path, start_notifier: StartNotifier
+) -> None:
     env = private_env(tmp_path)
     port = free_port()
     # A stale state file of a dev server that is gone (a crashed run's): its process no longer exists.
@@ -43,46 +44,38 @@ async def test_publish_and_token_find_the_dev_server_on_another_port_with_no_fla
     stale = {"url": "http://127.0.0.1:1", "port": 1, "pid": 2**22 + 1, "jwt_secret": "s" * 40, "api_key": "stale"}
     (state_dir / "dev-1.json").write_text(json.dumps(stale))
 
-    async with running_process(["dev", "--port", str(port)], env, port) as process:
-        banner = await read_banner(process)
-        state_file = state_dir / f"dev-{port}.json"
-        mode = os.lstat(state_file).st_mode
-        assert stat.S_ISREG(mode) and stat.S_IMODE(mode) == 0o600
-        assert stat.S_IMODE(os.lstat(state_dir).st_mode) == 0o700
+    process = await start_notifier("dev", "--port", str(port), env=notifier_env(**env), port=port)
+    banner = banner_of(process)
+    state_file = state_dir / f"dev-{port}.json"
+    mode = os.lstat(state_file).st_mode
+    assert stat.S_ISREG(mode) and stat.S_IMODE(mode) == 0o600
+    assert stat.S_IMODE(os.lstat(state_dir).st_mode) == 0o700
 
-        token = run_cli("token", "demo", env=env)
-        assert token.returncode == 0, token.stderr
-        async with websockets.connect(f"ws://127.0.0.1:{port}/ws?token={token.stdout.strip()}") as ws:
-            assert (await receive_json(ws))["type"] == "welcome"
-            no_flags = await asyncio.to_thread(run_cli, "publish", "user.demo", '{"n": 1}', env=env)
-            assert no_flags.returncode == 0, no_flags.stderr
-            assert (await receive_json(ws))["data"] == {"n": 1}
-            with_url = await asyncio.to_thread(
-                run_cli, "publish", "--url", f"http://127.0.0.1:{port}", "user.demo", '{"n": 2}', env=env
-            )
-            assert with_url.returncode == 0, with_url.stderr
-            assert (await receive_json(ws))["data"] == {"n": 2}
-            # The banner's command, run as printed (from this Python, as the banner names it).
-            line = re.search(r"Publish:\s+(.+)", banner)
-            assert line is not None, banner
-            command = shlex.split(line.group(1))
-            assert f"http://127.0.0.1:{port}" in command
-            printed = await asyncio.to_thread(
-                subprocess.run,
-                command,
-                env={**os.environ, **env},
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-            assert printed.returncode == 0, printed.stderr
-            assert (await receive_json(ws))["data"] == {"hello": "world"}
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 15) == 0
+    token = run_cli("token", "demo", env=env)
+    assert token.returncode == 0, token.stderr
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws?token={token.stdout.strip()}") as ws:
+        assert (await receive_json(ws))["type"] == "welcome"
+        no_flags = await asyncio.to_thread(run_cli, "publish", "user.demo", '{"n": 1}', env=env)
+        assert no_flags.returncode == 0, no_flags.stderr
+        assert (await receive_json(ws))["data"] == {"n": 1}
+        with_url = await asyncio.to_thread(
+            run_cli, "publish", "--url", f"http://127.0.0.1:{port}", "user.demo", '{"n": 2}', env=env
+        )
+        assert with_url.returncode == 0, with_url.stderr
+        assert (await receive_json(ws))["data"] == {"n": 2}
+        # The banner's command, run as printed (from this Python, as the banner names it).
+        line = re.search(r"Publish:\s+(.+)", banner)
+        assert line is not None, banner
+        command = shlex.split(line.group(1))
+        assert f"http://127.0.0.1:{port}" in command
+        printed = await asyncio.to_thread(run_command, command, notifier_env(**env))
+        assert printed.returncode == 0, printed.stderr
+        assert (await receive_json(ws))["data"] == {"hello": "world"}
+    assert await process.stop() == 0
     assert not state_file.exists(), "notifier dev removes its state file when it exits"
 
 
-async def test_a_planted_symlink_is_never_written_through(tmp_path: Path) -> None:
+async def test_a_planted_symlink_is_never_written_through(tmp_path: Path, start_notifier: StartNotifier) -> None:
     env = private_env(tmp_path)
     port = free_port()
     victim = tmp_path / "victim.txt"
@@ -90,10 +83,10 @@ async def test_a_planted_symlink_is_never_written_through(tmp_path: Path) -> Non
     state_dir = tmp_path / f"notifier-{os.getuid()}"
     state_dir.mkdir(mode=0o700)
     (state_dir / f"dev-{port}.json").symlink_to(victim)
-    async with running_process(["dev", "--port", str(port)], env, port) as process:
-        await read_banner(process)
-        assert victim.read_text() == "precious"
-        assert not (state_dir / f"dev-{port}.json").is_symlink()
+    process = await start_notifier("dev", "--port", str(port), env=notifier_env(**env), port=port)
+    banner_of(process)
+    assert victim.read_text() == "precious"
+    assert not (state_dir / f"dev-{port}.json").is_symlink()
 
 
 @pytest.mark.parametrize("kind", ["symlink", "open"])

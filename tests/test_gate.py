@@ -6,20 +6,13 @@ import pytest
 
 from notifier.limits import gate as admission
 from notifier.limits.gate import AddressLimits
+from tests.fakes import FakeClock
 
 pytestmark = pytest.mark.unit
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_open_connections_per_address_are_capped_and_released() -> None:
-    limits = AddressLimits(max_open=2, rate_per_s=100, burst=100, clock=Clock())
+    limits = AddressLimits(max_open=2, rate_per_s=100, burst=100, clock=FakeClock())
     assert limits.open("a") is None
     assert limits.open("a") is None
     refusal = limits.open("a")
@@ -30,7 +23,7 @@ def test_open_connections_per_address_are_capped_and_released() -> None:
 
 
 def test_new_connections_per_second_refill_over_time() -> None:
-    clock = Clock()
+    clock = FakeClock()
     limits = AddressLimits(max_open=1000, rate_per_s=2, burst=3, clock=clock)
     assert [limits.open("a") is None for _ in range(4)] == [True, True, True, False]
     clock.now += 1.0
@@ -39,7 +32,7 @@ def test_new_connections_per_second_refill_over_time() -> None:
 
 def test_idle_addresses_are_forgotten_past_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(admission, "MAX_IDLE_ADDRESSES", 100)
-    limits = AddressLimits(max_open=10, rate_per_s=1, burst=1, clock=Clock())
+    limits = AddressLimits(max_open=10, rate_per_s=1, burst=1, clock=FakeClock())
     assert limits.open("busy") is None  # stays open, so it is remembered
     for number in range(1000):
         assert limits.open(f"10.0.{number // 256}.{number % 256}") is None

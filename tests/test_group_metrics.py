@@ -8,14 +8,13 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from notifier.observability.group_metrics import SNAPSHOT_INTERVAL_S
 from tests.support import Client, Publisher
-from tests.support_workers import Service, connect_until_every_queue_has_clients
+from tests.support_workers import Service, StartService, connect_until_every_queue_has_clients
 
 
 async def scrape(service: Service) -> dict[str, float]:
@@ -39,10 +38,10 @@ async def scrape_until(service: Service, name: str, expected: float) -> None:
 
 
 async def test_every_scrape_reports_all_workers_and_counters_never_fall(
-    start_service: Any, publisher: Publisher
+    start_service: StartService, publisher: Publisher
 ) -> None:
-    service: Service = start_service("--workers", "2")
-    queues = service.wait_for_queues(2)
+    service = await start_service("--workers", "2")
+    queues = await service.wait_for_queues(2)
     opened: list[Client] = []
     try:
         by_user = await connect_until_every_queue_has_clients(service, queues, opened, prefix="m")
@@ -86,7 +85,7 @@ async def test_every_scrape_reports_all_workers_and_counters_never_fall(
 
         assert directory.stat().st_mode & 0o077 == 0, "the snapshot directory is private"
         service.process.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(service.process.wait, 20) == 0
+        assert await service.process.wait(20) == 0
         assert not directory.exists(), "the supervisor removes the snapshot directory when it stops"
     finally:
         for client in opened:

@@ -13,16 +13,16 @@ import pytest
 import websockets
 
 from notifier.formats import closecodes
+from tests.processes import StartNotifier, notifier_env
 from tests.support import (
     Client,
     ConnectClient,
     Publisher,
     RunningServer,
     StartServer,
+    assert_nothing_before_sentinel,
     free_port,
     receive_json,
-    running_process,
-    serve_env,
     token_for,
     wait_until,
 )
@@ -84,7 +84,7 @@ async def test_a_client_whose_connection_died_gets_what_it_missed_then_live(
     assert [await alice.next_event(second) for _ in range(3)] == [2, 3, 4]
     await publisher.publish("news", 5)
     assert await alice.next_event(second) == 5
-    await second.expect_silence()
+    await assert_nothing_before_sentinel(second.receive, publisher.publish, "news")
 
 
 async def test_a_steady_feed_across_drops_arrives_exactly_once_and_in_order(
@@ -119,7 +119,7 @@ async def test_a_steady_feed_across_drops_arrives_exactly_once_and_in_order(
             await asyncio.wait_for(feeding, 30)
     assert drops == 3
     assert bob.data == list(range(total))
-    await client.expect_silence()
+    await assert_nothing_before_sentinel(client.receive, publisher.publish, "user.bob")
 
 
 async def test_a_slow_client_cut_with_4002_gets_its_dropped_queue_back(
@@ -166,7 +166,7 @@ async def test_an_ended_session_answers_recovered_false_and_replays_nothing(
     second = await connect(server)
     welcome = await dave.sign_in(second, "dave")
     assert welcome["recovered"] is False
-    await second.expect_silence()
+    await assert_nothing_before_sentinel(second.receive, publisher.publish, "user.dave")
 
 
 async def test_another_users_token_cannot_resume_a_session(
@@ -182,7 +182,7 @@ async def test_another_users_token_cannot_resume_a_session(
     attacker = await connect(server)
     welcome = await mallory.sign_in(attacker, "mallory")
     assert (welcome["recovered"], welcome["user"]) == (False, "mallory")
-    await attacker.expect_silence()
+    await assert_nothing_before_sentinel(attacker.receive, publisher.publish, "user.mallory")
 
 
 # Across instances: the control plane hands sessions over.
@@ -209,7 +209,7 @@ async def test_a_session_resumes_on_another_instance_with_what_it_missed(
     assert [await alice.next_event(moved) for _ in range(2)] == [1, 2]
     await publisher.publish("news", 3)
     assert await alice.next_event(moved) == 3
-    await moved.expect_silence()
+    await assert_nothing_before_sentinel(moved.receive, publisher.publish, "news")
     await wait_until(lambda: not first.node.hub.bound_topics, 5)  # the holder let go of it
     assert first.node.directory.parked_count == 0
 
@@ -261,15 +261,19 @@ async def test_a_rolling_restart_loses_nothing_for_clients_on_a_steady_feed(
 
 
 async def test_a_crashed_holder_answers_recovered_false_quickly(
-    start_server: StartServer, connect: ConnectClient, publisher: Publisher, exchange: str
+    start_server: StartServer,
+    connect: ConnectClient,
+    publisher: Publisher,
+    exchange: str,
+    start_notifier: StartNotifier,
 ) -> None:
     port = free_port()
-    async with running_process(["serve"], serve_env(port, exchange), port) as process:
-        ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws")
-        await ws.send(orjson.dumps({"type": "auth", "token": token_for("frank")}).decode())
-        welcome = await receive_json(ws)
-        process.kill()  # SIGKILL: no drain, no hand-over
-        await process.wait()
+    process = await start_notifier("serve", env=notifier_env(port, exchange), port=port)
+    ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws")
+    await ws.send(orjson.dumps({"type": "auth", "token": token_for("frank")}).decode())
+    welcome = await receive_json(ws)
+    process.kill()  # SIGKILL: no drain, no hand-over
+    await process.wait()
     survivor = await start_server()
     await publisher.publish("user.frank", "after the crash")
     frank = CountingClient()
@@ -279,7 +283,7 @@ async def test_a_crashed_holder_answers_recovered_false_quickly(
     answer = await frank.sign_in(client, "frank")
     assert answer["recovered"] is False
     assert time.monotonic() - started < 2.0
-    await client.expect_silence()
+    await assert_nothing_before_sentinel(client.receive, publisher.publish, "user.frank")
 
 
 async def test_past_the_window_a_session_is_not_recovered(
@@ -295,4 +299,4 @@ async def test_past_the_window_a_session_is_not_recovered(
     await publisher.publish("user.grace", "too late")
     again = await connect(second)
     assert (await grace.sign_in(again, "grace"))["recovered"] is False
-    await again.expect_silence()
+    await assert_nothing_before_sentinel(again.receive, publisher.publish, "user.grace")

@@ -1,31 +1,26 @@
 """Both write paths, over real sockets: uvicorn's transport (what `notifier serve` picks) and plain ASGI sends
-(what any other ASGI server gets). The slow-client tests in test_bad_input.py run over both as well."""
+(what any other ASGI server gets), through the `write_path` fixture. The core socket tests of test_end_to_end.py
+and the slow-client tests of test_bad_input.py run over both as well."""
 
 from __future__ import annotations
-
-import pytest
 
 from notifier.formats import closecodes
 from tests.support import ConnectClient, Publisher, StartServer
 
-WRITE_PATHS = [("auto", "transport"), ("asgi", "asgi")]
 
-
-@pytest.mark.parametrize(("setting", "expected"), WRITE_PATHS)
 async def test_uvicorn_connections_get_the_write_path_asked_for(
-    start_server: StartServer, connect: ConnectClient, setting: str, expected: str
+    start_server: StartServer, connect: ConnectClient, write_path: str
 ) -> None:
-    running = await start_server(write_path=setting)
+    running = await start_server()
     await connect(running, "alice")
     (session,) = running.node.sessions
-    assert session.write_path == expected
+    assert session.write_path == write_path
 
 
-@pytest.mark.parametrize(("setting", "expected"), WRITE_PATHS)
 async def test_a_burst_larger_than_the_send_queue_reaches_a_fast_reader_in_order(
-    start_server: StartServer, connect: ConnectClient, publisher: Publisher, setting: str, expected: str
+    start_server: StartServer, connect: ConnectClient, publisher: Publisher, write_path: str
 ) -> None:
-    running = await start_server(write_path=setting, send_queue_size=64, prefetch=1000)
+    running = await start_server(send_queue_size=64, prefetch=1000)
     reader = await connect(running, "reader")
     count = 600
     for n in range(count):
@@ -34,4 +29,4 @@ async def test_a_burst_larger_than_the_send_queue_reaches_a_fast_reader_in_order
     assert received == list(range(count))
     assert running.node.stats.closes_by_code[closecodes.SLOW_CLIENT.code] == 0
     (session,) = running.node.sessions
-    assert session.write_path == expected
+    assert session.write_path == write_path

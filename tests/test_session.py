@@ -1,28 +1,27 @@
-"""The session's state machine against a fake socket, the in-memory broker and a real token verifier: no
-network, milliseconds per test."""
+"""The session's state machine in a real Node (the in-memory broker, a real token verifier), its connections
+served by `Node.serve` on fake sockets: no network, milliseconds per test."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import orjson
 import pytest
+from starlette.websockets import WebSocket
 
 from notifier.broker.memory import MemoryBroker
-from notifier.cluster.handover import SessionHandOver
-from notifier.connection.auth import TokenVerifier, mint_token
-from notifier.connection.directory import SessionDirectory
-from notifier.connection.hub import Hub
-from notifier.connection.senders import AsgiSender
-from notifier.connection.session import Session, SessionContext
+from notifier.cluster.handover import HAND_OVER
+from notifier.connection.auth import mint_token
+from notifier.connection.session import Session
 from notifier.formats import closecodes
-from notifier.limits.admission import Admission
-from notifier.limits.budgets import UserBudgets
+from notifier.instance.node import Node
 from notifier.settings import Settings
-from notifier.stats import Stats
+from tests.support import Publish, assert_nothing_before_sentinel, wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -34,6 +33,7 @@ class FakeSocket:
 
     def __init__(self) -> None:
         self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.incoming.put_nowait({"type": "websocket.connect"})
         self.sent: list[dict[str, Any]] = []
         self.frame_arrived = asyncio.Event()
         self.paused = asyncio.Event()
@@ -70,6 +70,12 @@ class FakeSocket:
                 self.frame_arrived.clear()
                 await self.frame_arrived.wait()
 
+    async def accepted(self) -> None:
+        async with asyncio.timeout(2):
+            while not any(message["type"] == "websocket.accept" for message in self.sent):
+                self.frame_arrived.clear()
+                await self.frame_arrived.wait()
+
     async def closed_with(self) -> int:
         async with asyncio.timeout(2):
             while (code := self.close_code()) is None:
@@ -84,6 +90,8 @@ class FakeControlPlane:
     def __init__(self) -> None:
         self.handlers: dict[str, dict[str, Any]] = {}
         self.asked: list[tuple[str, str]] = []
+        self.before_answer: Callable[[str], Awaitable[None]] | None = None
+        """Runs before each request of that kind is handed to its instance."""
 
     def for_instance(self, instance_id: str) -> Any:
         plane = self
@@ -101,52 +109,56 @@ class FakeControlPlane:
                 handler = plane.handlers.get(target, {}).get(kind)
                 if handler is None:
                     return None  # no such instance: no answer within the bound
+                if plane.before_answer is not None:
+                    await plane.before_answer(kind)
                 return await asyncio.wait_for(handler(args), timeout)
 
         return View()
 
 
 class Instance:
-    """What a node passes its sessions, built on the in-memory broker."""
+    """One instance's Node on the in-memory broker, its connections served by `Node.serve` on fake sockets: the
+    service's own wiring, without a server or a network."""
 
     def __init__(self, instance_id: str = "one", control: FakeControlPlane | None = None, **overrides: Any) -> None:
-        values: dict[str, Any] = {"jwt_secret": SECRET, "amqp_url": "memory://"} | overrides
-        self.settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
-        self.broker = MemoryBroker(max_event_bytes=self.settings.max_event_bytes)
-        self.stats = Stats()
-        self.hub = Hub(self.broker, self.stats)
-        self.admission = Admission(
-            max_connections=self.settings.max_connections,
-            max_connections_per_user=self.settings.max_connections_per_user,
-        )
-        self.finished: list[Session] = []
-        self.directory = SessionDirectory(
-            instance_id, window_s=self.settings.resume_window_s, max_parked=self.settings.max_parked_sessions
-        )
-        self.handover = None
+        values: dict[str, Any] = {
+            "jwt_secret": SECRET,
+            "amqp_url": "memory://",
+            "resume_timeout_s": 1.0,
+            "shutdown_timeout_s": 0.2,  # the clean-up's drain: parked sessions are not waited for long
+            # Tests subscribe at machine speed: the per-user budgets are tested on their own (test_budgets).
+            "user_subscribes_per_s": 1000.0,
+            "user_subscribes_burst": 1000,
+            "max_topics_per_user": 1000,
+        } | overrides
+        settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        self.broker = MemoryBroker(max_event_bytes=settings.max_event_bytes)
+        self.broker.instance_id = instance_id  # session ids name their instance
+        self.node = Node(settings, self.broker)
         if control is not None:
-            self.handover = SessionHandOver(control.for_instance(instance_id), self.directory, timeout_s=1.0)
-        self.context = SessionContext(
-            settings=self.settings,
-            hub=self.hub,
-            verifier=TokenVerifier(self.settings),
-            admission=self.admission,
-            budgets=UserBudgets(operations_per_s=1000.0, operations_burst=1000, max_topics=1000),
-            stats=self.stats,
-            directory=self.directory,
-            remote_sessions=self.handover,
-            on_finished=self.finished.append,
+            self.node.attach_control(control.for_instance(instance_id))
+        self.hub, self.stats, self.admission, self.directory = (
+            self.node.hub,
+            self.node.stats,
+            self.node.admission,
+            self.node.directory,
         )
         self.runs: list[asyncio.Task[None]] = []
 
-    def connect(self, token_in_url: str | None = None) -> tuple[Session, FakeSocket]:
+    async def connect(self, token_in_url: str | None = None) -> tuple[Session, FakeSocket]:
+        """A new connection, as the ASGI server hands it to the node; its session, once accepted."""
         socket = FakeSocket()
-        holder: list[asyncio.Task[None]] = []
-        sender = AsgiSender(socket.send, lambda: holder[0].cancel())
-        session = Session(socket.receive, sender, self.context)
-        task = asyncio.create_task(session.run(token_in_url))
-        holder.append(task)
-        self.runs.append(task)
+        scope = {
+            "type": "websocket",
+            "path": "/ws",
+            "headers": [],
+            "query_string": urlencode({"token": token_in_url}).encode() if token_in_url else b"",
+            "client": ("127.0.0.1", 50000),
+        }
+        before = set(self.node.sessions)
+        self.runs.append(asyncio.create_task(self.node.serve(WebSocket(scope, socket.receive, socket.send))))
+        await socket.accepted()  # the session is made as the connection is accepted
+        (session,) = self.node.sessions - before
         return session, socket
 
     async def publish(self, topic: str, data: Any) -> None:
@@ -155,15 +167,38 @@ class Instance:
             topic, orjson.dumps(data), "e-" + hashlib.sha1(orjson.dumps([topic, data])).hexdigest()
         )
 
+    async def stop(self) -> None:
+        for task in self.runs:
+            task.cancel()
+        await asyncio.gather(*self.runs, return_exceptions=True)
+        await self.node.stop()
+
+
+class StartInstance(Protocol):
+    async def __call__(
+        self, instance_id: str = "one", control: FakeControlPlane | None = None, **overrides: Any
+    ) -> Instance: ...
+
 
 @pytest.fixture
-async def instance() -> AsyncIterator[Instance]:
-    node = Instance()
-    await node.broker.connect(node.hub.deliver)
-    yield node
-    for task in node.runs:
-        task.cancel()
-    await asyncio.gather(*node.runs, return_exceptions=True)
+async def start_instance() -> AsyncIterator[StartInstance]:
+    """Start instances (`Node.start`: its broker connected); each is stopped when the test is over."""
+    started: list[Instance] = []
+
+    async def start(instance_id: str = "one", control: FakeControlPlane | None = None, **overrides: Any) -> Instance:
+        instance = Instance(instance_id, control, **overrides)
+        await instance.node.start()
+        started.append(instance)
+        return instance
+
+    yield start
+    for instance in started:
+        await instance.stop()
+
+
+@pytest.fixture
+async def instance(start_instance: StartInstance) -> Instance:
+    return await start_instance()
 
 
 def token(user: str, topics: list[str] | None = None, ttl_s: float = 60) -> str:
@@ -171,7 +206,7 @@ def token(user: str, topics: list[str] | None = None, ttl_s: float = 60) -> str:
 
 
 async def signed_in(instance: Instance, user: str, topics: list[str] | None = None) -> tuple[Session, FakeSocket]:
-    session, socket = instance.connect()
+    session, socket = await instance.connect()
     socket.client_sends({"type": "auth", "token": token(user, topics)})
     welcome = await socket.next_frame("welcome")
     assert welcome["topics"] == [f"user.{user}"]
@@ -187,21 +222,20 @@ async def test_auth_binds_the_personal_topic_and_events_follow(instance: Instanc
 
 
 async def test_a_frame_before_auth_is_a_protocol_violation(instance: Instance) -> None:
-    _, socket = instance.connect()
+    _, socket = await instance.connect()
     socket.client_sends({"type": "subscribe", "topic": "news"})
     assert await socket.closed_with() == closecodes.PROTOCOL_VIOLATION.code
 
 
 async def test_an_invalid_token_closes_with_4500(instance: Instance) -> None:
-    _, socket = instance.connect()
+    _, socket = await instance.connect()
     socket.client_sends({"type": "auth", "token": "not.a.jwt"})
     assert await socket.closed_with() == closecodes.INVALID_TOKEN.code
 
 
-async def test_no_auth_in_time_closes_with_4000() -> None:
-    node = Instance(auth_timeout_s=0.05)
-    await node.broker.connect(node.hub.deliver)
-    _, socket = node.connect()
+async def test_no_auth_in_time_closes_with_4000(start_instance: StartInstance) -> None:
+    node = await start_instance(auth_timeout_s=0.05)
+    _, socket = await node.connect()
     assert await socket.closed_with() == closecodes.AUTH_TIMEOUT.code
     assert node.stats.closes_by_code[closecodes.AUTH_TIMEOUT.code] == 1
 
@@ -226,29 +260,28 @@ async def test_leaving_releases_topics_and_the_users_slot(instance: Instance) ->
     assert instance.broker.bound_topics == set()
     assert instance.admission.connections_of("alice") == 0
     assert instance.admission.connections == 0
-    assert instance.finished == [session]
+    assert session not in instance.node.sessions
 
 
-async def test_the_per_user_limit_closes_the_extra_connection_with_4502() -> None:
-    node = Instance(max_connections_per_user=1)
-    await node.broker.connect(node.hub.deliver)
+async def test_the_per_user_limit_closes_the_extra_connection_with_4502(start_instance: StartInstance) -> None:
+    node = await start_instance(max_connections_per_user=1)
     await signed_in(node, "alice")
-    _, second = node.connect()
+    _, second = await node.connect()
     second.client_sends({"type": "auth", "token": token("alice")})
     assert await second.closed_with() == closecodes.USER_CONNECTION_LIMIT.code
 
 
-async def test_past_the_instance_limit_a_connection_is_closed_with_4003() -> None:
-    node = Instance(max_connections=1)
-    await node.broker.connect(node.hub.deliver)
+async def test_past_the_instance_limit_a_connection_is_closed_with_4003(start_instance: StartInstance) -> None:
+    node = await start_instance(max_connections=1)
     await signed_in(node, "alice")
-    _, second = node.connect()
+    _, second = await node.connect()
     assert await second.closed_with() == closecodes.SERVER_FULL.code
 
 
-async def test_a_client_that_stops_reading_is_closed_as_slow_and_its_queue_dropped() -> None:
-    node = Instance(send_queue_size=4)
-    await node.broker.connect(node.hub.deliver)
+async def test_a_client_that_stops_reading_is_closed_as_slow_and_its_queue_dropped(
+    start_instance: StartInstance,
+) -> None:
+    node = await start_instance(send_queue_size=4)
     _, socket = await signed_in(node, "alice")
     socket.paused.clear()  # the client stops reading: every send blocks
     big = "x" * 20_000  # a few frames fill the ASGI path's socket-buffer allowance
@@ -260,9 +293,8 @@ async def test_a_client_that_stops_reading_is_closed_as_slow_and_its_queue_dropp
     assert await socket.closed_with() == closecodes.SLOW_CLIENT.code
 
 
-async def test_a_burst_larger_than_the_queue_reaches_a_reading_client_in_order() -> None:
-    node = Instance(send_queue_size=256)
-    await node.broker.connect(node.hub.deliver)
+async def test_a_burst_larger_than_the_queue_reaches_a_reading_client_in_order(start_instance: StartInstance) -> None:
+    node = await start_instance(send_queue_size=256)
     _, socket = await signed_in(node, "alice")
     for n in range(500):  # delivered in one go, before the writer runs even once
         await node.publish("user.alice", n)
@@ -320,7 +352,7 @@ async def received_events(socket: FakeSocket, n: int) -> list[Any]:
 async def resumed(
     node: Instance, user: str, session: str, received: int, topics: list[str] | None = None
 ) -> tuple[Session, FakeSocket, dict[str, Any]]:
-    new, socket = node.connect()
+    new, socket = await node.connect()
     resume = {"session": session, "received": received}
     socket.client_sends({"type": "auth", "token": token(user, topics), "resume": resume})
     return new, socket, await socket.next_frame("welcome")
@@ -366,12 +398,18 @@ async def test_events_the_client_did_not_get_before_the_drop_are_replayed(instan
     _, socket, welcome = await resumed(instance, "alice", session_id, 3)  # its last two were lost in flight
     assert welcome["recovered"] is True
     assert await received_events(socket, 2) == [3, 4]
-    await socket_stays_quiet(socket, 2)
+    await socket_stays_quiet(socket, 2, instance.publish, "user.alice")
 
 
-async def socket_stays_quiet(socket: FakeSocket, events: int) -> None:
-    await asyncio.sleep(0.05)
-    assert len([f for f in socket.frames() if f["type"] == "event"]) == events
+async def socket_stays_quiet(socket: FakeSocket, events: int, publish: Publish, topic: str) -> None:
+    """No event beyond the first `events`: a sentinel published now to `topic` is the next event it gets."""
+
+    async def next_event() -> dict[str, Any]:
+        await received_events(socket, events + 1)
+        frame: dict[str, Any] = [frame for frame in socket.frames() if frame["type"] == "event"][events]
+        return frame
+
+    await assert_nothing_before_sentinel(next_event, publish, topic)
 
 
 async def test_resumed_subscriptions_come_back_and_are_checked_against_the_new_token(instance: Instance) -> None:
@@ -407,26 +445,23 @@ async def test_someone_elses_session_is_never_resumed(instance: Instance) -> Non
     await instance.publish("user.alice", "for alice only")
     _, socket, welcome = await resumed(instance, "mallory", session_id, 0)
     assert (welcome["recovered"], welcome["user"], welcome["topics"]) == (False, "mallory", ["user.mallory"])
-    await socket_stays_quiet(socket, 0)
+    await socket_stays_quiet(socket, 0, instance.publish, "user.mallory")
     _, alice, welcome = await resumed(instance, "alice", session_id, 0)  # still there for its owner
     assert welcome["recovered"] is True
     assert await received_events(alice, 1) == ["for alice only"]
 
 
-async def test_past_the_window_the_session_is_gone_and_released() -> None:
-    node = Instance(resume_window_s=0.1)
-    await node.broker.connect(node.hub.deliver)
+async def test_past_the_window_the_session_is_gone_and_released(start_instance: StartInstance) -> None:
+    node = await start_instance(resume_window_s=0.1)
     session_id, _ = await dropped_after(node, "alice", 1)
-    await asyncio.sleep(0.3)
-    assert node.directory.parked_count == 0
-    assert node.broker.bound_topics == set()
+    # Once its window (0.1 s) is over, the parked session is ended and its topics released.
+    await wait_until(lambda: node.directory.parked_count == 0 and node.broker.bound_topics == set(), 2)
     _, _, welcome = await resumed(node, "alice", session_id, 1)
     assert welcome["recovered"] is False
 
 
-async def test_a_parked_session_that_overflows_is_ended_at_once() -> None:
-    node = Instance(resume_max_events=3)
-    await node.broker.connect(node.hub.deliver)
+async def test_a_parked_session_that_overflows_is_ended_at_once(start_instance: StartInstance) -> None:
+    node = await start_instance(resume_max_events=3)
     session_id, _ = await dropped_after(node, "alice", 0)
     for n in range(4):
         await node.publish("user.alice", n)
@@ -435,7 +470,7 @@ async def test_a_parked_session_that_overflows_is_ended_at_once() -> None:
     assert node.broker.bound_topics == set()
     _, socket, welcome = await resumed(node, "alice", session_id, 0)
     assert welcome["recovered"] is False
-    await socket_stays_quiet(socket, 0)
+    await socket_stays_quiet(socket, 0, node.publish, "user.alice")
 
 
 async def test_a_count_the_session_never_reached_is_not_recovered(instance: Instance) -> None:
@@ -458,17 +493,15 @@ async def test_a_half_open_connection_is_handed_over_and_dropped(instance: Insta
     assert instance.admission.connections_of("alice") == 1
 
 
-async def test_a_parked_session_does_not_hold_a_users_connection_slot() -> None:
-    node = Instance(max_connections_per_user=1)
-    await node.broker.connect(node.hub.deliver)
+async def test_a_parked_session_does_not_hold_a_users_connection_slot(start_instance: StartInstance) -> None:
+    node = await start_instance(max_connections_per_user=1)
     session_id, _ = await dropped_after(node, "alice", 0)
     _, _, welcome = await resumed(node, "alice", session_id, 0)
     assert welcome["recovered"] is True
 
 
-async def test_with_resume_off_a_session_keeps_nothing_and_is_never_recovered() -> None:
-    node = Instance(resume_window_s=0)
-    await node.broker.connect(node.hub.deliver)
+async def test_with_resume_off_a_session_keeps_nothing_and_is_never_recovered(start_instance: StartInstance) -> None:
+    node = await start_instance(resume_window_s=0)
     old, old_socket = await signed_in(node, "alice")
     await node.publish("user.alice", 0)
     assert await received_events(old_socket, 1) == [0]
@@ -484,7 +517,7 @@ async def test_with_resume_off_a_session_keeps_nothing_and_is_never_recovered() 
 
 
 async def test_a_bad_resume_field_before_auth_is_a_protocol_violation(instance: Instance) -> None:
-    _, socket = instance.connect()
+    _, socket = await instance.connect()
     socket.client_sends({"type": "auth", "token": token("alice"), "resume": {"session": 7, "received": -1}})
     assert await socket.closed_with() == closecodes.PROTOCOL_VIOLATION.code
 
@@ -493,17 +526,14 @@ async def test_a_bad_resume_field_before_auth_is_a_protocol_violation(instance: 
 
 
 @pytest.fixture
-async def pair() -> AsyncIterator[tuple[Instance, Instance]]:
+def control() -> FakeControlPlane:
+    return FakeControlPlane()
+
+
+@pytest.fixture
+async def pair(start_instance: StartInstance, control: FakeControlPlane) -> tuple[Instance, Instance]:
     """Two instances on one in-memory "exchange": an event published reaches both if both bind its topic."""
-    control = FakeControlPlane()
-    first, second = Instance("first", control), Instance("second", control)
-    for node in (first, second):
-        await node.broker.connect(node.hub.deliver)
-    yield first, second
-    for node in (first, second):
-        for task in node.runs:
-            task.cancel()
-        await asyncio.gather(*node.runs, return_exceptions=True)
+    return await start_instance("first", control), await start_instance("second", control)
 
 
 async def publish_to_both(pair: tuple[Instance, Instance], topic: str, data: Any) -> None:
@@ -534,22 +564,23 @@ async def test_a_session_is_resumed_on_another_instance_with_what_it_missed(pair
     assert second.broker.bound_topics == {"user.alice", "news"}
 
 
-async def test_events_during_the_hand_over_come_once_each(pair: tuple[Instance, Instance]) -> None:
+async def test_events_during_the_hand_over_come_once_each(
+    pair: tuple[Instance, Instance], control: FakeControlPlane
+) -> None:
     first, second = pair
     session_id, received = await dropped_after(first, "bob", 2)
-    original_take = second.handover.take  # type: ignore[union-attr]
 
-    async def take_while_events_arrive(*args: Any) -> Any:
-        # Between the new instance's binds and the hand-over, events reach both instances.
-        await publish_to_both(pair, "user.bob", 2)
-        await publish_to_both(pair, "user.bob", 3)
-        return await original_take(*args)
+    async def events_arrive(kind: str) -> None:
+        if kind == HAND_OVER:
+            # Between the new instance's binds and the hand-over, events reach both instances.
+            await publish_to_both(pair, "user.bob", 2)
+            await publish_to_both(pair, "user.bob", 3)
 
-    second.handover.take = take_while_events_arrive  # type: ignore[union-attr,method-assign]
+    control.before_answer = events_arrive
     _, socket, welcome = await resumed(second, "bob", session_id, received)
     assert welcome["recovered"] is True
     assert await received_events(socket, 2) == [2, 3]
-    await socket_stays_quiet(socket, 2)
+    await socket_stays_quiet(socket, 2, partial(publish_to_both, pair), "user.bob")
 
 
 async def test_a_holder_that_does_not_answer_gives_recovered_false(pair: tuple[Instance, Instance]) -> None:
@@ -557,7 +588,7 @@ async def test_a_holder_that_does_not_answer_gives_recovered_false(pair: tuple[I
     session_id, _ = await dropped_after(first, "carol", 1)
     _, socket, welcome = await resumed(second, "carol", session_id.replace("first.", "gone."), 1)
     assert (welcome["recovered"], welcome["topics"]) == (False, ["user.carol"])
-    await socket_stays_quiet(socket, 0)
+    await socket_stays_quiet(socket, 0, partial(publish_to_both, pair), "user.carol")
 
 
 async def test_another_users_token_cannot_take_a_session_from_another_instance(
@@ -568,5 +599,5 @@ async def test_another_users_token_cannot_take_a_session_from_another_instance(
     await publish_to_both(pair, "user.dave", "private")
     _, socket, welcome = await resumed(second, "mallory", session_id, 0)
     assert (welcome["recovered"], welcome["user"]) == (False, "mallory")
-    await socket_stays_quiet(socket, 0)
+    await socket_stays_quiet(socket, 0, partial(publish_to_both, pair), "user.mallory")
     assert first.directory.parked_count == 1  # still there for dave

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from typing import Any
 
 import aiormq
 
 from tests.support import AMQP_URL, Client, bindings_of
-from tests.support_workers import Service, connect_user, instance_queues
+from tests.support_workers import StartService, connect_user, instance_queues
 
 # Enough bindings that RabbitMQ needs well over the 0.5 s the stop waits for it to remove them.
 BINDINGS = 6000
@@ -29,10 +28,10 @@ async def bind_many(queue: str, exchange: str, count: int) -> None:
 
 
 async def test_a_stopping_instance_leaves_at_once_and_rabbitmq_then_drops_its_queue_and_bindings(
-    start_service: Any,
+    start_service: StartService,
 ) -> None:
-    service: Service = start_service("--workers", "1", NOTIFIER_SHUTDOWN_TIMEOUT_S="10")
-    (queue,) = service.wait_for_queues(1)
+    service = await start_service("--workers", "1", NOTIFIER_SHUTDOWN_TIMEOUT_S="10")
+    (queue,) = await service.wait_for_queues(1)
     opened: list[Client] = []
     client = await connect_user(service, "leaving", opened)
     await bind_many(queue, service.exchange, BINDINGS)
@@ -41,9 +40,9 @@ async def test_a_stopping_instance_leaves_at_once_and_rabbitmq_then_drops_its_qu
     stop_requested = time.monotonic()
     service.process.send_signal(signal.SIGTERM)
     await client.expect_close(1012, timeout=5)
-    exit_code = await asyncio.to_thread(service.process.wait, 10)
+    exit_code = await service.process.wait(10)
     stopped_in = time.monotonic() - stop_requested
-    assert exit_code == 0, service.log_path.read_text()
+    assert exit_code == 0, service.process.logs()
     # It sent the delete and left, without waiting out RabbitMQ's removal of every binding.
     assert stopped_in < 4, stopped_in
     events = [entry["event"] for entry in service.log()]

@@ -7,10 +7,7 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,14 +16,13 @@ import websockets
 
 from notifier.runtime.workers import shutdown_bound_s
 from notifier.settings import Settings
+from tests.processes import SHUTDOWN_TIMEOUT_S, START_TIMEOUT_S, run_cli
 from tests.support import API_KEY, SECRET, Client, Publisher, rabbitmqctl_rows, token_for
 from tests.support_workers import (
-    SHUTDOWN_TIMEOUT_S,
-    START_TIMEOUT_S,
     Service,
+    StartService,
     connect_until_every_queue_has_clients,
     expect_each_user_gets_its_event,
-    group_alive,
     queue_of_topic,
 )
 
@@ -42,9 +38,11 @@ async def open_user(service: Service, user: str) -> tuple[websockets.ClientConne
 
 
 @pytest.mark.slow
-async def test_a_reconnect_storm_on_two_workers_leaves_no_binding_and_refuses_no_one(start_service: Any) -> None:
-    service: Service = start_service("--workers", "2", NOTIFIER_BIND_LINGER_S="1")
-    service.wait_for_queues(2)
+async def test_a_reconnect_storm_on_two_workers_leaves_no_binding_and_refuses_no_one(
+    start_service: StartService,
+) -> None:
+    service = await start_service("--workers", "2", NOTIFIER_BIND_LINGER_S="1")
+    await service.wait_for_queues(2)
     users = [f"storm{n}" for n in range(600)]
     for _round in range(2):  # everyone connects at once; then everyone drops and comes back at once
         opened = await asyncio.gather(*(open_user(service, user) for user in users))
@@ -64,28 +62,18 @@ def test_workers_setting_is_bounded() -> None:
             Settings(_env_file=None, workers=bad)  # type: ignore[call-arg]
 
 
-def test_more_than_one_worker_needs_rabbitmq(tmp_path: Path) -> None:
-    env = {
-        "PATH": os.environ["PATH"],
-        "NOTIFIER_JWT_SECRET": SECRET,
-        "NOTIFIER_AMQP_URL": "memory://",
-        "NOTIFIER_PORT": "0",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "notifier", "serve", "--workers", "2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+def test_more_than_one_worker_needs_rabbitmq() -> None:
+    env = {"NOTIFIER_JWT_SECRET": SECRET, "NOTIFIER_AMQP_URL": "memory://", "NOTIFIER_PORT": "0"}
+    result = run_cli("serve", "--workers", "2", env=env)
     assert result.returncode == 2
     assert "NOTIFIER_WORKERS > 1 needs RabbitMQ" in result.stderr
 
 
-async def test_two_workers_are_two_instances_and_drain_on_sigterm(start_service: Any, publisher: Publisher) -> None:
-    service: Service = start_service("--workers", "2")
-    queues = service.wait_for_queues(2)
+async def test_two_workers_are_two_instances_and_drain_on_sigterm(
+    start_service: StartService, publisher: Publisher
+) -> None:
+    service = await start_service("--workers", "2")
+    queues = await service.wait_for_queues(2)
     assert len(queues) == 2, queues
     assert len(service.live_worker_pids()) == 2
 
@@ -114,10 +102,10 @@ async def test_two_workers_are_two_instances_and_drain_on_sigterm(start_service:
         service.process.send_signal(signal.SIGTERM)
         for client in opened:
             await client.expect_close(1012, timeout=bound)
-        exit_code = await asyncio.to_thread(service.process.wait, bound)
-        assert exit_code == 0, service.log_path.read_text()
+        exit_code = await service.process.wait(bound)
+        assert exit_code == 0, service.process.logs()
         assert time.monotonic() - stop_requested < bound
-        assert not group_alive(service.process.pid), "a worker outlived the supervisor"
+        assert not service.process.group_alive(), "a worker outlived the supervisor"
         stopped = [entry for entry in service.log() if entry["event"] == "worker_stopped"]
         assert sorted(entry["exitcode"] for entry in stopped) == [0, 0]
     finally:
@@ -126,17 +114,19 @@ async def test_two_workers_are_two_instances_and_drain_on_sigterm(start_service:
                 await client.close()
 
 
-async def test_a_worker_that_dies_is_replaced_by_a_new_instance(start_service: Any, publisher: Publisher) -> None:
-    service: Service = start_service("--workers", "2")
-    first_queues = service.wait_for_queues(2)
+async def test_a_worker_that_dies_is_replaced_by_a_new_instance(
+    start_service: StartService, publisher: Publisher
+) -> None:
+    service = await start_service("--workers", "2")
+    first_queues = await service.wait_for_queues(2)
     killed = service.worker_pids()[0]
     os.kill(killed, signal.SIGKILL)
 
-    replacement_queue = service.wait_for_queues(1, besides=first_queues)
+    replacement_queue = await service.wait_for_queues(1, besides=first_queues)
     assert len(replacement_queue) == 1
     deadline = time.monotonic() + START_TIMEOUT_S
     while len(service.live_worker_pids()) < 2:
-        assert time.monotonic() < deadline, service.log_path.read_text()
+        assert time.monotonic() < deadline, service.process.logs()
         await asyncio.sleep(0.1)
     assert killed not in service.live_worker_pids()
     assert any(entry["event"] == "worker_died" and entry["pid"] == killed for entry in service.log())
@@ -159,9 +149,9 @@ async def test_a_worker_that_dies_is_replaced_by_a_new_instance(start_service: A
 
     service.process.send_signal(signal.SIGTERM)
     bound = shutdown_bound_s(Settings(_env_file=None, shutdown_timeout_s=SHUTDOWN_TIMEOUT_S))  # type: ignore[call-arg]
-    code = await asyncio.to_thread(service.process.wait, bound)
-    assert code == 0, service.log_path.read_text()
-    assert not group_alive(service.process.pid)
+    code = await service.process.wait(bound)
+    assert code == 0, service.process.logs()
+    assert not service.process.group_alive()
 
 
 def test_auto_workers_is_one_per_usable_core() -> None:
@@ -177,12 +167,6 @@ def test_auto_workers_is_one_per_usable_core() -> None:
 
 
 def test_workers_flag_accepts_auto_and_refuses_words() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "notifier", "serve", "--workers", "many"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_cli("serve", "--workers", "many")
     assert result.returncode == 2
     assert '"auto"' in result.stderr

@@ -10,8 +10,9 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from notifier.runtime import devstate
-from tests.browser.conftest import NotifierProcess, Publisher, notes, sign_in_with_token, subscribe, token_for
+from tests.browser.conftest import Backend, browser_env, notes, sign_in_with_token, subscribe, token_for
 from tests.faults import CuttableProxy
+from tests.processes import NotifierProcess, StartNotifier
 from tests.support import free_port
 
 WAIT_MS = 15_000
@@ -35,14 +36,14 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
 
 
 async def test_page_subscribes_and_shows_an_event_published_to_rabbitmq(
-    service: NotifierProcess, publisher: Publisher, page: Page
+    service: NotifierProcess, backend: Backend, page: Page
 ) -> None:
-    await sign_in_with_token(page, service.base_url, token_for("alice", ["news.#"]))
+    await sign_in_with_token(page, service.http_url, token_for("alice", ["news.#"]))
     await expect(page.locator("#who")).to_contain_text("alice")
     await expect(page.locator('.sub[data-topic="user.alice"]')).to_have_attribute("data-status", "subscribed")
     await subscribe(page, "news.sport")
 
-    event_id = await publisher.publish("news.sport", {"title": "Goal!", "score": [1, 0]})
+    event_id = await backend.publish("news.sport", {"title": "Goal!", "score": [1, 0]})
 
     note = page.locator(f'#feed .note[data-id="{event_id}"]')
     await expect(note).to_have_attribute("data-topic", "news.sport")
@@ -54,7 +55,7 @@ async def test_page_subscribes_and_shows_an_event_published_to_rabbitmq(
 
 
 async def test_forbidden_topic_is_refused_with_its_code(service: NotifierProcess, page: Page) -> None:
-    await sign_in_with_token(page, service.base_url, token_for("alice", ["news.#"]))
+    await sign_in_with_token(page, service.http_url, token_for("alice", ["news.#"]))
     await page.fill("#topic", "user.bob")
     await page.press("#topic", "Enter")
     await expect(page.locator("#subscribe-error")).to_have_attribute("data-code", "forbidden")
@@ -62,11 +63,11 @@ async def test_forbidden_topic_is_refused_with_its_code(service: NotifierProcess
 
 
 async def test_page_reconnects_after_a_restart_resubscribes_and_shows_the_next_event(
-    service: NotifierProcess, publisher: Publisher, page: Page
+    service: NotifierProcess, backend: Backend, page: Page
 ) -> None:
-    await sign_in_with_token(page, service.base_url, token_for("alice", ["news.#"]))
+    await sign_in_with_token(page, service.http_url, token_for("alice", ["news.#"]))
     await subscribe(page, "news.sport")
-    await publisher.publish("news.sport", {"title": "before the restart"})
+    await backend.publish("news.sport", {"title": "before the restart"})
     await expect(notes(page, "news.sport")).to_have_count(1)
 
     assert await service.stop() == 0
@@ -77,26 +78,26 @@ async def test_page_reconnects_after_a_restart_resubscribes_and_shows_the_next_e
     await expect(page.locator("#state")).to_have_attribute("data-state", "open", timeout=RECONNECT_WAIT_MS)
     await expect(page.locator('.sub[data-topic="news.sport"]')).to_have_attribute("data-status", "subscribed")
 
-    await publisher.publish("news.sport", {"title": "after the restart"})
+    await backend.publish("news.sport", {"title": "after the restart"})
     await expect(notes(page, "news.sport")).to_have_count(2)
     await expect(notes(page, "news.sport").first.locator(".title")).to_have_text("after the restart")
 
 
 async def test_a_page_never_shows_another_users_events(
-    service: NotifierProcess, publisher: Publisher, browser: Browser
+    service: NotifierProcess, backend: Backend, browser: Browser
 ) -> None:
     alice_context = await browser.new_context()
     bob_context = await browser.new_context()
     try:
         alice = await alice_context.new_page()
         bob = await bob_context.new_page()
-        await sign_in_with_token(alice, service.base_url, token_for("alice"))
-        await sign_in_with_token(bob, service.base_url, token_for("bob"))
+        await sign_in_with_token(alice, service.http_url, token_for("alice"))
+        await sign_in_with_token(bob, service.http_url, token_for("bob"))
 
         # Both events go through one queue in order: once Alice has her later event, Bob's earlier one would
         # have reached her already if it were going to.
-        await publisher.publish("user.bob", {"title": "for bob only"})
-        await publisher.publish("user.alice", {"title": "for alice only"})
+        await backend.publish("user.bob", {"title": "for bob only"})
+        await backend.publish("user.alice", {"title": "for alice only"})
 
         await expect(notes(alice, "user.alice")).to_have_count(1)
         await expect(notes(bob, "user.bob")).to_have_count(1)
@@ -110,13 +111,13 @@ async def test_a_page_never_shows_another_users_events(
 
 
 async def test_demo_page_in_dev_mode_signs_in_subscribes_and_publishes(
-    exchange_name: str, page: Page, tmp_path: Path
+    exchange: str, page: Page, start_notifier: StartNotifier
 ) -> None:
     """`notifier dev --amqp`: the page mints its own token and publishes through the service. Saves docs/demo.png."""
-    dev = NotifierProcess("dev", free_port(), exchange_name, tmp_path / "notifier.log", extra_args=("--amqp",))
-    await dev.start()
+    port = free_port()
+    dev = await start_notifier("dev", "--amqp", env=browser_env(port, exchange), port=port)
     try:
-        await page.goto(dev.base_url + "/")
+        await page.goto(dev.http_url + "/")
         await page.fill("#user", "ada")
         await page.fill("#patterns", "news.#, team.7.*")
         await page.click("#connect")
@@ -142,11 +143,11 @@ async def test_demo_page_in_dev_mode_signs_in_subscribes_and_publishes(
         await page.screenshot(path=str(SCREENSHOT), animations="disabled")
     finally:
         await dev.stop()
-    assert not devstate.state_path(dev.port).exists(), "notifier dev removes the state it left for the CLI"
+    assert not devstate.state_path(port).exists(), "notifier dev removes the state it left for the CLI"
 
 
 async def test_a_long_lived_page_renews_its_token_and_keeps_one_connection(
-    service: NotifierProcess, publisher: Publisher, page: Page
+    service: NotifierProcess, backend: Backend, page: Page
 ) -> None:
     """Tokens of a few seconds, renewed over the open connection by `refresh`; pings answered by the server."""
     minted: list[str] = []
@@ -156,7 +157,7 @@ async def test_a_long_lived_page_renews_its_token_and_keeps_one_connection(
         return minted[-1]
 
     await page.expose_function("mintShortToken", mint_short_token)
-    await page.goto(service.base_url + "/")
+    await page.goto(service.http_url + "/")
     await page.evaluate(
         """async () => {
             const { NotifierClient } = await import('/static/notifier.js');
@@ -175,7 +176,7 @@ async def test_a_long_lived_page_renews_its_token_and_keeps_one_connection(
     )
     # exp is whole seconds, so three renewals take about 4 s; without them the server closes with 4001.
     await page.wait_for_function("window.clientLog.refreshes >= 3", timeout=WAIT_MS)
-    await publisher.publish("news.sport", {"still": "here"})
+    await backend.publish("news.sport", {"still": "here"})
     await page.wait_for_function("window.clientLog.events.length === 1", timeout=WAIT_MS)
     log = await page.evaluate("window.clientLog")
     assert log["welcomes"] == 1, "one connection throughout"
@@ -186,7 +187,7 @@ async def test_a_long_lived_page_renews_its_token_and_keeps_one_connection(
 
 
 async def test_a_page_whose_connection_drops_gets_every_event_it_missed_once_in_order(
-    service: NotifierProcess, publisher: Publisher, page: Page
+    service: NotifierProcess, backend: Backend, page: Page
 ) -> None:
     """The network between the browser and the server is cut while events are published: the page resumes its
     session when the line is back and shows each missed event once, in order, then the live ones."""
@@ -195,18 +196,18 @@ async def test_a_page_whose_connection_drops_gets_every_event_it_missed_once_in_
     try:
         await sign_in_with_token(page, f"http://127.0.0.1:{line.port}", token_for("alice", ["news.#"]))
         await subscribe(page, "news.sport")
-        await publisher.publish("news.sport", {"title": "before"})
+        await backend.publish("news.sport", {"title": "before"})
         await expect(notes(page, "news.sport")).to_have_count(1)
 
         line.cut()
         await expect(page.locator("#state")).to_have_attribute("data-state", "reconnecting")
         for n in range(3):
-            await publisher.publish("news.sport", {"title": f"missed {n}"})
+            await backend.publish("news.sport", {"title": f"missed {n}"})
         line.restore()
 
         await expect(page.locator("#state")).to_have_attribute("data-state", "open", timeout=RECONNECT_WAIT_MS)
         await expect(notes(page, "news.sport")).to_have_count(4)
-        await publisher.publish("news.sport", {"title": "after"})
+        await backend.publish("news.sport", {"title": "after"})
         await expect(notes(page, "news.sport")).to_have_count(5)
         titles = await notes(page, "news.sport").locator(".title").all_inner_texts()
         assert titles == ["after", "missed 2", "missed 1", "missed 0", "before"]  # newest first, each once

@@ -9,7 +9,8 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, expect
 
-from tests.browser.conftest import API_KEY, NotifierProcess, Publisher, notes, sign_in_with_token, subscribe, token_for
+from tests.browser.conftest import API_KEY, Backend, notes, sign_in_with_token, subscribe, token_for
+from tests.processes import NotifierProcess
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(60)]
 
@@ -25,20 +26,20 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
 
 
 async def test_page_drops_a_topic_the_server_took_and_stops_when_disconnected(
-    service: NotifierProcess, publisher: Publisher, page: Page
+    service: NotifierProcess, backend: Backend, page: Page
 ) -> None:
     expect.set_options(timeout=15_000)
-    await sign_in_with_token(page, service.base_url, token_for("alice", ["news.#"]))
+    await sign_in_with_token(page, service.http_url, token_for("alice", ["news.#"]))
     await subscribe(page, "news.sport")
-    async with httpx.AsyncClient(base_url=service.base_url, headers=AUTH) as http:
+    async with httpx.AsyncClient(base_url=service.http_url, headers=AUTH) as http:
         presence = (await http.get("/api/presence", params={"user": "alice"})).json()
         assert (presence["online"], presence["connections"]) == (True, 1)
 
         response = await http.post("/api/unsubscribe", json={"user": "alice", "topic": "news.sport"})
         assert response.status_code == 202
         await expect(page.locator('.sub[data-topic="news.sport"]')).to_have_count(0)
-        await publisher.publish("news.sport", {"title": "not for alice any more"})
-        await publisher.publish("user.alice", {"title": "still connected"})
+        await backend.publish("news.sport", {"title": "not for alice any more"})
+        await backend.publish("user.alice", {"title": "still connected"})
         await expect(notes(page, "user.alice")).to_have_count(1)
         await expect(notes(page, "news.sport")).to_have_count(0)
 
