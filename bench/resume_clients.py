@@ -40,6 +40,14 @@ def backoff_delay(attempt: int) -> float:
     return random.uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(attempt, 30)))
 
 
+def busy(why: str) -> bool:
+    """Whether a failed attempt's reason says the server is busy (notifier.js waits a few steps more)."""
+    kind, _, value = why.partition(" ")
+    if not value.isdigit():
+        return False
+    return int(value) in (BUSY_CLOSE_CODES if kind == "close" else BUSY_HTTP_STATUSES if kind == "http" else ())
+
+
 def mint(secret: str, user: str) -> str:
     now = int(time.time())
     return jwt.encode({"sub": user, "iat": now, "exp": now + 3600}, secret, algorithm="HS256")
@@ -49,19 +57,20 @@ class User:
     """One browser: its session and count (kept across connections) and every event id it received."""
 
     __slots__ = (
-        "name",
-        "token",
         "address",
-        "session",
-        "received",
-        "ids",
-        "listener",
-        "closed_at",
-        "close_code",
-        "back_at",
-        "recovered",
         "attempts",
+        "back_at",
+        "close_code",
+        "closed_at",
         "drops",
+        "ids",
+        "last_recovered",
+        "listener",
+        "name",
+        "received",
+        "recovered",
+        "session",
+        "token",
     )
 
     def __init__(self, name: str, token: str, address: str) -> None:
@@ -75,7 +84,8 @@ class User:
         self.closed_at: float | None = None  # the end of the connection held before the SIGTERM
         self.close_code: int | None = None
         self.back_at: float | None = None  # the welcome of the connection after it
-        self.recovered: bool | None = None
+        self.recovered: bool | None = None  # what the welcome after the SIGTERM said
+        self.last_recovered = False
         self.attempts = 0
         self.drops = 0  # connections that ended after the first one came back
 
@@ -92,6 +102,7 @@ class Listener(WSListener):
         self.gone: asyncio.Future[None] = loop.create_future()
         self.code: int | None = None
         self.ended_at: float | None = None
+        self.welcomed_at: float | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -112,7 +123,14 @@ class Listener(WSListener):
                 return
             message = orjson.loads(payload)
             if message.get("type") == "welcome":
+                # Here, not where the welcome is awaited: events that follow it in the same read count already.
                 self.welcomed = True
+                self.welcomed_at = time.monotonic()
+                user = self.user
+                user.session = message["session"]
+                user.last_recovered = bool(message.get("recovered"))
+                if not user.last_recovered:
+                    user.received = 0  # a fresh session counts from its first event
                 if not self.welcome.done():
                     self.welcome.set_result(message)
             elif not self.welcome.done():
@@ -174,7 +192,7 @@ class Worker:
             )
             if listener is None:
                 raise ConnectionAbortedError("closed by the server during the handshake")
-            welcome = await listener.welcome
+            await listener.welcome
         except WSHandshakeError as error:
             status = getattr(error.response, "status", None)
             return None, f"http {int(status)}" if status is not None else type(error).__name__
@@ -184,9 +202,6 @@ class Worker:
             if len(self.failures) < 5:
                 self.failures.append(f"{user.name}: {error!r}"[:200])
             return None, type(error).__name__
-        user.session = welcome["session"]
-        if user.session is not None and "recovered" in welcome and not welcome["recovered"]:
-            user.received = 0  # a fresh session counts from its first event
         user.listener = listener
         return listener, ""
 
@@ -243,19 +258,14 @@ class Worker:
                 user.attempts += 1
                 listener, why = await self.dial(user, self.spec["second_url"])
                 if listener is not None:
-                    welcome_at = time.monotonic()
                     if first:
-                        user.back_at = welcome_at
-                        user.recovered = user.listener is not None and user.session is not None and self._recovered
+                        user.back_at = listener.welcomed_at
+                        user.recovered = user.last_recovered
                     break
                 self.refusals[why] = self.refusals.get(why, 0) + 1
-                if why.startswith("close ") and int(why[6:]) in BUSY_CLOSE_CODES:
-                    attempt = max(attempt, BUSY_MIN_ATTEMPT)
-                elif why.startswith("http ") and int(why[5:]) in BUSY_HTTP_STATUSES:
+                if busy(why):
                     attempt = max(attempt, BUSY_MIN_ATTEMPT)
             first = False
-
-    _recovered = False  # replaced per welcome: see dial_recovered
 
     def progress(self) -> dict[str, Any]:
         back = [user.back_at for user in self.users if user.back_at is not None]

@@ -15,7 +15,8 @@ import pytest
 from starlette.websockets import WebSocket
 
 from notifier.broker.memory import MemoryBroker
-from notifier.cluster.handover import HAND_OVER
+from notifier.cluster import handover
+from notifier.cluster.handover import HAND_OVER, HAND_OVER_BATCH
 from notifier.connection.auth import mint_token
 from notifier.connection.session import Session
 from notifier.formats import closecodes
@@ -90,6 +91,8 @@ class FakeControlPlane:
     def __init__(self) -> None:
         self.handlers: dict[str, dict[str, Any]] = {}
         self.asked: list[tuple[str, str]] = []
+        self.without: set[str] = set()
+        """Kinds the instances are taken not to announce, as an earlier release would not."""
         self.before_answer: Callable[[str], Awaitable[None]] | None = None
         """Runs before each request of that kind is handed to its instance."""
 
@@ -103,6 +106,9 @@ class FakeControlPlane:
 
             def live_instances(self) -> set[str] | None:
                 return None  # it cannot tell who is alive: every holder is asked, and may not answer
+
+            def runs(self, target: str, kind: str) -> bool:
+                return kind in plane.handlers.get(target, {}) and kind not in plane.without
 
             async def ask(self, target: str, kind: str, args: dict[str, Any], *, timeout: float) -> Any:
                 plane.asked.append((target, kind))
@@ -358,6 +364,19 @@ async def resumed(
     return new, socket, await socket.next_frame("welcome")
 
 
+async def all_resumed(
+    node: Instance, users: list[str], dropped: list[tuple[str, int]]
+) -> list[tuple[FakeSocket, dict[str, Any]]]:
+    """Every user's client reconnects (one after the other), then all send their resume at once."""
+    sockets = [(await node.connect())[1] for _ in users]
+    for socket, user, (session, received) in zip(sockets, users, dropped, strict=True):
+        socket.client_sends(
+            {"type": "auth", "token": token(user), "resume": {"session": session, "received": received}}
+        )
+    welcomes = await asyncio.gather(*(socket.next_frame("welcome") for socket in sockets))
+    return list(zip(sockets, welcomes, strict=True))
+
+
 async def dropped_after(node: Instance, user: str, events: int, topics: list[str] | None = None) -> tuple[str, int]:
     """A signed-in client that got `events` events, then lost its connection; returns its session and count."""
     session, socket = await signed_in(node, user, topics)
@@ -571,7 +590,7 @@ async def test_events_during_the_hand_over_come_once_each(
     session_id, received = await dropped_after(first, "bob", 2)
 
     async def events_arrive(kind: str) -> None:
-        if kind == HAND_OVER:
+        if kind in (HAND_OVER, HAND_OVER_BATCH):
             # Between the new instance's binds and the hand-over, events reach both instances.
             await publish_to_both(pair, "user.bob", 2)
             await publish_to_both(pair, "user.bob", 3)
@@ -601,3 +620,74 @@ async def test_another_users_token_cannot_take_a_session_from_another_instance(
     assert (welcome["recovered"], welcome["user"]) == (False, "mallory")
     await socket_stays_quiet(socket, 0, partial(publish_to_both, pair), "user.mallory")
     assert first.directory.parked_count == 1  # still there for dave
+
+
+# A rolling deploy: many sessions move at once.
+
+
+async def test_sessions_resumed_at_once_are_handed_over_in_batches(
+    pair: tuple[Instance, Instance], control: FakeControlPlane
+) -> None:
+    first, second = pair
+    dropped = [await dropped_after(first, f"u{n}", 1) for n in range(30)]
+    for n in range(30):
+        await publish_to_both(pair, f"user.u{n}", f"missed {n}")
+    control.asked.clear()
+    answers = await all_resumed(second, [f"u{n}" for n in range(30)], dropped)
+    assert all(welcome["recovered"] for _, welcome in answers)
+    for n, (socket, _) in enumerate(answers):
+        assert await received_events(socket, 1) == [f"missed {n}"]
+    kinds = [kind for _, kind in control.asked]
+    assert set(kinds) == {handover.DESCRIBE_BATCH, handover.HAND_OVER_BATCH}
+    assert len(kinds) <= 2 * handover.BATCHES_IN_FLIGHT, kinds  # not two requests per session
+    assert first.node.directory.parked_count == 0
+
+
+async def test_a_holder_of_an_earlier_release_is_asked_one_session_at_a_time(
+    pair: tuple[Instance, Instance], control: FakeControlPlane
+) -> None:
+    first, second = pair
+    control.without = {handover.DESCRIBE_BATCH, handover.HAND_OVER_BATCH}
+    session_id, received = await dropped_after(first, "erin", 1)
+    await publish_to_both(pair, "user.erin", "missed")
+    control.asked.clear()
+    _, socket, welcome = await resumed(second, "erin", session_id, received)
+    assert welcome["recovered"] is True
+    assert await received_events(socket, 1) == ["missed"]
+    assert [kind for _, kind in control.asked] == [handover.DESCRIBE, handover.HAND_OVER]
+
+
+async def test_hand_overs_past_one_replys_size_bound_are_deferred_and_asked_again(
+    pair: tuple[Instance, Instance], control: FakeControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = pair
+    dropped = [await dropped_after(first, f"v{n}", 0) for n in range(3)]
+    for n in range(3):
+        await publish_to_both(pair, f"user.v{n}", "x" * 100)
+    control.asked.clear()
+    # Room for about one session's events per reply: the others are deferred, kept by the holder, asked again.
+    monkeypatch.setattr(handover, "MAX_HANDOVER_BYTES", 300)
+    answers = await all_resumed(second, [f"v{n}" for n in range(3)], dropped)
+    assert [welcome["recovered"] for _, welcome in answers] == [True, True, True]
+    for socket, _ in answers:
+        assert await received_events(socket, 1) == ["x" * 100]
+    assert [kind for _, kind in control.asked].count(handover.HAND_OVER_BATCH) >= 2
+
+
+async def test_resumes_waiting_on_a_silent_holder_end_within_the_resume_timeout(
+    start_instance: StartInstance, control: FakeControlPlane
+) -> None:
+    """Every wait on the resume path is bounded: a holder that takes the batch and never answers leaves each
+    waiting client with `recovered: false` after NOTIFIER_RESUME_TIMEOUT_S, however many wait."""
+    first = await start_instance("first", control, resume_timeout_s=0.3)
+    second = await start_instance("second", control, resume_timeout_s=0.3)
+    dropped = [await dropped_after(first, f"w{n}", 0) for n in range(handover.MAX_BATCH + 5)]
+
+    async def never_answers(args: dict[str, Any]) -> Any:
+        await asyncio.Event().wait()
+
+    control.handlers["first"][handover.DESCRIBE_BATCH] = never_answers
+    started = asyncio.get_running_loop().time()
+    answers = await all_resumed(second, [f"w{n}" for n in range(len(dropped))], dropped)
+    assert all(welcome["recovered"] is False for _, welcome in answers)
+    assert asyncio.get_running_loop().time() - started < 3
