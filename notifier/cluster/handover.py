@@ -252,7 +252,7 @@ class SessionHandOver:
             results.append(result)
             room -= size
         handed = sum(1 for result in results if result.get("found"))
-        log.info("sessions_handed_over", sessions=handed, asked=len(results))
+        log.info("handover_batch_answered", sessions=handed, asked=len(results))
         return {"results": results}
 
     def _describe_one(self, args: dict[str, Any]) -> dict[str, Any]:
