@@ -691,3 +691,22 @@ async def test_resumes_waiting_on_a_silent_holder_end_within_the_resume_timeout(
     answers = await all_resumed(second, [f"w{n}" for n in range(len(dropped))], dropped)
     assert all(welcome["recovered"] is False for _, welcome in answers)
     assert asyncio.get_running_loop().time() - started < 3
+
+
+async def test_an_event_the_client_had_that_reaches_the_new_instance_late_is_not_sent_again(
+    pair: tuple[Instance, Instance], control: FakeControlPlane
+) -> None:
+    """The double of a rolling deploy: the old instance delivered an event before its client left; the new one,
+    already routing the user's topic (another tab, a cover) but behind on its queue, takes the same event only
+    after the resumed session registered. It must not go out a second time."""
+    first, second = pair
+    session_id, received = await dropped_after(first, "fay", 1)  # event 0 reached the client through the first
+
+    async def arrives_late(kind: str) -> None:
+        if kind in (HAND_OVER, HAND_OVER_BATCH):
+            await second.publish("user.fay", 0)  # the same event, reaching the busy second instance only now
+
+    control.before_answer = arrives_late
+    _, socket, welcome = await resumed(second, "fay", session_id, received)
+    assert welcome["recovered"] is True
+    await socket_stays_quiet(socket, 0, partial(publish_to_both, pair), "user.fay")

@@ -25,6 +25,7 @@ from notifier.broker import BrokerUnavailable
 from notifier.cluster.codec import BadControlMessage, CommandResult
 from notifier.cluster.control import ControlPlane
 from notifier.connection.directory import SessionDirectory
+from notifier.connection.resume import Handed
 from notifier.formats.wire import Frame
 
 log = structlog.get_logger("notifier.handover")
@@ -37,6 +38,9 @@ HAND_OVER_BATCH = "session.hand_over_batch"
 # A hand-over larger than this is refused (the client gets `recovered: false`): it travels as one message. A
 # batch's reply holds at most this much too; the sessions past it are answered `deferred` and asked again.
 MAX_HANDOVER_BYTES = 16 * 1024 * 1024
+# The ids of the last events a client had received, sent with its session: enough to cover the seconds an event
+# can take to reach a busy new instance after the old one delivered it.
+DELIVERED_IDS = 128
 # Sessions in one batched request, and batched requests of one kind in flight to one holder at once.
 MAX_BATCH = 256
 BATCHES_IN_FLIGHT = 4
@@ -76,6 +80,8 @@ class HeldSession(Protocol):
     def topics(self) -> set[str]: ...
 
     def frames_after(self, received: int) -> list[Frame] | None: ...
+
+    def delivered_ids(self, received: int, limit: int) -> list[str]: ...
 
     def hand_over_to_another_instance(self) -> None:
         """Let go of the session: it is someone else's now, and what it holds is released."""
@@ -132,9 +138,9 @@ class SessionHandOver:
             return None
         return topics
 
-    async def take(self, session_id: str, user: str, received: int) -> list[Frame] | None:
-        """The session's event frames after the `received`-th; the holder lets go of it. None if it could not
-        be had whole."""
+    async def take(self, session_id: str, user: str, received: int) -> Handed | None:
+        """The session's event frames after the `received`-th, and the ids of the last ones before; the holder
+        lets go of it. None if it could not be had whole."""
         holder = self.holder(session_id)
         if holder is None:
             return None
@@ -143,7 +149,11 @@ class SessionHandOver:
         if not reply or not reply.get("found"):
             return None
         try:
-            return [Frame(item["payload"].encode(), item["topic"], item["id"]) for item in reply["frames"]]
+            frames = [Frame(item["payload"].encode(), item["topic"], item["id"]) for item in reply["frames"]]
+            delivered = reply.get("delivered", [])  # absent from a holder of an earlier release
+            if not isinstance(delivered, list) or not all(isinstance(item, str) for item in delivered):
+                raise TypeError("delivered is not a list of ids")
+            return Handed(frames, frozenset(delivered))
         except (KeyError, TypeError, AttributeError):
             log.warning("handover_bad_reply", holder=holder, kind=HAND_OVER)
             return None
@@ -275,9 +285,10 @@ class SessionHandOver:
         if size > room:
             return {"deferred": True}, 0
         items = [{"topic": frame.topic, "id": frame.event_id, "payload": frame.payload.decode()} for frame in frames]
+        delivered = session.delivered_ids(received, DELIVERED_IDS)
         session.hand_over_to_another_instance()
         log.debug("session_handed_over", events=len(items))
-        return {"found": True, "frames": items}, size
+        return {"found": True, "frames": items, "delivered": delivered}, size + sum(map(len, delivered))
 
 
 def _batch_items(args: dict[str, Any]) -> list[dict[str, Any]]:

@@ -55,6 +55,15 @@ class History:
             while entries[0].created < horizon:
                 entries.popleft()
 
+    def ids_until(self, received: int, limit: int) -> list[str]:
+        """The event ids of the last `limit` frames up to the `received`-th that are still held: what the client
+        already had when it left."""
+        entries = self._entries
+        if not entries or limit <= 0 or not 0 < received <= self.sent:
+            return []
+        last = len(entries) - (self.sent - received)  # one past the received-th entry
+        return [frame.event_id for frame in list(entries)[max(0, last - limit) : max(0, last)] if frame.event_id]
+
     def after(self, received: int) -> list[Frame] | None:
         """The frames after the `received`-th, in order; None if some of them are no longer held (or the count
         is not one this session reached)."""

@@ -13,6 +13,7 @@ Each path works on sessions through `ResumableSession`, the public side of notif
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import structlog
@@ -28,6 +29,16 @@ if TYPE_CHECKING:
     from notifier.connection.session import SessionContext
 
 
+@dataclass(frozen=True)
+class Handed:
+    """A session handed over by another instance: the events after the client's count, and the ids of the last
+    events the client had already received there (one of those may still reach this instance late, through a
+    binding it already had: it must not be sent again)."""
+
+    frames: list[Frame]
+    delivered: frozenset[str]
+
+
 class RemoteSessions(Protocol):
     """Sessions held by other instances (see notifier/cluster/handover.py)."""
 
@@ -35,7 +46,7 @@ class RemoteSessions(Protocol):
 
     async def topics_of(self, session_id: str, user: str) -> list[str] | None: ...
 
-    async def take(self, session_id: str, user: str, received: int) -> list[Frame] | None: ...
+    async def take(self, session_id: str, user: str, received: int) -> Handed | None: ...
 
 
 @runtime_checkable
@@ -174,17 +185,18 @@ async def resume_from_another_instance(
     if handed is None or collected is None:
         await start_fresh_after_failed_resume(session, context, identity, personal, collected or [])
         return
-    handed_ids = {frame.event_id for frame in handed}
+    # Sent once each: what the client had, or gets in the replay, is not sent again from what arrived here.
+    already = {frame.event_id for frame in handed.frames} | handed.delivered
     session.history = _history(context, sent=resume.received)
     session.go_live(identity, [personal, *others], recovered=True, dropped=dropped)
     live = set(session.topics)
-    for frame in handed:
+    for frame in handed.frames:
         if frame.topic in live:
             session.offer(frame)
     for frame in collected:
-        if frame.event_id not in handed_ids:
+        if frame.event_id not in already:
             session.offer(frame)
-    session.log.info("session_resumed_from_another_instance", replayed=len(handed), received=resume.received)
+    session.log.info("session_resumed_from_another_instance", replayed=len(handed.frames), received=resume.received)
 
 
 async def start_fresh_after_failed_resume(

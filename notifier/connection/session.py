@@ -417,6 +417,10 @@ class Session:
             return None
         return self.history.after(received)
 
+    def delivered_ids(self, received: int, limit: int) -> list[str]:
+        """The ids of the last `limit` events the client had received when it left (its first `received`)."""
+        return self.history.ids_until(received, limit) if self.history.keeps else []
+
     def hand_over_to_another_instance(self) -> None:
         """Another instance resumed this session: let go of it and release what it holds."""
         self.hand_over()
