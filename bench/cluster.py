@@ -384,7 +384,7 @@ async def trial(
         for seq in browser.arrivals
         if browser.stamps[seq] < fault_at
     ]
-    restored = [
+    restored: list[dict[str, Any]] = [
         {
             "instance": inst.name,
             "gap_s": line.get("gap_s"),
@@ -421,7 +421,14 @@ async def trial(
         "users_lost_untold": sum(1 for browser in browsers if lost[browser.user] and not browser.told),
         "routing_restored": restored,
         "routing_gap_s": max(a_gaps) if a_gaps else None,
+        "routing_restored_after_fault_s": max(
+            (float(item["after_fault_s"]) for item in restored if item["instance"] == "A"), default=None
+        ),
         "delay_max_s": round(max(delays), 3) if delays else None,
+        "delay_max_s_by_instance": {
+            name: round(max((br.arrivals[seq] - br.stamps[seq] for br in group for seq in br.arrivals), default=0), 3)
+            for name, group in on.items()
+        },
         "delay_p99_s": round(percentile(delays, 0.99), 3),
         "steady_delay_p99_s": round(percentile(steady, 0.99), 3),
         "steady_delay_max_s": round(max(steady), 3) if steady else None,
@@ -485,6 +492,9 @@ def fmt(value: Any) -> str:
 
 
 def write_report(report: dict[str, Any], out: Path) -> list[Path]:
+    def total(key: str) -> int:
+        return sum(int(row.get(key, 0)) for row in report["trials"])
+
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "cluster.json"
     json_path.write_text(json.dumps(report, indent=2) + "\n")
@@ -497,9 +507,9 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
         f"user every {report['tick_s']} s through c3,c2,c1 with confirms. Fresh instances and exchange per row. "
         "The machine has 2 shared cores: delays are this machine's, compare rows within the run.",
         "",
-        "| queue | fault | confirmed | lost | users told | lost, not told | routing gap (s) | max delay (s) | "
-        "steady p99 (s) | A not ready (s) | A ready again, no restart |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| queue | fault | confirmed | lost | users told | lost, not told | routing gap (s) | routing back, from "
+        "fault (s) | max delay A / B (s) | steady p99 (s) | A not ready (s) | A ready again, no restart |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["trials"]:
         if "error" in row:
@@ -508,8 +518,9 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
         lines.append(
             f"| {row['queue_type']} | {row['fault']} ({fmt(row['fault_s'])} s) | {row['events_confirmed']} | "
             f"{row['events_lost']} | {row['users_told']} | {row['users_lost_untold']} | {fmt(row['routing_gap_s'])} | "
-            f"{fmt(row['delay_max_s'])} | {fmt(row['steady_delay_p99_s'])} | {fmt(row['a_not_ready_s'])} | "
-            f"{fmt(row['a_ready_again'])} |"
+            f"{fmt(row['routing_restored_after_fault_s'])} | {fmt(row['delay_max_s_by_instance']['A'])} / "
+            f"{fmt(row['delay_max_s_by_instance']['B'])} | {fmt(row['steady_delay_p99_s'])} | "
+            f"{fmt(row['a_not_ready_s'])} | {fmt(row['a_ready_again'])} |"
         )
         if row["routing_events_before_fault"]:
             lines[-1] = lines[-1].replace(f"| {row['fault']} (", f"| {row['fault']} (disturbed before the fault; ", 1)
@@ -520,9 +531,14 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
         "`resync` or a resume answered `recovered: false`. **lost, not told**: users missing an event who were "
         "never told (must be 0).",
         "- **routing gap**: `gap_s` of instance A's `routing_restored` log line (from routing lost to restored; "
-        "`-` when A never lost routing). **max delay**: the longest publish-to-receive time of any event received "
-        "in the trial (the publish stamp is taken before the publish, so a confirm that waits on a frozen node "
-        "counts); **steady p99**: the p99 of events published before the fault.",
+        "`-` when A never lost routing); **routing back, from fault**: from the start of the fault's `.ci/cluster` "
+        "command to that line (the command itself takes part of a second).",
+        "- **max delay**: the longest publish-to-receive time of any event received in the trial (the publish stamp "
+        "is taken before the publish, so a confirm that waits on a frozen node counts), for A's users and B's; "
+        "**steady p99**: the p99 of events published before the fault.",
+        f"- Unconfirmed publishes (not counted above): {total('events_unconfirmed')}; duplicates received: "
+        f"{total('duplicates')}; browser reconnects: {total('reconnects')}; users told on B (its node untouched): "
+        f"{sum(row.get('users_told_by_instance', {}).get('B', 0) for row in report['trials'])}.",
         "- **A not ready**: seconds A's `/readyz` did not answer 200 during the trial (polled every 0.25 s). **A "
         "ready again**: `/readyz` answers 200 after the node is back, the same process, never restarted.",
         "",

@@ -93,8 +93,9 @@ class User:
 class Listener(WSListener):
     """One connection of a user."""
 
-    def __init__(self, user: User) -> None:
+    def __init__(self, user: User, resume: bool) -> None:
         self.user = user
+        self.resume = resume  # ask to resume the user's session (the plain baseline may sign in fresh instead)
         self.transport: WSTransport | None = None
         self.welcomed = False
         loop = asyncio.get_running_loop()
@@ -108,7 +109,7 @@ class Listener(WSListener):
         self.transport = transport
         user = self.user
         auth: dict[str, Any] = {"type": "auth", "token": user.token}
-        if user.session is not None:
+        if user.session is not None and self.resume:
             auth["resume"] = {"session": user.session, "received": user.received}
         transport.send(WSMsgType.TEXT, orjson.dumps(auth))
 
@@ -179,7 +180,7 @@ class Worker:
 
         def factory() -> Listener:
             nonlocal listener
-            listener = Listener(user)
+            listener = Listener(user, self.spec["resume"])
             return listener
 
         try:
