@@ -40,7 +40,7 @@ import orjson
 
 from bench.resume_clients import BACKOFF_BASE_S, BACKOFF_CAP_S, BUSY_CLOSE_CODES, worker_main
 from bench.run import machine
-from bench.systems import AMQP_URL, cpu_seconds, free_port
+from bench.systems import AMQP_URL, broker_pid, cpu_seconds, free_port
 from notifier.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"
@@ -276,6 +276,24 @@ async def cleanup_amqp(exchange: str, queues: list[str]) -> None:
                     await channel.exchange_delete(name)
 
 
+async def wait_broker_quiet(max_s: float = 90.0, busy_share: float = 0.15) -> dict[str, Any]:
+    """Wait until RabbitMQ's CPU over one second falls below `busy_share` of a core (it removes a phase's
+    bindings after that phase's queues are deleted), so one phase's clean-up does not slow the next phase."""
+    try:
+        pid = broker_pid()
+    except RuntimeError:
+        return {"broker_quiet": None}
+    started = time.monotonic()
+    share = None
+    while time.monotonic() - started < max_s:
+        before = cpu_seconds(pid)
+        await asyncio.sleep(1.0)
+        share = cpu_seconds(pid) - before
+        if share < busy_share:
+            break
+    return {"broker_quiet_after_s": round(time.monotonic() - started, 1), "broker_cpu_share": share}
+
+
 def percentile(values: list[float], share: float) -> float | None:
     if not values:
         return None
@@ -296,6 +314,7 @@ async def run_phase(
     clients: Clients | None = None
     feed: Feed | None = None
     feed_task: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[bool]] = []
     result: dict[str, Any] = {
         "exchange": exchange,
         "resume_window_s": RESUME_WINDOW_S if resume else 0.0,
@@ -331,14 +350,17 @@ async def run_phase(
 
         a_cpu_at_term = first.cpu_s()
         b_cpu_at_term = second.cpu_s()
+        load_at_sigterm = round(os.getloadavg()[0], 2)
         sigterm_at = time.monotonic()
         os.kill(first.pid, signal.SIGTERM)
+        # Reaped every 20 ms from now on, so its exit time is not the moment someone looked.
+        exit_watch = asyncio.create_task(first.wait_exit(EXIT_WAIT_S))
+        tasks.append(exit_watch)
         log(f"{name}: SIGTERM to A; clients reconnect to B")
         deadline = sigterm_at + ALL_BACK_DEADLINE_S
         progress: list[dict[str, Any]] = []
         b_cpu_all_back: float | None = None
         while time.monotonic() < deadline:
-            first.reap()
             progress = await clients.ask("progress", 60)
             if sum(item["back"] for item in progress) >= connected:
                 b_cpu_all_back = second.cpu_s()
@@ -354,7 +376,7 @@ async def run_phase(
         await feed_task
         b_cpu_end = second.cpu_s()
         feed_end_at = time.monotonic()
-        exited = await first.wait_exit(max(0.0, sigterm_at + EXIT_WAIT_S - time.monotonic()))
+        exited = await exit_watch
         if not exited:
             result["a_exit_error"] = f"still running {EXIT_WAIT_S:.0f} s after SIGTERM; killed"
             await first.stop()
@@ -375,7 +397,8 @@ async def run_phase(
             )
         )
         result["all_back_detected_s"] = round(detected_at - sigterm_at, 2)
-        result.update(net_cpu(result, b_cpu_all_back, b_cpu_end, detected_at - sigterm_at, feed_end_at - detected_at))
+        result.update(net_cpu(result, finished, b_cpu_all_back, b_cpu_end, detected_at, feed_end_at - detected_at))
+        result["load_average_1m_at_sigterm"] = load_at_sigterm
         result["client_cpu_s"] = round(sum(item["cpu_s"] for item in finished), 1)
     except (RuntimeError, TimeoutError, OSError, EOFError) as error:
         result["error"] = repr(error)[:500]
@@ -383,6 +406,8 @@ async def run_phase(
         for instance in (first, second):
             log(f"{name}: {instance.name} log tail: {instance.log_tail()[-600:]}")
     finally:
+        for task in tasks:
+            task.cancel()
         if feed is not None:
             feed.stop.set()
         if feed_task is not None:
@@ -397,17 +422,25 @@ async def run_phase(
 
 
 def net_cpu(
-    result: dict[str, Any], at_all_back: float | None, at_end: float | None, storm_s: float, after_s: float
+    result: dict[str, Any],
+    finished: list[dict[str, Any]],
+    at_all_back: float | None,
+    at_end: float | None,
+    detected_at: float,
+    after_s: float,
 ) -> dict[str, Any]:
     """B's CPU per client back net of delivering the feed: B's CPU rate once all were back (the feed to every
-    client, nothing else) times the storm's length is taken off the storm's CPU. The storm had fewer clients on
-    B than that, so this takes off a little too much: a lower estimate of what the reconnects cost."""
+    client, nothing else), per client, times each client's time on B before all were seen back, is taken off
+    B's CPU from the SIGTERM to that moment."""
     storm = result.get("b_cpu_s_sigterm_to_all_back")
     back = result.get("back")
     if storm is None or not back or at_all_back is None or at_end is None or after_s <= 0:
         return {}
     feed_rate = (at_end - at_all_back) / after_s
-    net = max(0.0, storm - feed_rate * storm_s)
+    on_b_s = sum(
+        max(0.0, detected_at - user["back_at"]) for item in finished for user in item["users"] if user["back_at"]
+    )
+    net = max(0.0, storm - feed_rate / back * on_b_s)
     return {
         "b_cpu_s_per_s_feed_only": round(feed_rate, 3),
         "b_cpu_ms_per_client_back_net_of_feed": round(net * 1000 / back, 3),
@@ -436,7 +469,7 @@ def summarize(
     back_at = [user["back_at"] for user in users if user["back_at"] is not None]
     back = len(back_at)
     gaps = [user["back_at"] - user["closed_at"] for user in users if user["back_at"] and user["closed_at"]]
-    missing = doubled = out_of_order = users_missing = foreign = 0
+    missing = doubled = out_of_order = users_missing = foreign = missing_recovered = 0
     for user in users:
         ids = user["ids"]
         seen = set(ids)
@@ -446,6 +479,7 @@ def summarize(
         expected = set(feed.confirmed.get(user["user"], ()))
         lost = len(expected - seen)
         missing += lost
+        missing_recovered += lost if user["recovered"] is True else 0
         users_missing += 1 if lost else 0
         foreign += len(seen - expected - set(range(feed.published)))  # ids that were never published at all
     last_back = max(back_at, default=None)
@@ -480,6 +514,7 @@ def summarize(
         "events_received": sum(len(user["ids"]) for user in users),
         "missing": missing,
         "users_missing": users_missing,
+        "missing_recovered": missing_recovered,
         "doubled": doubled,
         "users_out_of_order": out_of_order,
         "foreign_ids": foreign,
@@ -570,6 +605,7 @@ MEASURES = (
     ("events_received", "events received", "{:,}"),
     ("missing", "events missing (confirmed, never received)", "{:,}"),
     ("users_missing", "users missing any", "{:,}"),
+    ("missing_recovered", "of them missing by users told `recovered: true`", "{:,}"),
     ("doubled", "events doubled (same user, same id twice)", "{:,}"),
     ("users_out_of_order", "users with events out of order", "{:,}"),
     ("a_exit_s", "A's exit after SIGTERM, s", "{:.2f}"),
@@ -580,6 +616,7 @@ MEASURES = (
     ("b_cpu_s_per_s_feed_only", "B's CPU once all were back (feed only), s per s", "{:.3f}"),
     ("b_cpu_ms_per_client_back_net_of_feed", "B's CPU per client back, net of the feed, ms", "{:.3f}"),
     ("b_cpu_s_sigterm_to_end", "B's CPU from SIGTERM to the feed's end, s", "{:.2f}"),
+    ("load_average_1m_at_sigterm", "machine's 1-minute load average at the SIGTERM", "{:.2f}"),
     ("client_cpu_s", "client processes' CPU (whole phase), s", "{:.1f}"),
 )
 
@@ -661,8 +698,8 @@ def render(report: dict[str, Any]) -> str:
         "utime+stime from the SIGTERM to the moment all were seen back (polled every 0.2 s), divided by the "
         "clients back; it includes delivering the feed to those back meanwhile, in both phases."
         + "".join(f" Resume / plain, {key}: {value:.2f}x." for key, value in cost.items())
-        + " *net of the feed*: B's CPU rate once all were back (the feed to every client) times the storm's "
-        "length taken off (a lower estimate: fewer clients were on B during the storm).",
+        + " *net of the feed*: B's CPU rate per client once all were back (delivering the feed), times each "
+        "client's time on B before all were seen back, taken off.",
         "",
     ]
     failures = [f for name, _ in PHASES for f in phases.get(name, {}).get("client_failures", [])]
@@ -704,11 +741,12 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "phases": {},
     }
     started = time.monotonic()
-    for index, (name, _title) in enumerate(PHASES):
-        if index:
-            await asyncio.sleep(5)  # RabbitMQ finishes removing the last phase's bindings
+    for name, _title in PHASES:
+        quiet = await wait_broker_quiet()
+        log(f"{name}: broker quiet after {quiet.get('broker_quiet_after_s')} s")
         resume = name == "resume"
         report["phases"][name] = await run_phase(name, resume, resume or args.plain_sends_resume, args, workdir)
+        report["phases"][name]["before"] = quiet
     on, plain = report["phases"]["resume"], report["phases"]["plain"]
     if on.get("all_back_s") and plain.get("all_back_s"):
         report["all_back_ratio"] = round(on["all_back_s"] / plain["all_back_s"], 3)
