@@ -35,8 +35,9 @@ class Settings(BaseSettings):
     # (re)connect), "memory://" for the embedded in-process broker.
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # The instance queue: "classic" (re-declared on a live node when its node is lost; clients are told of the
-    # gap) or "quorum" (replicated across the cluster's nodes: a lost node loses nothing). docs/scaling.md.
-    queue_type: Literal["classic", "quorum"] = "classic"
+    # gap) or "quorum" (replicated across the cluster's nodes: a lost node loses nothing); "auto": quorum when
+    # NOTIFIER_AMQP_URL lists several nodes, classic for one. docs/scaling.md has the measured trade-off.
+    queue_type: Literal["auto", "classic", "quorum"] = "auto"
     exchange: str = Field(default="notifications", min_length=1, max_length=255)
     dead_letter_exchange: str = Field(default="notifications.dead", min_length=1, max_length=255)
     instance_id: str = Field(default="", max_length=100)
@@ -183,6 +184,13 @@ class Settings(BaseSettings):
     @property
     def uses_memory_broker(self) -> bool:
         return self.amqp_url.startswith("memory://")
+
+    @property
+    def instance_queue_type(self) -> Literal["classic", "quorum"]:
+        """The type the instance (and dead-letter) queues are declared with."""
+        if self.queue_type == "auto":
+            return "quorum" if len(self.amqp_urls) > 1 else "classic"
+        return self.queue_type
 
     @property
     def amqp_urls(self) -> list[str]:

@@ -9,7 +9,7 @@ from structlog.testing import capture_logs
 from yarl import URL
 
 from notifier.broker.failover import NodeAddresses, describe_connect_failure
-from notifier.settings import split_amqp_urls
+from notifier.settings import Settings, split_amqp_urls
 from tests.processes import run_cli
 from tests.support import AMQP_URL, StartServer, amqp_url_through, free_port, wait_until
 
@@ -100,3 +100,17 @@ async def test_an_unknown_vhost_is_named_in_one_line_per_attempt(start_server: S
     assert len(failed) == 1, logs
     assert "vhost 'no-such-vhost-here'" in failed[0]["reason"]
     assert "does not exist" in failed[0]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("amqp_url", "queue_type", "declared"),
+    [
+        (NODE_1, "auto", "classic"),
+        (f"{NODE_1},{NODE_2}", "auto", "quorum"),
+        (f"{NODE_1},{NODE_2}", "classic", "classic"),
+        (NODE_1, "quorum", "quorum"),
+    ],
+)
+def test_the_queue_type_follows_the_list_of_nodes_unless_set(amqp_url: str, queue_type: str, declared: str) -> None:
+    settings = Settings(_env_file=None, amqp_url=amqp_url, queue_type=queue_type)  # type: ignore[call-arg,arg-type]
+    assert settings.instance_queue_type == declared

@@ -245,7 +245,7 @@ class AmqpBroker:
     def _queue_arguments(self) -> dict[str, Any]:
         settings = self._settings
         return {
-            "x-queue-type": settings.queue_type,
+            "x-queue-type": settings.instance_queue_type,
             "x-expires": int(settings.queue_expires_s * 1000),
             "x-dead-letter-exchange": settings.dead_letter_exchange,
             # Bounded: past this length the oldest messages are dead-lettered, never silently dropped.
@@ -339,7 +339,7 @@ class AmqpBroker:
         name = self._settings.dead_letter_exchange
         channel = await connection.channel()
         arguments: dict[str, Any] = {"x-max-length": self._settings.dead_letter_max_length}
-        if self._settings.queue_type == "quorum":
+        if self._settings.instance_queue_type == "quorum":
             arguments["x-queue-type"] = "quorum"  # replicated: no single node holds it
         try:
             exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=True)
