@@ -179,6 +179,7 @@ class Feed:
         self.confirmed: dict[str, list[int]] = {user: [] for user in users}
         self.published = 0
         self.failed = 0
+        self.errors: Counter[str] = Counter()  # why publishes were not confirmed (a nack, a timeout, ...)
         self.seconds = 0.0
         self.stop = asyncio.Event()
 
@@ -206,8 +207,9 @@ class Feed:
         message = aio_pika.Message(orjson.dumps({"seq": seq}), message_id=str(seq), content_type="application/json")
         try:
             await exchange.publish(message, routing_key=f"user.{user}", timeout=30)
-        except (aio_pika.exceptions.AMQPError, TimeoutError, OSError):
+        except (aio_pika.exceptions.AMQPError, TimeoutError, OSError) as error:
             self.failed += 1
+            self.errors[type(error).__name__] += 1
             return
         self.confirmed[user].append(seq)
 
@@ -510,6 +512,7 @@ def summarize(
         "events_published": feed.published,
         "events_confirmed": sum(len(ids) for ids in feed.confirmed.values()),
         "events_not_confirmed": feed.failed,
+        "feed_errors": dict(feed.errors),
         "feed_rate_per_s": round(feed.published / feed.seconds, 1) if feed.seconds else None,
         "events_received": sum(len(user["ids"]) for user in users),
         "missing": missing,
@@ -602,6 +605,8 @@ MEASURES = (
     ("dropped_again_after_back", "connections to B that ended again", "{:,}"),
     ("feed_rate_per_s", "feed, events/s achieved", "{:,.0f}"),
     ("events_confirmed", "events confirmed", "{:,}"),
+    ("events_not_confirmed", "events not confirmed (excluded from missing)", "{:,}"),
+    ("feed_errors", "why not confirmed", "{}"),
     ("events_received", "events received", "{:,}"),
     ("missing", "events missing (confirmed, never received)", "{:,}"),
     ("users_missing", "users missing any", "{:,}"),
@@ -709,14 +714,21 @@ def render(report: dict[str, Any]) -> str:
 
 
 def git_commit() -> tuple[str, str]:
-    commit = subprocess.run(
-        ["git", "log", "-1", "--format=%h %s"], cwd=REPO, capture_output=True, text=True, check=False
-    ).stdout.strip()
+    """The checked-out commit and the last one that changed the service (notifier/), and a note on uncommitted
+    changes to it."""
+
+    def last(*paths: str) -> str:
+        return subprocess.run(
+            ["git", "log", "-1", "--format=%h %s", "--", *paths], cwd=REPO, capture_output=True, text=True, check=False
+        ).stdout.strip()[:100]
+
+    head, service = last(), last("notifier")
+    commit = head if head == service else f"{head}`; the service (notifier/) last changed in `{service}"
     changed = subprocess.run(
         ["git", "status", "--porcelain", "--", "notifier"], cwd=REPO, capture_output=True, text=True, check=False
     ).stdout.strip()
     note = f" (with {len(changed.splitlines())} uncommitted changes under notifier/)" if changed else ""
-    return commit[:120], note
+    return commit, note
 
 
 async def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -742,12 +754,14 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
     started = time.monotonic()
     for name, _title in PHASES:
+        if name not in args.phases:
+            continue
         quiet = await wait_broker_quiet()
         log(f"{name}: broker quiet after {quiet.get('broker_quiet_after_s')} s")
         resume = name == "resume"
         report["phases"][name] = await run_phase(name, resume, resume or args.plain_sends_resume, args, workdir)
         report["phases"][name]["before"] = quiet
-    on, plain = report["phases"]["resume"], report["phases"]["plain"]
+    on, plain = report["phases"].get("resume", {}), report["phases"].get("plain", {})
     if on.get("all_back_s") and plain.get("all_back_s"):
         report["all_back_ratio"] = round(on["all_back_s"] / plain["all_back_s"], 3)
     for key in ("b_cpu_ms_per_client_back", "b_cpu_ms_per_client_back_net_of_feed"):
@@ -770,10 +784,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="in the plain phase, clients still send `resume` (answered `recovered: false`) instead of a plain sign-in",
     )
+    parser.add_argument(
+        "--phases", default="resume,plain", help="comma list of the phases to run (default resume,plain)"
+    )
     parser.add_argument("--smoke", action="store_true", help="200 clients: a quick check that it all runs")
     parser.add_argument("--out", type=Path, help="where resume_storm.{md,json} go (default bench/results)")
     parser.add_argument("--keep-logs", type=Path, help="copy the instances' logs into this directory")
     args = parser.parse_args(argv)
+    args.phases = {name for name in args.phases.split(",") if name}
+    if args.phases - {name for name, _ in PHASES}:
+        parser.error(f"phases are {', '.join(name for name, _ in PHASES)}")
     args.clients = args.clients or (200 if args.smoke else 10000)
     args.warm = args.warm if args.warm is not None else (2.0 if args.smoke else 5.0)
     args.after = args.after if args.after is not None else (2.0 if args.smoke else 5.0)
