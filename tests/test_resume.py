@@ -300,3 +300,34 @@ async def test_past_the_window_a_session_is_not_recovered(
     again = await connect(second)
     assert (await grace.sign_in(again, "grace"))["recovered"] is False
     await assert_nothing_before_sentinel(again.receive, publisher.publish, "user.grace")
+
+
+async def test_clients_that_come_back_after_their_instance_is_gone_resume_with_what_they_missed(
+    start_server: StartServer, connect: ConnectClient, publisher: Publisher
+) -> None:
+    """A stopping instance cannot wait for every client: it asks a peer to adopt the sessions still parked.
+    Clients that reconnect only after it has exited resume there (or, through it, on a third instance) with
+    every event published meanwhile, once each."""
+    leaving = await start_server(shutdown_timeout_s=4)
+    second = await start_server()
+    users = [f"late{n}" for n in range(4)]
+    clients = {user: CountingClient() for user in users}
+    for user in users:
+        socket = await connect(leaving)
+        await clients[user].sign_in(socket, user)
+        await publisher.publish(f"user.{user}", "before")
+        assert await clients[user].next_event(socket) == "before"
+    third = await start_server()  # the rolling update's new instance, up before the old one stops
+    await wait_until(lambda: second.node.ready and third.node.ready, 5)
+    await leaving.stop()  # clients get 1012 and stay away until the instance is gone
+    for user in users:
+        await publisher.publish(f"user.{user}", "while away")
+    for index, user in enumerate(users):
+        # The load balancer spreads them: some reach the peer that adopted them, some the other one.
+        target = second if index % 2 == 0 else third
+        socket = await connect(target)
+        welcome = await clients[user].sign_in(socket, user)
+        assert welcome["recovered"] is True, user
+        assert await clients[user].next_event(socket) == "while away"
+        await assert_nothing_before_sentinel(socket.receive, publisher.publish, f"user.{user}")
+    assert second.node.directory.parked_count == third.node.directory.parked_count == 0

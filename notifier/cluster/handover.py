@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import structlog
@@ -34,6 +35,11 @@ DESCRIBE = "session.describe"
 HAND_OVER = "session.hand_over"
 DESCRIBE_BATCH = "session.describe_batch"
 HAND_OVER_BATCH = "session.hand_over_batch"
+ADOPT_BATCH = "session.adopt_batch"
+MOVED = "session.moved"
+
+# Stopped instances whose sessions a peer adopted, remembered for the resume window, at most this many.
+MAX_MOVED = 1024
 
 # A hand-over larger than this is refused (the client gets `recovered: false`): it travels as one message. A
 # batch's reply holds at most this much too; the sessions past it are answered `deferred` and asked again.
@@ -47,6 +53,10 @@ BATCHES_IN_FLIGHT = 4
 # One-session requests (to a holder of an earlier release) in flight at once; the rest wait their turn, within
 # their own time bound, rather than overrun the control plane's bound on pending requests.
 MAX_REQUESTS_IN_FLIGHT = 200
+
+
+Adopt = Callable[[list[tuple[str, str]]], Awaitable[int]]
+"""Adopt (session id, user) pairs from their stopping holder; returns how many were adopted."""
 
 
 class _Waiting:
@@ -83,6 +93,9 @@ class HeldSession(Protocol):
 
     def delivered_ids(self, received: int, limit: int) -> list[str]: ...
 
+    def held_frames(self) -> tuple[list[Frame], int] | None:
+        """Every event frame held, and how many were handed to the session in all."""
+
     def hand_over_to_another_instance(self) -> None:
         """Let go of the session: it is someone else's now, and what it holds is released."""
 
@@ -98,14 +111,21 @@ class SessionHandOver:
         self._outboxes: dict[tuple[str, str], _Outbox] = {}
         self._senders: set[asyncio.Task[None]] = set()
         self.batches_sent = 0
+        self._moved: dict[str, str] = {}  # stopped instance -> the peer that adopted its sessions
+        self.adopt: Adopt | None = None
+        """Adopts sessions of a stopping instance here; set by the node (it needs the session context)."""
         control.on(DESCRIBE, self._describe)
         control.on(HAND_OVER, self._hand_over)
         control.on(DESCRIBE_BATCH, self._describe_batch)
         control.on(HAND_OVER_BATCH, self._hand_over_batch)
+        control.on(ADOPT_BATCH, self._adopt_batch)
+        control.on(MOVED, self._on_moved)
 
     def holder(self, session_id: str) -> str | None:
-        """The other instance that holds `session_id`, or None when it names this one (or none)."""
+        """The other instance that holds `session_id`, or None when it names this one (or none). The sessions of
+        an instance that stopped are with the peer that adopted them."""
         holder = self._directory.holder_of(session_id)
+        holder = self._moved.get(holder, holder)
         if not holder or holder == self._directory.instance_id:
             return None
         return holder
@@ -138,7 +158,7 @@ class SessionHandOver:
             return None
         return topics
 
-    async def take(self, session_id: str, user: str, received: int) -> Handed | None:
+    async def take(self, session_id: str, user: str, received: int | None) -> Handed | None:
         """The session's event frames after the `received`-th, and the ids of the last ones before; the holder
         lets go of it. None if it could not be had whole."""
         holder = self.holder(session_id)
@@ -153,7 +173,8 @@ class SessionHandOver:
             delivered = reply.get("delivered", [])  # absent from a holder of an earlier release
             if not isinstance(delivered, list) or not all(isinstance(item, str) for item in delivered):
                 raise TypeError("delivered is not a list of ids")
-            return Handed(frames, frozenset(delivered))
+            sent = reply.get("sent")
+            return Handed(frames, frozenset(delivered), sent if isinstance(sent, int) else None)
         except (KeyError, TypeError, AttributeError):
             log.warning("handover_bad_reply", holder=holder, kind=HAND_OVER)
             return None
@@ -231,6 +252,60 @@ class SessionHandOver:
             if not outbox.senders and not outbox.waiting:
                 self._outboxes.pop((holder, kind), None)
 
+    # A stopping instance's parked sessions, adopted by a peer.
+
+    def adopter(self) -> str | None:
+        """A live peer that adopts sessions (one of an earlier release does not), or None."""
+        live = self._control.live_instances() or set()
+        peers = sorted(peer for peer in live - {self._directory.instance_id} if self._control.runs(peer, ADOPT_BATCH))
+        return peers[0] if peers else None
+
+    async def push_parked(self, peer: str, sessions: list[tuple[str, str]], deadline: float) -> None:
+        """Ask `peer` to adopt these parked (session id, user) pairs; it takes each over as a resume would, so
+        they leave this instance as it gets them. Bounded by `deadline` (the loop's clock)."""
+        loop = asyncio.get_running_loop()
+
+        async def push(batch: list[tuple[str, str]]) -> None:
+            args = {"holder": self._directory.instance_id, "sessions": [{"session": s, "user": u} for s, u in batch]}
+            try:
+                await self._control.ask(peer, ADOPT_BATCH, args, timeout=max(0.0, deadline - loop.time()))
+            except BrokerUnavailable as error:
+                log.info("handover_request_not_sent", holder=peer, kind=ADOPT_BATCH, error=str(error))
+
+        batches = [sessions[index : index + MAX_BATCH] for index in range(0, len(sessions), MAX_BATCH)]
+        await asyncio.gather(*(push(batch) for batch in batches))
+
+    async def announce_moved(self, peer: str) -> None:
+        """Tell every instance that a client of ours resumes with `peer` from now on."""
+        try:
+            await self._control.broadcast(MOVED, {"from": self._directory.instance_id, "to": peer})
+        except BrokerUnavailable as error:
+            log.info("handover_request_not_sent", holder="all", kind=MOVED, error=str(error))
+
+    async def _adopt_batch(self, args: dict[str, Any]) -> CommandResult:
+        holder = args.get("holder")
+        items = _batch_items(args)
+        if not isinstance(holder, str) or self.adopt is None:
+            return {"adopted": 0}
+        pairs = [
+            (item["session"], item["user"])
+            for item in items
+            if isinstance(item.get("session"), str)
+            and isinstance(item.get("user"), str)
+            and self._directory.holder_of(item["session"]) == holder
+        ]
+        adopted = await self.adopt(pairs)
+        log.info("sessions_adopted", holder=holder, adopted=adopted, asked=len(items))
+        return {"adopted": adopted}
+
+    async def _on_moved(self, args: dict[str, Any]) -> CommandResult:
+        moved_from, moved_to = args.get("from"), args.get("to")
+        if isinstance(moved_from, str) and isinstance(moved_to, str) and moved_from != moved_to:
+            if moved_from not in self._moved and len(self._moved) >= MAX_MOVED:
+                self._moved.pop(next(iter(self._moved)))
+            self._moved[moved_from] = moved_to
+        return None
+
     # The holding side.
 
     def _held(self, args: dict[str, Any]) -> HeldSession | None:
@@ -276,9 +351,15 @@ class SessionHandOver:
         answer. Past `room` bytes (but within MAX_HANDOVER_BYTES) it is `deferred` and kept."""
         session = self._held(args)
         received = args.get("received")
-        if session is None or isinstance(received, bool) or not isinstance(received, int):
+        if session is None or isinstance(received, bool) or not isinstance(received, int | None):
             return {"found": False}, 0
-        frames = session.frames_after(received)
+        sent: int | None = None
+        if received is None:  # everything held: a peer adopts the session before its client is back
+            held = session.held_frames()
+            frames, sent = held if held is not None else (None, None)
+            received = sent - len(frames) if held is not None and frames is not None and sent is not None else 0
+        else:
+            frames = session.frames_after(received)
         size = sum(len(frame.payload) for frame in frames) if frames is not None else 0
         if frames is None or size > MAX_HANDOVER_BYTES:
             return {"found": False}, 0
@@ -288,7 +369,10 @@ class SessionHandOver:
         delivered = session.delivered_ids(received, DELIVERED_IDS)
         session.hand_over_to_another_instance()
         log.debug("session_handed_over", events=len(items))
-        return {"found": True, "frames": items, "delivered": delivered}, size + sum(map(len, delivered))
+        answer: dict[str, Any] = {"found": True, "frames": items, "delivered": delivered}
+        if sent is not None:
+            answer["sent"] = sent
+        return answer, size + sum(map(len, delivered))
 
 
 def _batch_items(args: dict[str, Any]) -> list[dict[str, Any]]:

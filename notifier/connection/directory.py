@@ -28,6 +28,8 @@ class SessionDirectory:
         self._parked: OrderedDict[str, asyncio.TimerHandle] = OrderedDict()
         self._releasing: set[asyncio.Task[None]] = set()
         self.parking = True  # False once the instance stops with no one to hand its sessions to
+        # Sessions of other instances that a connection here is taking over right now (by their old id).
+        self.resuming: set[str] = set()
 
     @property
     def parked_count(self) -> int:

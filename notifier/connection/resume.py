@@ -13,12 +13,15 @@ Each path works on sessions through `ResumableSession`, the public side of notif
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import structlog
 
 from notifier.broker import BrokerUnavailable
+from notifier.connection.adopted import AdoptedSession
 from notifier.connection.auth import Identity
 from notifier.connection.history import History
 from notifier.formats import closecodes, messages
@@ -37,6 +40,8 @@ class Handed:
 
     frames: list[Frame]
     delivered: frozenset[str]
+    sent: int | None = None
+    """With every event held asked for: how many the holder had handed to the session in all."""
 
 
 class RemoteSessions(Protocol):
@@ -46,7 +51,8 @@ class RemoteSessions(Protocol):
 
     async def topics_of(self, session_id: str, user: str) -> list[str] | None: ...
 
-    async def take(self, session_id: str, user: str, received: int) -> Handed | None: ...
+    async def take(self, session_id: str, user: str, received: int | None) -> Handed | None:
+        """The events after the client's `received`-th (None: every one held); the holder lets go."""
 
 
 @runtime_checkable
@@ -101,13 +107,25 @@ async def resume_session(
     """Resume into `session`, which is awaiting auth, the session `resume` names. Returns False when there is no
     such session to try, here or on another instance: the caller starts a fresh one. True when this dealt with
     the login: the session is resumed, started fresh after a failed hand-over, or closed."""
+    adopting = context.directory.find(resume.session)
+    if isinstance(adopting, AdoptedSession) and not adopting.adopted.done():
+        # Being adopted from its stopping holder right now: resume it here once that is done.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(adopting.adopted), context.settings.resume_timeout_s)
+        if not session.awaiting_auth:
+            return True
     taken_over = take_over_here(session, context, identity, resume)
     if taken_over is not None:
         await taken_over.release_slot_and_topics()  # the topics the new token no longer grants (or all, if refused)
         return True
     remote = context.remote_sessions
     if remote is not None and remote.holder(resume.session) is not None:
-        await resume_from_another_instance(session, context, remote, identity, resume)
+        resuming = context.directory.resuming
+        resuming.add(resume.session)
+        try:
+            await resume_from_another_instance(session, context, remote, identity, resume)
+        finally:
+            resuming.discard(resume.session)
         return True
     return False
 

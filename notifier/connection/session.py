@@ -417,6 +417,13 @@ class Session:
             return None
         return self.history.after(received)
 
+    def held_frames(self) -> tuple[list[Frame], int] | None:
+        """Every event frame it holds, and how many it was handed in all (the number of the last one)."""
+        if not self.history.keeps:
+            return None
+        frames = self.history.after(self.history.sent - len(self.history))
+        return None if frames is None else (frames, self.history.sent)
+
     def delivered_ids(self, received: int, limit: int) -> list[str]:
         """The ids of the last `limit` events the client had received when it left (its first `received`)."""
         return self.history.ids_until(received, limit) if self.history.keeps else []

@@ -14,6 +14,7 @@ from starlette.websockets import WebSocket
 from notifier.broker import Broker, BrokerUnreachable, create_broker
 from notifier.cluster.control import ControlPlane
 from notifier.cluster.handover import SessionHandOver
+from notifier.connection.adopted import adopt_sessions
 from notifier.connection.auth import TokenVerifier
 from notifier.connection.directory import SessionDirectory
 from notifier.connection.hub import Hub
@@ -72,6 +73,7 @@ class Node:
         self._connect_task: asyncio.Task[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
         self._stop_deadline = 0.0
+        self._pushing: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -129,13 +131,38 @@ class Node:
             log.warning("drain_timeout", connections=len(self.sessions))
         if hand_over:
             parked = self.directory.parked_count
+            peer = await self._push_parked_sessions(flush_deadline)
             while self.directory.parked_count and time.monotonic() < flush_deadline:
                 await asyncio.sleep(0.05)
-            log.info("sessions_handed_over", parked=parked, left=self.directory.parked_count)
+            log.info("sessions_handed_over", parked=parked, left=self.directory.parked_count, adopted_by=peer)
+            if peer is not None:
+                await self._within_deadline(self._announce_moved(peer), "announce_moved")
             await self._within_deadline(self.broker.stop_consuming(), "stop_consuming")
         # Last: RabbitMQ spends seconds removing thousands of bindings, and the clients are closed sooner without
         # it competing for the CPU; it finishes after this process has left.
         await self._delete_queue()
+
+    async def _push_parked_sessions(self, deadline: float) -> str | None:
+        """Ask a live peer to adopt every session still parked here, so that clients that come back after this
+        instance is gone still resume; returns the peer, or None when there is none to ask."""
+        assert self._hand_over is not None
+        peer = self._hand_over.adopter()
+        parked = [
+            (session.session_id, session.user)
+            for session in self.directory.parked_sessions()
+            if isinstance(session, Session) and session.session_id is not None and session.user is not None
+        ]
+        if peer is None or not parked:
+            return None
+        log.info("sessions_pushed", peer=peer, sessions=len(parked))
+        loop = asyncio.get_running_loop()
+        pushing = self._hand_over.push_parked(peer, parked, loop.time() + max(0.0, deadline - time.monotonic()))
+        self._pushing = asyncio.create_task(pushing)
+        return peer
+
+    async def _announce_moved(self, peer: str) -> None:
+        assert self._hand_over is not None
+        await self._hand_over.announce_moved(peer)
 
     async def _delete_queue(self) -> None:
         """With resume on, what is left in the queue once consuming stopped was for sessions that moved or
@@ -147,6 +174,8 @@ class Node:
     def attach_control(self, control: ControlPlane) -> None:
         """Resume sessions held by other instances, and hand ours over, through `control`."""
         self._hand_over = SessionHandOver(control, self.directory, timeout_s=self.settings.resume_timeout_s)
+        remote = self._hand_over
+        self._hand_over.adopt = lambda sessions: adopt_sessions(self._session_context, remote, sessions)
         self._session_context = dataclasses.replace(self._session_context, remote_sessions=self._hand_over)
 
     async def stop(self) -> None:
