@@ -60,19 +60,27 @@ class Cluster:
         self.ctl("kill-node", node)
 
     def start_node(self, node: str) -> None:
-        self.ctl("start-node", node)
+        self._bring_back("start-node", node)
 
     def stop_app(self, node: str) -> None:
         self.ctl("stop-app", node)
 
     def start_app(self, node: str) -> None:
-        self.ctl("start-app", node)
+        self._bring_back("start-app", node)
 
     def freeze(self, node: str) -> None:
         self.ctl("freeze-node", node)
 
     def thaw(self, node: str) -> None:
-        self.ctl("thaw-node", node)
+        self._bring_back("thaw-node", node)
+
+    def _bring_back(self, command: str, node: str) -> None:
+        """Undo a fault; if the node does not answer in time (a loaded machine), `start` repairs the cluster:
+        it starts dead nodes, thaws frozen ones and restarts stopped apps."""
+        try:
+            self.ctl(command, node)
+        except AssertionError:
+            self.ctl("start")
 
 
 @dataclass
