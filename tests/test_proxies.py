@@ -408,3 +408,39 @@ async def test_a_resumed_session_asks_again_for_the_topics_its_grants_do_not_cov
     assert (await again.expect_event("doc.1"))["data"] == "kept"
     await publisher.publish("doc.1", "live")
     assert (await again.expect_event("doc.1"))["data"] == "live"
+
+
+# Pure parts.
+
+
+def test_a_connect_proxy_stands_in_for_a_token_key_and_proxy_urls_must_be_http() -> None:
+    from notifier.settings import ConfigError, Settings
+
+    Settings(_env_file=None, connect_proxy_url="http://app.internal/notifier/connect").require_token_key()  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match="NOTIFIER_CONNECT_PROXY_URL"):
+        Settings(_env_file=None, subscribe_proxy_url="http://app.internal/sub").require_token_key()  # type: ignore[call-arg]
+    for bad in ("ftp://app/connect", "app.internal/connect", "http:///connect"):
+        with pytest.raises(ValueError, match="http"):
+            Settings(_env_file=None, connect_proxy_url=bad)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="header names"):
+        Settings(_env_file=None, connect_proxy_headers="Cookie, Bad Header")  # type: ignore[call-arg,arg-type]
+
+
+def test_the_request_keeps_only_allow_listed_headers_and_joins_repeats() -> None:
+    from notifier.connection.proxy import ClientRequest
+
+    handshake = [
+        ("host", "notifier.test"),
+        ("cookie", "a=1"),
+        ("Cookie", "b=2"),
+        ("origin", "https://app.test"),
+        ("x-tenant", "acme"),
+        ("x-tenant", "beta"),
+        ("x-secret", "no"),
+    ]
+    request = ClientRequest.from_handshake(handshake, frozenset({"cookie", "x-tenant"}), "203.0.113.7")
+    assert request.body() == {
+        "headers": {"cookie": "a=1; b=2", "x-tenant": "acme, beta"},
+        "origin": "https://app.test",
+        "address": "203.0.113.7",
+    }
