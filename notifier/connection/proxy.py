@@ -100,13 +100,13 @@ class _Bounded:
                     self.in_flight -= 1
         except TimeoutError:
             raise ProxyUnavailable(f"no answer within {self.timeout_s:g} s") from None
-        except httpx.HTTPError as error:
+        except (httpx.HTTPError, RuntimeError) as error:  # RuntimeError: the client closed (the instance stops)
             raise ProxyUnavailable(f"{type(error).__name__}: {error}"[:300]) from None
 
     async def _exchange(self, http: httpx.AsyncClient, body: dict[str, object]) -> tuple[int, object]:
-        request = http.build_request(
-            "POST", self.url, content=orjson.dumps(body), headers={"content-type": "application/json"}
-        )
+        # No compressed answers: the size bound is on the bytes as they come.
+        headers = {"content-type": "application/json", "accept-encoding": "identity"}
+        request = http.build_request("POST", self.url, content=orjson.dumps(body), headers=headers)
         response = await http.send(request, stream=True)
         try:
             status = response.status_code
