@@ -444,3 +444,30 @@ def test_the_request_keeps_only_allow_listed_headers_and_joins_repeats() -> None
         "origin": "https://app.test",
         "address": "203.0.113.7",
     }
+
+
+async def test_a_cookie_the_application_sets_is_never_sent_for_another_user() -> None:
+    import httpx
+
+    from notifier.connection.proxy import ApplicationProxies, ClientRequest
+    from notifier.settings import Settings
+    from notifier.stats import Stats
+
+    seen: list[str | None] = []
+
+    def application(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("cookie"))
+        user = orjson.loads(request.content)["headers"]["cookie"].removeprefix("session=")
+        answer = httpx.ByteStream(orjson.dumps({"user": user}))  # streamed, as from a socket
+        return httpx.Response(200, stream=answer, headers={"set-cookie": f"session={user}; Path=/"})
+
+    settings = Settings(_env_file=None, connect_proxy_url="http://app.internal/connect")  # type: ignore[call-arg]
+    proxies = ApplicationProxies(settings, Stats(), transport=httpx.MockTransport(application))
+    await proxies.start()
+    try:
+        for user in ("alice", "bob"):
+            identity = await proxies.identify(ClientRequest((("cookie", f"session={user}"),), None, None))
+            assert identity.user == user
+    finally:
+        await proxies.stop()
+    assert seen == [None, None]

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http.cookiejar import DefaultCookiePolicy
 
 import httpx
 import orjson
@@ -132,8 +133,9 @@ class _Bounded:
 class ApplicationProxies:
     """The connect and subscribe proxies of one instance (each None when its URL is not set)."""
 
-    def __init__(self, settings: Settings, stats: Stats) -> None:
+    def __init__(self, settings: Settings, stats: Stats, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._settings = settings
+        self._transport = transport  # tests only: an in-memory application
         self.forwarded_headers = frozenset(name.lower() for name in settings.connect_proxy_headers)
         self.connect = (
             _Bounded(
@@ -170,13 +172,17 @@ class ApplicationProxies:
         settings = self._settings
         connections = settings.connect_proxy_concurrency + settings.subscribe_proxy_concurrency
         # The concurrency caps are the bounds; the pool never is. No proxy from the environment: the
-        # application is reached directly.
+        # application is reached directly. A cookie the application sets is never kept: the client is shared
+        # by every user, and what one answer set must not ride along with the next user's request.
         self._http = httpx.AsyncClient(
+            transport=self._transport,
             timeout=max(settings.connect_proxy_timeout_s, settings.subscribe_proxy_timeout_s),
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             trust_env=False,
             follow_redirects=False,
         )
+        # (a jar passed to httpx is copied into one of its own, without its policy: set the policy on that one)
+        self._http.cookies.jar.set_policy(DefaultCookiePolicy(allowed_domains=[]))
 
     async def stop(self) -> None:
         if self._http is not None:
