@@ -410,6 +410,21 @@ async def test_a_resumed_session_asks_again_for_the_topics_its_grants_do_not_cov
     assert (await again.expect_event("doc.1"))["data"] == "live"
 
 
+async def test_a_refresh_asks_again_for_the_topics_its_grants_do_not_cover(
+    start_server: StartServer, application: tuple[Application, str], browser: Browser
+) -> None:
+    app, base = application
+    app.follows = {"ada": {"doc.1", "doc.2"}}
+    running = await start_with_proxies(start_server, base, subscribe_proxy_url=f"{base}/subscribe")
+    client, _ = await browser.sign_in(running, "session=ada", token=token_for("ada"))
+    for topic in ("doc.1", "doc.2"):
+        assert (await client.subscribe(topic))["type"] == "subscribed"
+    app.follows["ada"] = {"doc.1"}
+    answer = await client.request({"type": "refresh", "token": token_for("ada"), "id": "r"})
+    assert (answer["type"], answer["dropped"]) == ("refreshed", ["doc.2"])
+    assert next(iter(running.node.sessions_of("ada"))).topics == {"user.ada", "doc.1"}
+
+
 # Pure parts.
 
 
