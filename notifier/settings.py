@@ -70,6 +70,17 @@ class Settings(BaseSettings):
     jwt_max_lifetime_s: float = Field(default=24 * 3600.0, gt=0)
     max_token_patterns: int = Field(default=32, ge=0)
 
+    # The application's proxies (docs/protocol.md#proxies): with connect_proxy_url set, a client may sign in
+    # without a token and the application says who it is; with subscribe_proxy_url set, a subscribe its grants
+    # do not cover asks the application. Both forward the allow-listed headers of the WebSocket handshake.
+    connect_proxy_url: str = ""
+    connect_proxy_headers: CommaList = ["Cookie", "Authorization"]
+    connect_proxy_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    connect_proxy_concurrency: int = Field(default=64, ge=1, le=10_000)
+    subscribe_proxy_url: str = ""
+    subscribe_proxy_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    subscribe_proxy_concurrency: int = Field(default=64, ge=1, le=10_000)
+
     # HTTP server API (publish, disconnect, unsubscribe, presence)
     api_keys: CommaList = []
     max_publish_batch: int = Field(default=1000, ge=1, le=100_000)
@@ -130,7 +141,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     demo_page: bool = False
 
-    @field_validator("jwt_algorithms", "api_keys", "allowed_origins", "forwarded_allow_ips", mode="before")
+    @field_validator(
+        "jwt_algorithms", "api_keys", "allowed_origins", "forwarded_allow_ips", "connect_proxy_headers", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -150,6 +163,24 @@ class Settings(BaseSettings):
         unknown = [alg for alg in value if alg not in allowed]
         if unknown or not value:
             raise ValueError(f"must be a comma list of {sorted(allowed)}, got {value}")
+        return value
+
+    @field_validator("connect_proxy_url", "subscribe_proxy_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+        return value
+
+    @field_validator("connect_proxy_headers")
+    @classmethod
+    def _header_names(cls, value: list[str]) -> list[str]:
+        bad = [name for name in value if not name.replace("-", "").isalnum() or not name.isascii()]
+        if bad:
+            raise ValueError(f"must be a comma list of HTTP header names, got {bad}")
         return value
 
     @field_validator("allowed_origins")
@@ -176,9 +207,10 @@ class Settings(BaseSettings):
 
     def require_token_key(self) -> None:
         """The server needs a way to verify tokens; the client commands do not."""
-        if not (self.jwt_secret or self.jwt_public_key or self.jwt_jwks_url):
+        if not (self.jwt_secret or self.jwt_public_key or self.jwt_jwks_url or self.connect_proxy_url):
             raise ConfigError(
                 "no token key configured: set NOTIFIER_JWT_SECRET, NOTIFIER_JWT_PUBLIC_KEY or NOTIFIER_JWT_JWKS_URL"
+                " (or NOTIFIER_CONNECT_PROXY_URL, to sign clients in through the application)"
             )
 
     @property

@@ -39,6 +39,7 @@ class Stats:
         "frames_out",
         "latency",
         "loop_lag",
+        "proxy_requests",
         "publish_results",
         "resyncs_sent",
     )
@@ -49,6 +50,9 @@ class Stats:
         self.frames_dropped = 0  # frames discarded with a slow client's queue (session)
         self.closes_by_code: Counter[int] = Counter()  # server-side closes (session)
         self.publish_results: Counter[int] = Counter()  # HTTP publish answers by status (publish route)
+        # Requests to the application's proxies, by (proxy, result): connect or subscribe; allowed, refused,
+        # unavailable or invalid (notifier/connection/proxy.py)
+        self.proxy_requests: Counter[tuple[str, str]] = Counter()
         self.latency = LatencyHistogram()  # hub
         self.loop_lag = LatencyHistogram()  # notifier/looplag.py
         self.resyncs_sent = 0  # `resync` frames sent after a gap in routing (node)

@@ -76,14 +76,20 @@ async def test_slow_client_drop_is_counted(server: RunningServer, connect: Conne
     assert value(samples, "notifier_broker_reconnects_total") == 0
 
 
-async def test_dashboard_and_docs_name_only_real_metrics(server: RunningServer, connect: ConnectClient) -> None:
+async def test_dashboard_and_docs_name_only_real_metrics(start_server: StartServer, connect: ConnectClient) -> None:
     import json
     import re
     from pathlib import Path
 
+    # With both proxies configured (their application down), so the proxies' metrics are exposed too.
+    nobody = f"http://127.0.0.1:{free_port()}"
+    server = await start_server(connect_proxy_url=f"{nobody}/connect", subscribe_proxy_url=f"{nobody}/subscribe")
     client = await connect(server)  # labelled counters appear once they have counted something
     await client.send({"type": "auth", "token": "junk"})
     await client.expect_close(closecodes.INVALID_TOKEN.code)
+    proxied = await connect(server)
+    await proxied.send({"type": "auth"})
+    await proxied.expect_close(closecodes.APPLICATION_UNAVAILABLE.code)
     async with httpx.AsyncClient(base_url=server.http_url) as http:
         assert (await http.post("/api/publish", json={})).status_code == 401
     exposed = {name for name, _ in await scrape(server)}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -101,12 +102,21 @@ class ResumableSession(Protocol):
         """Give back the user's connection slot, then every topic it still holds."""
 
 
+AskApplication = Callable[[str, list[str]], Awaitable[set[str]]]
+"""Of a user's topics, those the application's subscribe proxy allows (Session.allowed_by_application)."""
+
+
 async def resume_session(
-    session: ResumableSession, context: SessionContext, identity: Identity, resume: messages.Resume
+    session: ResumableSession,
+    context: SessionContext,
+    identity: Identity,
+    resume: messages.Resume,
+    ask_application: AskApplication | None = None,
 ) -> bool:
     """Resume into `session`, which is awaiting auth, the session `resume` names. Returns False when there is no
     such session to try, here or on another instance: the caller starts a fresh one. True when this dealt with
-    the login: the session is resumed, started fresh after a failed hand-over, or closed."""
+    the login: the session is resumed, started fresh after a failed hand-over, or closed. Restored topics the
+    grants do not cover are kept only if `ask_application` (the subscribe proxy) allows them."""
     adopting = context.directory.find(resume.session)
     if isinstance(adopting, AdoptedSession) and not adopting.adopted.done():
         # Being adopted from its stopping holder right now: resume it here once that is done.
@@ -114,7 +124,17 @@ async def resume_session(
             await asyncio.wait_for(asyncio.shield(adopting.adopted), context.settings.resume_timeout_s)
         if not session.awaiting_auth:
             return True
-    taken_over = take_over_here(session, context, identity, resume)
+    # Topics of the session here that the grants do not cover are asked of the subscribe proxy first: the
+    # take-over itself must not await.
+    old = context.directory.find(resume.session)
+    also_allowed: set[str] = set()
+    if ask_application is not None and isinstance(old, ResumableSession) and old is not session:
+        not_granted = [topic for topic in old.topics if not identity.grants.allows(topic)]
+        if old.user == identity.user and not_granted:
+            also_allowed = await ask_application(identity.user, not_granted)
+            if not session.awaiting_auth:
+                return True  # closed while the application was asked
+    taken_over = take_over_here(session, context, identity, resume, also_allowed)
     if taken_over is not None:
         await taken_over.release_slot_and_topics()  # the topics the new token no longer grants (or all, if refused)
         return True
@@ -123,7 +143,7 @@ async def resume_session(
         resuming = context.directory.resuming
         resuming.add(resume.session)
         try:
-            await resume_from_another_instance(session, context, remote, identity, resume)
+            await resume_from_another_instance(session, context, remote, identity, resume, ask_application)
         finally:
             resuming.discard(resume.session)
         return True
@@ -131,10 +151,15 @@ async def resume_session(
 
 
 def take_over_here(
-    session: ResumableSession, context: SessionContext, identity: Identity, resume: messages.Resume
+    session: ResumableSession,
+    context: SessionContext,
+    identity: Identity,
+    resume: messages.Resume,
+    also_allowed: set[str] | None = None,
 ) -> ResumableSession | None:
     """Take over the session the client had, if it is here, the same user's and still whole; all or nothing.
-    Returns the session taken over, whose leftover topics the caller releases; None if there is none.
+    Returns the session taken over, whose leftover topics the caller releases; None if there is none. Its
+    topics are kept if the grants allow them or they are in `also_allowed` (the subscribe proxy said yes).
 
     Runs without awaiting: no event can slip between the replay and the live ones that follow it."""
     old = context.directory.find(resume.session)
@@ -148,7 +173,8 @@ def take_over_here(
     old.hand_over()
     if not session.admit(identity):
         return old  # closed with 4502; the old session's topics are released all the same
-    kept = {topic for topic in old.topics if identity.grants.allows(topic)}
+    extra = also_allowed or set()
+    kept = {topic for topic in old.topics if identity.grants.allows(topic) or topic in extra}
     hub = context.hub
     for topic in kept:
         hub.transfer(old, session, topic)
@@ -171,6 +197,7 @@ async def resume_from_another_instance(
     remote: RemoteSessions,
     identity: Identity,
     resume: messages.Resume,
+    ask_application: AskApplication | None = None,
 ) -> None:
     """Resume a session another instance holds: bind its topics first (this session keeps their events from
     the bind on), then take its events after the client's count, then merge both by event id."""
@@ -182,7 +209,11 @@ async def resume_from_another_instance(
     if not session.awaiting_auth:
         return
     personal = identity.grants.personal_topic
-    granted = {topic for topic in held or () if identity.grants.allows(topic)} - {personal}
+    not_granted = [topic for topic in held or () if not identity.grants.allows(topic)]
+    also_allowed = await ask_application(identity.user, not_granted) if ask_application and not_granted else set()
+    if not session.awaiting_auth:
+        return
+    granted = {topic for topic in held or () if identity.grants.allows(topic) or topic in also_allowed} - {personal}
     others = sorted(topic for topic in granted if context.budgets.hold(identity.user, topic))
     dropped = sorted(set(held or ()) - {personal} - set(others))
     try:

@@ -23,6 +23,7 @@ from notifier.connection.directory import SessionDirectory
 from notifier.connection.history import History
 from notifier.connection.hub import Hub
 from notifier.connection.outbox import Outbox
+from notifier.connection.proxy import ApplicationProxies, ClientRequest, ProxyRefused, ProxyUnavailable
 from notifier.connection.resume import RemoteSessions, resume_session
 from notifier.connection.senders import Sender
 from notifier.formats import closecodes, messages
@@ -78,6 +79,8 @@ class SessionContext:
     """How to resume a session another instance holds; None with a single instance."""
     on_finished: Callable[[Session], None]
     """Called once, when the session's connection is over (it may stay parked after that)."""
+    proxies: ApplicationProxies | None = None
+    """The application's connect and subscribe proxies; None when neither is configured."""
 
 
 class Session:
@@ -99,6 +102,7 @@ class Session:
         "_sent_when_parked",
         "_settings",
         "_timer",
+        "client_request",
         "connection_id",
         "history",
         "identity",
@@ -108,13 +112,21 @@ class Session:
     )
 
     def __init__(
-        self, receive: Receive, sender: Sender, context: SessionContext, frame_budget: RateLimiter | None = None
+        self,
+        receive: Receive,
+        sender: Sender,
+        context: SessionContext,
+        frame_budget: RateLimiter | None = None,
+        client_request: ClientRequest | None = None,
     ) -> None:
         self._receive = receive
         self._sender = sender
         self._context = context
         self._settings = settings = context.settings
         self.connection_id = secrets.token_hex(8)
+        # What the application's proxies are told of this connection (its handshake's allow-listed headers,
+        # origin and address); kept only when a proxy is configured.
+        self.client_request = client_request
         self.state = State.AWAITING_AUTH
         self.identity: Identity | None = None
         self.session_id: str | None = None  # given with the welcome
@@ -349,23 +361,30 @@ class Session:
     # Authentication and token lifetime.
 
     async def _authenticate(
-        self, token: str, request_id: messages.RequestId, resume: messages.Resume | None = None
+        self, token: str | None, request_id: messages.RequestId, resume: messages.Resume | None = None
     ) -> None:
         self._cancel_timer()  # the auth timeout
         context = self._context
-        try:
-            identity = await context.verifier.verify(token)
-        except TokenRejected as rejected:
-            self.log.info("auth_rejected", reason=str(rejected))
-            self.close(closecodes.TOKEN_EXPIRED if rejected.expired else closecodes.INVALID_TOKEN)
-            return
+        if token is None:
+            found = await self._identify_by_application()
+            if found is None:
+                return
+            identity = found
+        else:
+            try:
+                identity = await context.verifier.verify(token)
+            except TokenRejected as rejected:
+                self.log.info("auth_rejected", reason=str(rejected))
+                self.close(closecodes.TOKEN_EXPIRED if rejected.expired else closecodes.INVALID_TOKEN)
+                return
         if self.state is not State.AWAITING_AUTH:
             return  # closed while verifying
         if not context.budgets.spend(identity.user):  # reconnecting does not refill the user's budget
             self.close(closecodes.RATE_LIMITED)
             return
         # A resume that cannot be tried (no such session here or elsewhere) signs in as a fresh session.
-        if resume is not None and await resume_session(self, context, identity, resume):
+        ask = self.allowed_by_application if context.proxies is not None else None
+        if resume is not None and await resume_session(self, context, identity, resume, ask):
             return
         if not self.admit(identity):
             return
@@ -384,6 +403,47 @@ class Session:
         # Events of the personal topic that arrived between the bind and the welcome follow it.
         for frame in self.history.after(0) or ():
             self._outbox.offer(frame)
+
+    async def _identify_by_application(self) -> Identity | None:
+        """An `auth` without a token: ask the connect proxy who this client is. None when the connection was
+        closed instead (no connect proxy: 4501; refused: 4504; the application unavailable: 4005)."""
+        proxies = self._context.proxies
+        if proxies is None or proxies.connect is None:
+            self.close(closecodes.PROTOCOL_VIOLATION)  # a token is the only way to sign in
+            return None
+        request = self.client_request or ClientRequest((), None, None)
+        started = time.monotonic()
+        try:
+            identity = await proxies.identify(request)
+        except ProxyRefused as refused:
+            self.log.info("connect_proxy_refused", reason=str(refused))
+            self.close(closecodes.REFUSED_BY_APPLICATION)
+            return None
+        except ProxyUnavailable as error:
+            took_ms = round((time.monotonic() - started) * 1000)
+            self.log.warning("connect_proxy_unavailable", error=str(error), took_ms=took_ms)
+            self.close(closecodes.APPLICATION_UNAVAILABLE)
+            return None
+        return identity
+
+    async def allowed_by_application(self, user: str, topics: list[str]) -> set[str]:
+        """Of `topics`, those the subscribe proxy allows `user` (none without a subscribe proxy; a topic the
+        application could not answer for is not allowed). Used on resume and refresh."""
+        proxies = self._context.proxies
+        if proxies is None or proxies.subscribe is None:
+            return set()
+        request = self.client_request or ClientRequest((), None, None)
+
+        async def ask(topic: str) -> str | None:
+            try:
+                allowed = await proxies.may_subscribe(user, topic, request)
+            except ProxyUnavailable as error:
+                self.log.warning("subscribe_proxy_unavailable", topic=topic, error=str(error))
+                return None
+            return topic if allowed else None
+
+        answers = await asyncio.gather(*(ask(topic) for topic in topics))
+        return {topic for topic in answers if topic is not None}
 
     def admit(self, identity: Identity) -> bool:
         """Take one of the user's connection slots for this session, or close it with 4502 (also used by
@@ -444,9 +504,13 @@ class Session:
         if identity.user != self.identity.user:
             self.reply(messages.error("forbidden", "a refresh token must be for the same user", frame.id))
             return
+        not_granted = [topic for topic in self.topics if not identity.grants.allows(topic)]
+        kept = await self.allowed_by_application(identity.user, not_granted) if not_granted else set()
+        if self.state is not State.OPEN:
+            return
         self.identity = identity
         self._schedule_expiry(identity.expires_at)
-        dropped = sorted(topic for topic in self.topics if not identity.grants.allows(topic))
+        dropped = sorted(set(not_granted) - kept)
         for topic in dropped:
             self.topics.discard(topic)
             self._context.budgets.release(identity.user, topic)
@@ -487,8 +551,7 @@ class Session:
         except InvalidTopic as error:
             self.reply(messages.error("invalid_topic", str(error), frame.id, topic=topic[:300]))
             return
-        if not self.identity.grants.allows(topic):
-            self.reply(messages.error("forbidden", "this token does not grant that topic", frame.id, topic=topic))
+        if not self.identity.grants.allows(topic) and not await self._application_allows(topic, frame.id):
             return
         if topic not in self.topics:
             if len(self.topics) >= self._settings.max_subscriptions:
@@ -511,6 +574,30 @@ class Session:
                 return
         self.log.debug("subscribed", topic=topic)
         self.reply(messages.subscription("subscribed", topic, frame.id))
+
+    async def _application_allows(self, topic: str, request_id: messages.RequestId) -> bool:
+        """A topic the grants do not cover: ask the subscribe proxy, if there is one. False when the answer
+        (`forbidden`, or `unavailable` when the application could not say) was sent, or the connection closed
+        meanwhile."""
+        assert self.identity is not None
+        proxies = self._context.proxies
+        if proxies is None or proxies.subscribe is None:
+            self.reply(messages.error("forbidden", "this token does not grant that topic", request_id, topic=topic))
+            return False
+        request = self.client_request or ClientRequest((), None, None)
+        try:
+            allowed = await proxies.may_subscribe(self.identity.user, topic, request)
+        except ProxyUnavailable as error:
+            self.log.warning("subscribe_proxy_unavailable", topic=topic, error=str(error))
+            message = "the application could not answer, try again"
+            self.reply(messages.error("unavailable", message, request_id, topic=topic))
+            return False
+        if not allowed:
+            self.log.info("subscribe_proxy_refused", topic=topic)
+            message = "the application does not allow that topic"
+            self.reply(messages.error("forbidden", message, request_id, topic=topic))
+            return False
+        return self.state is State.OPEN
 
     def _take_user_budget(self, topic: str) -> tuple[str, str] | None:
         """The user's budgets across its connections (notifier/limits/budgets.py): the error code and message if

@@ -32,12 +32,14 @@ TOKEN_EXPIRED = CloseReason(4001, "token expired")
 SLOW_CLIENT = CloseReason(4002, "slow client")
 SERVER_FULL = CloseReason(4003, "too many connections")
 RATE_LIMITED = CloseReason(4004, "too many frames")
+APPLICATION_UNAVAILABLE = CloseReason(4005, "application unavailable")
 
 # Terminal range.
 INVALID_TOKEN = CloseReason(4500, "invalid token")
 PROTOCOL_VIOLATION = CloseReason(4501, "protocol violation")
 USER_CONNECTION_LIMIT = CloseReason(4502, "too many connections for this user")
 DISCONNECTED = CloseReason(4503, "disconnected by the server")
+REFUSED_BY_APPLICATION = CloseReason(4504, "refused by the application")
 
 ALL = (
     SHUTDOWN,
@@ -48,8 +50,10 @@ ALL = (
     SLOW_CLIENT,
     SERVER_FULL,
     RATE_LIMITED,
+    APPLICATION_UNAVAILABLE,
     INVALID_TOKEN,
     PROTOCOL_VIOLATION,
     USER_CONNECTION_LIMIT,
     DISCONNECTED,
+    REFUSED_BY_APPLICATION,
 )

@@ -39,7 +39,10 @@ class Resume:
 
 @dataclass(frozen=True)
 class Auth:
-    token: str
+    """`token` is None when the frame has none (or `null`): the client asks to be signed in by the application
+    (the connect proxy, docs/protocol.md#proxies)."""
+
+    token: str | None
     id: RequestId = None
     resume: Resume | None = None
 
@@ -122,7 +125,8 @@ def parse_client_message(text: str) -> ClientMessage:
     if kind == "ping":
         return Ping(request_id)
     if kind == "auth":
-        return Auth(_string_field(raw, "token", request_id), request_id, _resume_field(raw, request_id))
+        token = None if raw.get("token") is None else _string_field(raw, "token", request_id)
+        return Auth(token, request_id, _resume_field(raw, request_id))
     if kind == "refresh":
         return Refresh(_string_field(raw, "token", request_id), request_id)
     if not isinstance(kind, str):

@@ -18,6 +18,7 @@ from notifier.connection.adopted import adopt_sessions
 from notifier.connection.auth import TokenVerifier
 from notifier.connection.directory import SessionDirectory
 from notifier.connection.hub import Hub
+from notifier.connection.proxy import ApplicationProxies, ClientRequest
 from notifier.connection.senders import FastPathReport, choose_sender
 from notifier.connection.session import Session, SessionContext, State
 from notifier.formats import closecodes, messages
@@ -56,6 +57,8 @@ class Node:
             operations_burst=settings.user_subscribes_burst,
             max_topics=settings.max_topics_per_user,
         )
+        # The application's connect and subscribe proxies; their HTTP client is made in start().
+        self.proxies = ApplicationProxies(settings, self.stats)
         self._session_context = SessionContext(
             settings=settings,
             hub=self.hub,
@@ -66,6 +69,7 @@ class Node:
             directory=self.directory,
             remote_sessions=None,
             on_finished=self.sessions.discard,
+            proxies=self.proxies if self.proxies.configured else None,
         )
         self._hand_over: SessionHandOver | None = None
         self._fast_path_report = FastPathReport()
@@ -82,6 +86,7 @@ class Node:
     async def start(self) -> None:
         """Connect to the broker; if it is not reachable yet, keep trying in the background (not ready)."""
         self._lag_task = asyncio.create_task(watch_loop_lag(self.stats.loop_lag), name="loop-lag")
+        await self.proxies.start()
         try:
             await self.broker.connect(self.hub.deliver, self.tell_of_routing_gap)
         except BrokerUnreachable:  # the attempt's own line said why
@@ -183,6 +188,7 @@ class Node:
         self.directory.end_all_parked()
         await self._within_deadline(self.directory.wait_released(), "release_parked_sessions")
         await self._within_deadline(self.broker.close(), "broker_close")
+        await self.proxies.stop()
         if self._lag_task is not None:
             self._lag_task.cancel()
 
@@ -213,7 +219,15 @@ class Node:
         sender = choose_sender(websocket.scope, websocket.send, task.cancel, path)
         self._fast_path_report.note(sender, websocket.scope, path)
         budget = websocket.scope.get(FRAME_BUDGET_SCOPE_KEY)
-        session = Session(websocket.receive, sender, self._session_context, frame_budget=budget)
+        client_request = None
+        if self.proxies.configured:  # the handshake's allow-listed headers, for the application's proxies
+            address = websocket.client.host if websocket.client else None
+            client_request = ClientRequest.from_handshake(
+                websocket.headers.items(), self.proxies.forwarded_headers, address
+            )
+        session = Session(
+            websocket.receive, sender, self._session_context, frame_budget=budget, client_request=client_request
+        )
         self.sessions.add(session)
         await session.run(websocket.query_params.get("token"))
 

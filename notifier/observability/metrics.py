@@ -82,6 +82,23 @@ class NodeCollector(Collector):
         for status, count in sorted(stats.publish_results.items()):
             published.add_metric([str(status)], count)
         yield published
+        proxied = CounterMetricFamily(
+            "notifier_proxy_requests",
+            "Requests to the application's connect and subscribe proxies, by result",
+            labels=["proxy", "result"],
+        )
+        for (proxy, result), count in sorted(stats.proxy_requests.items()):
+            proxied.add_metric([proxy, result], count)
+        yield proxied
+        in_flight = GaugeMetricFamily(
+            "notifier_proxy_requests_in_flight",
+            "Requests to the application's proxies waiting for their answer",
+            labels=["proxy"],
+        )
+        for bounded in (node.proxies.connect, node.proxies.subscribe):
+            if bounded is not None:
+                in_flight.add_metric([bounded.name], bounded.in_flight)
+        yield in_flight
         latency = stats.latency
         yield HistogramMetricFamily(
             "notifier_delivery_latency_seconds",

@@ -66,6 +66,12 @@ export interface NotifierOptions {
   token?: string;
   /** Called before every connect and before the token expires; null or '' means "signed out" and stops the client. */
   getToken?: () => Promise<string | null> | string | null;
+  /**
+   * Sign in without a token: the server asks the application who the page is (its cookies;
+   * NOTIFIER_CONNECT_PROXY_URL). At the sign-in's expiry the server closes with 4001 and the client reconnects
+   * and resumes; 4504 (the application refused) stops it. Default false.
+   */
+  connectProxy?: boolean;
   /** Backoff base in ms (default 500). */
   minReconnectDelay?: number;
   /** Backoff cap in ms (default 20000). */
@@ -122,10 +128,12 @@ export declare const CloseCode: Readonly<{
   SLOW_CLIENT: 4002;
   SERVER_FULL: 4003;
   RATE_LIMITED: 4004;
+  APPLICATION_UNAVAILABLE: 4005;
   INVALID_TOKEN: 4500;
   PROTOCOL_VIOLATION: 4501;
   USER_CONNECTION_LIMIT: 4502;
   DISCONNECTED: 4503;
+  REFUSED_BY_APPLICATION: 4504;
 }>;
 
 /**

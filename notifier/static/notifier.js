@@ -41,6 +41,9 @@
  * @property {string} [token]  a fixed token (it cannot be renewed: prefer `getToken`)
  * @property {() => Promise<string | null> | string | null} [getToken]  called before every connect and before
  *   the token expires; resolving to null or '' means "signed out" and stops the client
+ * @property {boolean} [connectProxy=false]  sign in without a token: the server asks the application who the
+ *   page is (its cookies; NOTIFIER_CONNECT_PROXY_URL). At the sign-in's expiry the server closes with 4001 and
+ *   the client reconnects and resumes; 4504 (the application refused) stops it
  * @property {number} [minReconnectDelay=500]   backoff base, ms
  * @property {number} [maxReconnectDelay=20000] backoff cap, ms
  * @property {number} [pingInterval=25000]      ms between keep-alive pings on an open connection
@@ -76,10 +79,12 @@ export const CloseCode = Object.freeze({
   SLOW_CLIENT: 4002,
   SERVER_FULL: 4003,
   RATE_LIMITED: 4004,
+  APPLICATION_UNAVAILABLE: 4005,
   INVALID_TOKEN: 4500,
   PROTOCOL_VIOLATION: 4501,
   USER_CONNECTION_LIMIT: 4502,
   DISCONNECTED: 4503,
+  REFUSED_BY_APPLICATION: 4504,
 });
 
 /** @type {Readonly<Record<number, string>>} error codes the client reports for close codes it stops on */
@@ -90,6 +95,7 @@ const TERMINAL_ERROR_CODES = Object.freeze({
   [CloseCode.PROTOCOL_VIOLATION]: 'protocol_violation',
   [CloseCode.USER_CONNECTION_LIMIT]: 'user_connection_limit',
   [CloseCode.DISCONNECTED]: 'disconnected',
+  [CloseCode.REFUSED_BY_APPLICATION]: 'refused_by_application',
 });
 
 /** Close codes after which the server is busy or unwell: wait at least a few backoff steps. */
@@ -98,6 +104,7 @@ const BUSY_CODES = new Set([
   CloseCode.SLOW_CLIENT,
   CloseCode.SERVER_FULL,
   CloseCode.RATE_LIMITED,
+  CloseCode.APPLICATION_UNAVAILABLE,
 ]);
 const BUSY_MIN_ATTEMPT = 2;
 
@@ -247,9 +254,10 @@ export class NotifierClient {
   /** @param {NotifierOptions} options */
   constructor(options) {
     if (!options || typeof options.url !== 'string') throw new TypeError('NotifierClient: options.url is required');
-    if (!options.token && typeof options.getToken !== 'function') {
-      throw new TypeError('NotifierClient: pass token or getToken');
+    if (!options.token && typeof options.getToken !== 'function' && options.connectProxy !== true) {
+      throw new TypeError('NotifierClient: pass token, getToken or connectProxy: true');
     }
+    this._connectProxy = options.connectProxy === true && !options.token && typeof options.getToken !== 'function';
     this._url = options.url;
     this._token = options.token ?? null;
     this._getToken = options.getToken ?? null;
@@ -501,7 +509,7 @@ export class NotifierClient {
       return;
     }
     if (generation !== this._generation) return;
-    if (!token) {
+    if (!token && !this._connectProxy) {
       this._stop(new NotifierError('no_token', 'getToken returned no token: not signed in'));
       return;
     }
@@ -926,7 +934,8 @@ export class NotifierClient {
     const terminal = TERMINAL_ERROR_CODES[code];
     if (code === CloseCode.TOKEN_EXPIRED || code === CloseCode.INVALID_TOKEN) {
       this._tokenRefusals += 1;
-      if (!this._getToken || this._tokenRefusals >= this._opts.maxTokenRefusals) {
+      const renewable = this._getToken || (this._connectProxy && code === CloseCode.TOKEN_EXPIRED);
+      if (!renewable || this._tokenRefusals >= this._opts.maxTokenRefusals) {
         const why = this._getToken ? `refused ${this._tokenRefusals} times in a row` : 'and no getToken to renew it';
         this._stop(new NotifierError(terminal, `token ${code === 4001 ? 'expired' : 'rejected'} (${code}), ${why}`, {
           closeCode: code,
@@ -1058,16 +1067,18 @@ export class NotifierClient {
 
   /**
    * The first frame of a connection: `auth`, with `resume` when there is a session to resume.
-   * @param {string} token
+   * Without a token (`connectProxy`) the server asks the application who the client is.
+   * @param {string | null} token
    * @returns {Record<string, unknown>}
    */
   _authFrame(token) {
+    const frame = token ? { type: 'auth', token } : { type: 'auth' };
     if (this._session === null) {
       this._resumeAsked = null;
-      return { type: 'auth', token };
+      return frame;
     }
     this._resumeAsked = { session: this._session, received: this._received };
-    return { type: 'auth', token, resume: { ...this._resumeAsked } };
+    return { ...frame, resume: { ...this._resumeAsked } };
   }
 
   /**
