@@ -33,6 +33,7 @@ from aiormq.abc import DeliveredMessage
 from notifier.broker.aiormq_internals import (
     deepen_frame_buffer,
     inline_deliveries,
+    read_timestamps_as_seconds,
     wait_less_for_close_ok,
     write_frames,
 )
@@ -45,6 +46,9 @@ from notifier.formats.events import UnusableMessage, event_from_message, publish
 from notifier.settings import Settings
 
 log = structlog.get_logger("notifier.broker")
+
+# A message's `timestamp` is whole seconds, as AMQP says, whatever its size (docs/protocol.md, Broker side).
+read_timestamps_as_seconds()
 
 # Acknowledge with one `multiple` ack per burst of messages: at most this many at a time, and at the latest
 # this long after the first of them was handed off. (Each ack is a frame, a task and a send for us and work for

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from notifier.broker import BrokerUnavailable
-from notifier.formats.events import EVENT_ID_RE, new_event_id
+from notifier.formats.events import EVENT_ID_RE, MAX_DATA_DEPTH, new_event_id
 from notifier.formats.topics import InvalidTopic, validate_topic
 from notifier.http.errors import ApiError
 from notifier.http.publisher import EventPublisher, OutgoingEvent
@@ -29,8 +29,6 @@ router = APIRouter()
 
 # The request body holds the data plus the topic, id and JSON punctuation around it.
 BODY_OVERHEAD_BYTES = 1024
-# The deepest `data` the JSON encoder writes back out (orjson's recursion limit).
-MAX_DATA_DEPTH = 254
 
 
 def check_api_key(request: Request, api_keys: list[str]) -> None:
