@@ -72,7 +72,7 @@ def test_a_utf8_bom_is_dropped_and_nesting_past_254_levels_is_refused_as_the_htt
     for depth in (MAX_DATA_DEPTH + 1, 1024):
         with pytest.raises(UnusableMessage, match=f"nested more than {MAX_DATA_DEPTH} levels deep"):
             event(b"[" * depth + b"]" * depth)
-    with pytest.raises(UnusableMessage, match="depth|nested"):
+    with pytest.raises(UnusableMessage, match="body is not JSON"):
         event(b"[" * 1025 + b"]" * 1025)
     # Many brackets side by side are not deep.
     assert event(b"[" + b"[]," * 1000 + b"[]]")

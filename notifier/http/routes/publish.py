@@ -9,7 +9,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from notifier.broker import BrokerUnavailable
+from notifier.broker import BrokerUnavailable, PublishNotSent
 from notifier.formats.events import EVENT_ID_RE, MAX_DATA_DEPTH, new_event_id
 from notifier.formats.topics import InvalidTopic, validate_topic
 from notifier.http.errors import ApiError
@@ -132,8 +132,12 @@ async def publish_request(request: Request, node: Node) -> JSONResponse:
         events = [OutgoingEvent(*event_from_request(payload, settings.max_event_bytes))]
     try:
         await publisher.publish(events)
+    except PublishNotSent as error:
+        message = f"not sent: {error}; events of this request not sent never reached RabbitMQ; retry later"
+        raise ApiError(503, "unavailable", message + " with the same ids") from None
     except BrokerUnavailable:
-        raise ApiError(503, "unavailable", "the broker did not confirm every event; retry with the same ids") from None
+        message = "RabbitMQ did not confirm every event in time (some may have been published); retry with the same ids"
+        raise ApiError(503, "unavailable", message) from None
     if "events" in payload:
         return JSONResponse({"ids": [event.id for event in events]}, status_code=202)
     return JSONResponse({"id": events[0].id, "topic": events[0].topic}, status_code=202)
