@@ -127,6 +127,8 @@ class Settings(BaseSettings):
     resume_window_s: float = Field(default=60.0, ge=0, le=3600)
     resume_max_events: int = Field(default=500, ge=1, le=100_000)
     max_parked_sessions: int = Field(default=10_000, ge=0)
+    # Parked sessions of one user; 0: NOTIFIER_MAX_CONNECTIONS_PER_USER. Past it the user's own oldest ends.
+    max_parked_sessions_per_user: int = Field(default=0, ge=0)
     # How long an instance waits for another to hand a session over (each of its two requests).
     resume_timeout_s: float = Field(default=5.0, gt=0, le=30)
 

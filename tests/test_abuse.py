@@ -21,6 +21,7 @@ from notifier.formats import closecodes
 from tests.processes import StartNotifier, notifier_env
 from tests.support import (
     ConnectClient,
+    Publisher,
     RunningServer,
     StartServer,
     free_port,
@@ -290,3 +291,54 @@ async def test_client_address_comes_from_a_trusted_proxy_only(start_server: Star
     spoofed = [await open_websocket(direct, headers={"X-Forwarded-For": f"198.51.100.{number}"}) for number in range(3)]
     assert isinstance(spoofed[2], tuple) and spoofed[2][0] == 429
     await close_all([first, second, other, *spoofed])
+
+
+async def test_many_accounts_dropping_connections_cannot_evict_a_bystanders_parked_session(
+    start_server: StartServer, publisher: Publisher
+) -> None:
+    """Accounts on many addresses connect and drop without a goodbye, over and over, to fill the parked pool.
+    Each keeps at most its per-user bound, the pool evicts the accounts' own sessions, and a bystander who
+    dropped first still resumes with what it missed."""
+    accounts, drops, per_user, pool = 30, 10, 5, 100
+    running = await start_server(
+        max_connections_per_user=per_user, max_parked_sessions=pool, resume_window_s=60, write_path="asgi"
+    )
+    directory = running.node.directory
+
+    async def signed_in(user: str, address: str) -> tuple[ClientConnection, dict[str, Any]]:
+        ws = await websockets.connect(running.ws_url, local_addr=(address, 0), open_timeout=5)
+        await ws.send(json.dumps({"type": "auth", "token": token_for(user)}))
+        welcome: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert welcome["type"] == "welcome", welcome
+        return ws, welcome
+
+    def drop(ws: ClientConnection) -> None:
+        ws.transport.abort()  # no close frame: the session parks
+
+    bystander, welcome = await signed_in("bystander", "127.0.0.1")
+    drop(bystander)
+    await wait_until(lambda: directory.parked_count_of("bystander") == 1, 5)
+
+    async def attack(account: int) -> None:
+        address = f"127.0.0.{account + 2}"
+        for _ in range(drops):
+            ws, _ = await signed_in(f"mallory{account}", address)
+            drop(ws)
+
+    await asyncio.gather(*(attack(account) for account in range(accounts)))
+    await wait_until(lambda: directory.parked_count == pool, 10)
+    users = [f"mallory{account}" for account in range(accounts)]
+    await wait_until(lambda: sum(directory.parked_count_of(user) for user in users) == pool - 1, 10)
+    assert max(directory.parked_count_of(user) for user in users) <= per_user
+    assert directory.parked_count_of("bystander") == 1
+
+    await publisher.publish("user.bystander", {"missed": True})
+    await wait_until(lambda: any(s.history.sent for s in running.node.parked_sessions_of("bystander")), 5)
+    ws = await websockets.connect(running.ws_url, open_timeout=5)
+    resume = {"session": welcome["session"], "received": 0}
+    await ws.send(json.dumps({"type": "auth", "token": token_for("bystander"), "resume": resume}))
+    again = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert (again["type"], again["recovered"]) == ("welcome", True), again
+    event = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert (event["type"], event["data"]) == ("event", {"missed": True})
+    await ws.close()
