@@ -1,14 +1,17 @@
 """The body of `POST /api/publish` (one event, or a batch of them) checked and turned into events: topic, data
 as compact JSON, id. Pure: errors are `BadPublishBody` with the HTTP status and code to answer with.
 
-A large body is parsed in a process of its own (notifier/http/bodies.py), which imports only this module and
-what it imports, so it starts small; `parse_process_started` runs first in it."""
+A large body is parsed in a process of its own (notifier/http/bodies.py): `python -m
+notifier.formats.publish_body` imports only this module and what it imports, so it starts small, and serves
+parses one after the other over its stdin and stdout (`serve_parses`)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
+import pickle
+import sys
+from typing import IO, Any
 
 import orjson
 
@@ -117,7 +120,38 @@ def parse_publish_body(body: bytes, max_events: int, max_event_bytes: int) -> tu
     return [checked_event(payload, max_event_bytes)], False
 
 
-def parse_process_started() -> None:
-    """Runs first in the parse process: parsing is background work next to the serving process's event loop."""
+def read_frame(stream: IO[bytes]) -> bytes | None:
+    """One length-prefixed frame of the parse process's pipe, or None at its end."""
+    head = stream.read(8)
+    if len(head) < 8:
+        return None
+    size = int.from_bytes(head, "big")
+    frame = stream.read(size)
+    return frame if len(frame) == size else None
+
+
+def frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(8, "big") + payload
+
+
+def serve_parses(requests: IO[bytes], answers: IO[bytes]) -> None:
+    """The parse process: each request is a pickled `(parse, body)` from the serving process (its parent, over a
+    private pipe); the answer is the pickled `("ok", parse(body))` or `("error", exception)`. Ends when the
+    parent closes the pipe, or is gone. Runs at a lower CPU priority: parsing is background work next to the
+    serving process's event loop."""
     with contextlib.suppress(OSError):
         os.nice(PARSE_NICENESS)
+    while (request := read_frame(requests)) is not None:
+        parse, body = pickle.loads(request)  # written by the parent process only, over a private pipe
+        del request
+        try:
+            answer = pickle.dumps(("ok", parse(body)), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as error:  # noqa: BLE001 - every failure goes back to the request that caused it
+            answer = pickle.dumps(("error", error), protocol=pickle.HIGHEST_PROTOCOL)
+        del body
+        answers.write(frame(answer))
+        answers.flush()
+
+
+if __name__ == "__main__":
+    serve_parses(sys.stdin.buffer, sys.stdout.buffer)

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
+import pickle
+import sys
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import structlog
 from starlette.requests import ClientDisconnect, Request
 
-from notifier.formats.publish_body import parse_process_started
+from notifier.formats.publish_body import frame
 from notifier.http.errors import ApiError
 from notifier.limits.bodies import BodyLimits
 from notifier.settings import Settings
@@ -44,7 +43,7 @@ class RequestBodies:
     def __init__(self, settings: Settings) -> None:
         self.limits = BodyLimits(max_bodies=settings.max_concurrent_bodies, max_bytes=settings.max_body_bytes_in_flight)
         self.timeout_s = settings.request_body_timeout_s
-        self._parser: ProcessPoolExecutor | None = None
+        self._parser = ParseProcess()
         self.abandoned = 0  # bodies whose client left before sending them whole
         self.timed_out = 0
 
@@ -102,27 +101,71 @@ class RequestBodies:
         notifier/formats/publish_body.py), and what it returns or raises is pickled back."""
         if len(body) <= PARSE_ON_LOOP_MAX_BYTES:
             return parse(body)
-        parser = self.start()
         try:
-            return await asyncio.get_running_loop().run_in_executor(parser, parse, body)
-        except BrokenProcessPool:
-            self.close()  # the next large body starts a new one
+            return await self._parser.run(parse, body)
+        except ParseProcessLost:
             log.warning("parse_process_lost")
             message = "the body could not be parsed now; retry"
             raise ApiError(503, "busy", message, headers={"Retry-After": str(RETRY_AFTER_S)}) from None
 
-    def start(self) -> ProcessPoolExecutor:
-        """The parse process, started now if it is not running (at start-up, so that the first large body does
-        not wait for it, nor does the event loop pay for its start while bodies arrive)."""
-        if self._parser is None:
-            # Spawned, not forked: the child holds none of this process's sockets, threads or locks.
-            context = multiprocessing.get_context("spawn")
-            self._parser = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=parse_process_started)
-            self._parser.submit(int)  # starts the process
-        return self._parser
+    async def start(self) -> None:
+        """Start the parse process (at start-up, so that the first large body does not wait for it, nor does
+        the event loop pay for its start while bodies arrive)."""
+        await self._parser.start()
 
-    def close(self) -> None:
-        """Stop the parse process (the app is shutting down, or it was lost)."""
-        if self._parser is not None:
-            self._parser.shutdown(wait=False, cancel_futures=True)
-            self._parser = None
+    async def close(self) -> None:
+        """Stop the parse process (the app is shutting down)."""
+        await self._parser.stop()
+
+
+class ParseProcessLost(Exception):
+    """The parse process ended or broke the protocol; the next parse starts a new one."""
+
+
+class ParseProcess:
+    """`python -m notifier.formats.publish_body`, a child process that parses one body at a time: requests and
+    answers are length-prefixed pickles over its stdin and stdout (notifier.formats.publish_body.serve_parses).
+    It exits when this process closes its stdin, or is gone."""
+
+    def __init__(self) -> None:
+        self._process: asyncio.subprocess.Process | None = None
+        self._turn = asyncio.Lock()
+
+    async def start(self) -> asyncio.subprocess.Process:
+        process = self._process
+        if process is None or process.returncode is not None:
+            process = self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "notifier.formats.publish_body",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+        return process
+
+    async def run(self, parse: Callable[[bytes], T], body: bytes) -> T:
+        async with self._turn:
+            process = await self.start()
+            assert process.stdin is not None and process.stdout is not None
+            try:
+                process.stdin.write(frame(pickle.dumps((parse, body), protocol=pickle.HIGHEST_PROTOCOL)))
+                await process.stdin.drain()
+                size = int.from_bytes(await process.stdout.readexactly(8), "big")
+                outcome, value = pickle.loads(await process.stdout.readexactly(size))  # from our own child
+            except (OSError, asyncio.IncompleteReadError) as error:
+                await self.stop()
+                raise ParseProcessLost(repr(error)) from None
+            except BaseException:  # cancelled between a request and its answer: the pipe is out of step
+                await asyncio.shield(self.stop())
+                raise
+        if outcome == "error":
+            raise cast(BaseException, value)
+        return cast(T, value)
+
+    async def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()

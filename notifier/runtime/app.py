@@ -68,7 +68,7 @@ def create_app(
             await metrics_endpoint.start()
         await node.start()
         await control.start()
-        bodies.start()
+        await bodies.start()
         publisher = asyncio.create_task(group.publish_forever()) if group is not None else None
         undo_signals = drain_before_server_stops(node.drain) if foreign_server else None
         try:
@@ -82,7 +82,7 @@ def create_app(
                     await publisher
             await control.stop()
             await node.stop()
-            bodies.close()
+            await bodies.close()
             if metrics_endpoint is not None:
                 await metrics_endpoint.stop()
 
