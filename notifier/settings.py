@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     # An event id published by this instance within the window is not published again (per instance).
     publish_dedupe_window_s: float = Field(default=300.0, ge=0)
     publish_dedupe_max_ids: int = Field(default=100_000, ge=0)
+    # Request bodies (publish and server API) read or parsed at once, and the bytes they hold: past either the
+    # answer is 503 `busy` with Retry-After, before the body is read. A body must arrive within the timeout.
+    max_concurrent_bodies: int = Field(default=64, ge=1)
+    max_body_bytes_in_flight: int = Field(default=16 * 1024 * 1024, ge=1024)
+    request_body_timeout_s: float = Field(default=10.0, gt=0)
 
     # Control plane between instances (exchange "<exchange>.control")
     control_reply_timeout_s: float = Field(default=0.5, gt=0, le=30)
@@ -127,6 +132,8 @@ class Settings(BaseSettings):
     resume_window_s: float = Field(default=60.0, ge=0, le=3600)
     resume_max_events: int = Field(default=500, ge=1, le=100_000)
     max_parked_sessions: int = Field(default=10_000, ge=0)
+    # Parked sessions of one user; 0: NOTIFIER_MAX_CONNECTIONS_PER_USER. Past it the user's own oldest ends.
+    max_parked_sessions_per_user: int = Field(default=0, ge=0)
     # How long an instance waits for another to hand a session over (each of its two requests).
     resume_timeout_s: float = Field(default=5.0, gt=0, le=30)
 
@@ -198,6 +205,16 @@ class Settings(BaseSettings):
                 "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         return value
+
+    @model_validator(mode="after")
+    def _largest_body_fits_in_flight(self) -> Settings:
+        largest = max(self.max_publish_body_bytes, self.max_event_bytes + 1024)  # an event and its envelope
+        if self.max_body_bytes_in_flight < largest:
+            raise ValueError(
+                f"NOTIFIER_MAX_BODY_BYTES_IN_FLIGHT ({self.max_body_bytes_in_flight}) must be at least the largest "
+                f"publish body ({largest}: NOTIFIER_MAX_PUBLISH_BODY_BYTES, or NOTIFIER_MAX_EVENT_BYTES + 1024)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _secret_long_enough(self) -> Settings:

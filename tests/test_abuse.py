@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import select
+import signal
 import socket
+import sys
 import time
 from typing import Any
 
@@ -20,7 +23,9 @@ from websockets.asyncio.client import ClientConnection
 from notifier.formats import closecodes
 from tests.processes import StartNotifier, notifier_env
 from tests.support import (
+    API_KEY,
     ConnectClient,
+    Publisher,
     RunningServer,
     StartServer,
     free_port,
@@ -290,3 +295,217 @@ async def test_client_address_comes_from_a_trusted_proxy_only(start_server: Star
     spoofed = [await open_websocket(direct, headers={"X-Forwarded-For": f"198.51.100.{number}"}) for number in range(3)]
     assert isinstance(spoofed[2], tuple) and spoofed[2][0] == 429
     await close_all([first, second, other, *spoofed])
+
+
+async def test_many_accounts_dropping_connections_cannot_evict_a_bystanders_parked_session(
+    start_server: StartServer, publisher: Publisher
+) -> None:
+    """Accounts on many addresses connect and drop without a goodbye, over and over, to fill the parked pool.
+    Each keeps at most its per-user bound, the pool evicts the accounts' own sessions, and a bystander who
+    dropped first still resumes with what it missed."""
+    accounts, drops, per_user, pool = 30, 10, 5, 100
+    running = await start_server(
+        max_connections_per_user=per_user, max_parked_sessions=pool, resume_window_s=60, write_path="asgi"
+    )
+    directory = running.node.directory
+
+    async def signed_in(user: str, address: str) -> tuple[ClientConnection, dict[str, Any]]:
+        ws = await websockets.connect(running.ws_url, local_addr=(address, 0), open_timeout=5)
+        await ws.send(json.dumps({"type": "auth", "token": token_for(user)}))
+        welcome: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert welcome["type"] == "welcome", welcome
+        return ws, welcome
+
+    def drop(ws: ClientConnection) -> None:
+        ws.transport.abort()  # no close frame: the session parks
+
+    bystander, welcome = await signed_in("bystander", "127.0.0.1")
+    drop(bystander)
+    await wait_until(lambda: directory.parked_count_of("bystander") == 1, 5)
+
+    async def attack(account: int) -> None:
+        address = f"127.0.0.{account + 2}"
+        for _ in range(drops):
+            ws, _ = await signed_in(f"mallory{account}", address)
+            drop(ws)
+
+    await asyncio.gather(*(attack(account) for account in range(accounts)))
+    await wait_until(lambda: directory.parked_count == pool, 10)
+    users = [f"mallory{account}" for account in range(accounts)]
+    await wait_until(lambda: sum(directory.parked_count_of(user) for user in users) == pool - 1, 10)
+    assert max(directory.parked_count_of(user) for user in users) <= per_user
+    assert directory.parked_count_of("bystander") == 1
+
+    await publisher.publish("user.bystander", {"missed": True})
+    await wait_until(lambda: any(s.history.sent for s in running.node.parked_sessions_of("bystander")), 5)
+    ws = await websockets.connect(running.ws_url, open_timeout=5)
+    resume = {"session": welcome["session"], "received": 0}
+    await ws.send(json.dumps({"type": "auth", "token": token_for("bystander"), "resume": resume}))
+    again = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert (again["type"], again["recovered"]) == ("welcome", True), again
+    event = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert (event["type"], event["data"]) == ("event", {"missed": True})
+    await ws.close()
+
+
+def maximal_publish_body(events: int = 63, event_bytes: int = 64 * 1024) -> bytes:
+    """A batch just under the default body limit whose data parses into as many objects as it can: arrays of
+    empty arrays (about 3.9 MiB; each `[]` a list once parsed)."""
+    data = b"[" + b"[]," * ((event_bytes - 4) // 3) + b"[]]"
+    return b'{"events":[' + b",".join(b'{"topic":"flood.x","data":' + data + b"}" for _ in range(events)) + b"]}"
+
+
+PINGER = """
+import asyncio, json, signal, sys, time
+import websockets
+
+async def main(port, token):
+    ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws", ping_interval=None)
+    await ws.send(json.dumps({"type": "auth", "token": token}))
+    assert json.loads(await ws.recv())["type"] == "welcome"
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+    print("ready", flush=True)
+    rtts, number = [], 0
+    while not stop.is_set():
+        number += 1
+        started = time.perf_counter()
+        await ws.send(json.dumps({"type": "ping", "id": number}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 30)) == {"type": "pong", "id": number}
+        rtts.append(time.perf_counter() - started)
+        try:
+            await asyncio.wait_for(stop.wait(), 0.075)
+        except TimeoutError:
+            pass
+    print(json.dumps(rtts), flush=True)
+
+asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+"""
+
+
+def post_raw(port: int, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """POST `body` with the API key over a plain socket; the status, headers and body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(65536)
+            assert chunk, received
+            received += chunk
+        head, _, rest = received.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+        while len(rest) < int(headers["content-length"]):
+            rest += sock.recv(65536)
+        return int(lines[0].split()[1]), headers, rest
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status").read().splitlines():  # noqa: SIM115
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def children_of(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as children:
+            found += [int(child) for child in children.read().split()]
+    return found
+
+
+async def test_thirty_maximal_publish_batches_at_once_keep_the_loop_responsive_and_memory_bounded(
+    exchange: str, start_notifier: StartNotifier
+) -> None:
+    """30 batches of 3.9 MiB that parse into millions of objects, sent at once (before: 2.6 GiB of RSS and a
+    ping round trip of 0.6 s). Bodies past the bounds in flight are refused at once with 503 `busy` and
+    Retry-After; the others are parsed one at a time in the parse process; a signed-in client's ping round
+    trip stays under 50 ms, and the serving process's memory stays within its documented bound."""
+    port = free_port()
+    process = await start_notifier("serve", env=notifier_env(port, exchange, NOTIFIER_LOG_FORMAT="json"), port=port)
+    pinger = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PINGER, str(port), token_for("watcher"), stdout=asyncio.subprocess.PIPE
+    )
+    assert pinger.stdout is not None
+    assert (await asyncio.wait_for(pinger.stdout.readline(), 10)).strip() == b"ready"
+    body = maximal_publish_body()
+    # Sent by threads over plain sockets (the sends release the interpreter lock), so this process takes
+    # little of the machine's CPU from the server and the pinger.
+    answers = await asyncio.gather(*(asyncio.to_thread(post_raw, port, "/api/publish", body) for _ in range(30)))
+    pinger.send_signal(signal.SIGINT)
+    rtts = json.loads(await asyncio.wait_for(pinger.stdout.read(), 10))
+    await pinger.wait()
+    accepted = [answer for answer in answers if answer[0] == 202]
+    refused = [answer for answer in answers if answer[0] != 202]
+    assert len(accepted) >= 1 and len(accepted) + len(refused) == 30
+    for status, headers, answer in refused:
+        assert (status, json.loads(answer)["error"]) == (503, "busy"), answer[:300]
+        assert headers["retry-after"] == "1"
+    assert len(rtts) >= 10, rtts
+    assert max(rtts) < 0.05, sorted(rtts)[-5:]
+    # The documented bound (docs/guarantees.md): the serving process stays near its idle size; the parse
+    # process holds one body's objects at a time.
+    assert peak_rss_mib(process.pid) < 160, peak_rss_mib(process.pid)
+    assert sum(peak_rss_mib(child) for child in children_of(process.pid)) < 250
+    records = process.log_records()
+    assert not [record for record in records if record["level"] in ("error", "critical")]
+
+
+async def test_a_trickling_body_gets_408_and_a_client_leaving_mid_body_is_one_info_line(
+    exchange: str, start_notifier: StartNotifier
+) -> None:
+    """Authenticated requests whose body trickles in are answered 408 and closed after
+    NOTIFIER_REQUEST_BODY_TIMEOUT_S (before: held open with no bound); clients that leave mid-body are one INFO
+    line each (before: an ERROR traceback of ~5 KB each)."""
+    port = free_port()
+    env = notifier_env(port, exchange, NOTIFIER_LOG_FORMAT="json", NOTIFIER_REQUEST_BODY_TIMEOUT_S="1")
+    process = await start_notifier("serve", env=env, port=port)
+    head = (
+        f"POST /api/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    ).encode()
+
+    def trickle_and_leave() -> tuple[list[tuple[bytes, float]], int]:
+        started = time.monotonic()
+        trickling = [
+            socket.create_connection(("127.0.0.1", port), source_address=(f"127.0.0.{2 + n % 5}", 0)) for n in range(20)
+        ]
+        for sock in trickling:
+            sock.sendall(head + b'{"topic": "user.a", ')
+        leaving = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        for sock in leaving:
+            sock.sendall(head + b'{"topic": "user.a", "data": ')
+        time.sleep(0.3)
+        for sock in leaving:
+            sock.close()
+        for _ in range(4):  # a byte every 0.3 s, for longer than the timeout
+            for sock in trickling:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b" ")
+            time.sleep(0.3)
+        answers = [read_until_closed(sock, 5.0, started) for sock in trickling]
+        for sock in trickling:
+            sock.close()
+        return answers, len(leaving)
+
+    answers, left = await asyncio.to_thread(trickle_and_leave)
+    for received, seconds in answers:
+        assert received.startswith(b"HTTP/1.1 408 "), received[:200]
+        assert b'"error":"timeout"' in received
+        assert seconds < 3.5, seconds
+    await wait_until(
+        lambda: sum(record["event"] == "request_body_abandoned" for record in process.log_records()) == left, 5
+    )
+    await process.stop()
+    records = process.log_records()
+    assert not [record for record in records if record["level"] in ("error", "critical")]
+    assert "Traceback" not in process.logs()
+    abandoned = [record for record in records if record["event"] == "request_body_abandoned"]
+    timed_out = [record for record in records if record["event"] == "request_body_timed_out"]
+    assert {record["level"] for record in abandoned + timed_out} == {"info"}
+    assert (len(abandoned), len(timed_out)) == (20, 20)

@@ -26,6 +26,7 @@ async def test_a_stalled_broker_is_noticed_and_answers_stay_bounded(
     alice = await connect(running, "alice")
     proxy.stall()
     async with httpx.AsyncClient(base_url=running.http_url, timeout=30) as http:
+        messages: list[str] = []
 
         async def publish(number: int) -> tuple[int, float]:
             started = time.monotonic()
@@ -34,6 +35,7 @@ async def test_a_stalled_broker_is_noticed_and_answers_stay_bounded(
                 json={"topic": "user.alice", "data": number},
                 headers={"Authorization": f"Bearer {API_KEY}"},
             )
+            messages.append(response.json()["message"])
             return response.status_code, time.monotonic() - started
 
         # 60 publishes at once: 10 wait for a confirm that never comes, the rest are refused without waiting
@@ -41,6 +43,11 @@ async def test_a_stalled_broker_is_noticed_and_answers_stay_bounded(
         results = await asyncio.gather(*(publish(number) for number in range(60)))
         durations = sorted(seconds for _, seconds in results)
         assert {status for status, _ in results} == {503}
+        # Each answer says what happened: refused unsent for the cap, or sent and not confirmed in time.
+        refused = [message for message in messages if "NOTIFIER_MAX_PENDING_PUBLISHES" in message]
+        unconfirmed = [message for message in messages if "did not confirm every event in time" in message]
+        assert len(refused) >= 50 and len(refused) + len(unconfirmed) == 60, set(messages)
+        assert all(message.startswith("not sent: 10 publishes are already waiting") for message in refused)
         assert sum(1 for seconds in durations if seconds < TIMEOUT_S - 0.5) >= 50, durations
         assert durations[-1] < TIMEOUT_S + 1.5, durations
 

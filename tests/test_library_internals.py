@@ -111,3 +111,11 @@ def test_uvicorn_protocol_attributes_read_still_exist_in_uvicorn(cls: type) -> N
     known = assigned_attributes(cls) | {name for name in dir(cls)}
     missing = sorted(read - known)
     assert missing == [], f"{cls.__mro__[1].__name__} no longer sets {missing}"
+
+
+@pytest.mark.parametrize("name", aiormq_internals.PAMQP_INTERNALS)
+def test_pamqp_decode_has(name: str) -> None:
+    import pamqp.decode
+
+    table = getattr(pamqp.decode, name, None)
+    assert isinstance(table, dict) and "timestamp" in table, f"pamqp.decode no longer has {name!r}['timestamp']"

@@ -519,6 +519,24 @@ async def test_a_parked_session_does_not_hold_a_users_connection_slot(start_inst
     assert welcome["recovered"] is True
 
 
+async def test_a_resume_refused_with_4502_leaves_the_session_parked_for_a_later_resume(
+    start_instance: StartInstance,
+) -> None:
+    node = await start_instance(max_connections_per_user=1)
+    session_id, _ = await dropped_after(node, "alice", 1)
+    await node.publish("user.alice", "missed")
+    _, holder = await signed_in(node, "alice")  # the user's one slot is taken
+    _, refused = await node.connect()
+    refused.client_sends({"type": "auth", "token": token("alice"), "resume": {"session": session_id, "received": 1}})
+    assert await refused.closed_with() == closecodes.USER_CONNECTION_LIMIT.code
+    assert node.directory.parked_count == 1
+    holder.client_leaves(1000)
+    await wait_until(lambda: node.admission.connections_of("alice") == 0, 2)
+    _, socket, welcome = await resumed(node, "alice", session_id, 1)
+    assert welcome["recovered"] is True
+    assert await received_events(socket, 1) == ["missed"]
+
+
 async def test_with_resume_off_a_session_keeps_nothing_and_is_never_recovered(start_instance: StartInstance) -> None:
     node = await start_instance(resume_window_s=0)
     old, old_socket = await signed_in(node, "alice")

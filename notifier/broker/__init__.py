@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
-from notifier.broker.base import Broker, BrokerUnavailable, BrokerUnreachable, EventHandler, RoutingGapHandler
+from notifier.broker.base import (
+    Broker,
+    BrokerUnavailable,
+    BrokerUnreachable,
+    EventHandler,
+    PublishNotSent,
+    RoutingGapHandler,
+)
 from notifier.settings import Settings
 
-__all__ = ["Broker", "BrokerUnavailable", "BrokerUnreachable", "EventHandler", "RoutingGapHandler", "create_broker"]
+__all__ = [
+    "Broker",
+    "BrokerUnavailable",
+    "BrokerUnreachable",
+    "EventHandler",
+    "PublishNotSent",
+    "RoutingGapHandler",
+    "create_broker",
+]
 
 
 def create_broker(settings: Settings) -> Broker:

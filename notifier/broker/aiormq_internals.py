@@ -11,9 +11,12 @@ the releases tested.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import struct
 from collections.abc import Callable
 
 import aiormq
+import pamqp.decode
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 from aiormq import spec
@@ -26,6 +29,11 @@ log = structlog.get_logger("notifier.broker")
 CHANNEL_INTERNALS = ("frames", "_get_frame", "_read_content", "_on_deliver_frame", "consumers", "write_queue")
 CONNECTION_INTERNALS = ("READER_CLOSE_TIMEOUT",)
 QUEUE_INTERNALS = ("_maxsize",)
+# pamqp's table of decoders by AMQP type name (not a documented API): `timestamp` is replaced in it.
+PAMQP_INTERNALS = ("METHODS",)
+# The last second a datetime holds (the end of year 9999). A larger AMQP timestamp is read as a datetime past
+# it (datetime.max), which notifier.formats.events.publish_time_ms refuses.
+MAX_DATETIME_S = 253_402_300_799
 
 # How long a stopping instance that sent its queue's delete waits for RabbitMQ to confirm the connection's
 # close (see wait_less_for_close_ok): long enough for a queue of a thousand or so bindings to go first.
@@ -81,6 +89,27 @@ def inline_deliveries(
 
     channel._on_deliver_frame = deliver
     return consume
+
+
+def _timestamp_in_seconds(value: bytes) -> tuple[int, datetime.datetime]:
+    """An AMQP timestamp as the specification has it, whole seconds. pamqp reads any value past 2^32 - 1 as
+    milliseconds, so a timestamp of year 9999 came out as one of 1978; and one past year 9999 raised out of the
+    frame decoder."""
+    try:
+        (seconds,) = struct.unpack(">Q", value[0:8])
+    except struct.error as error:
+        raise ValueError("Could not unpack timestamp value") from error
+    if seconds > MAX_DATETIME_S:
+        return 8, datetime.datetime.max.replace(tzinfo=datetime.UTC)
+    return 8, datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+
+
+def read_timestamps_as_seconds() -> None:
+    """Make pamqp read the `timestamp` property of every message as whole seconds, without its guess that a large
+    value is in milliseconds (see `_timestamp_in_seconds`). With another pamqp, it is left as it is."""
+    methods = getattr(pamqp.decode, "METHODS", None)
+    if isinstance(methods, dict) and "timestamp" in methods:
+        methods["timestamp"] = _timestamp_in_seconds
 
 
 def wait_less_for_close_ok(connection: AbstractRobustConnection) -> None:

@@ -33,11 +33,12 @@ from aiormq.abc import DeliveredMessage
 from notifier.broker.aiormq_internals import (
     deepen_frame_buffer,
     inline_deliveries,
+    read_timestamps_as_seconds,
     wait_less_for_close_ok,
     write_frames,
 )
 from notifier.broker.base import BROKER_ERRORS as _BROKER_ERRORS
-from notifier.broker.base import BrokerUnavailable, EventHandler, RoutingGapHandler
+from notifier.broker.base import BrokerUnavailable, EventHandler, PublishNotSent, RoutingGapHandler
 from notifier.broker.bindings import Bindings, ChannelSource
 from notifier.broker.event_message import event_message
 from notifier.broker.failover import NodeAddresses, connect_to_any
@@ -45,6 +46,9 @@ from notifier.formats.events import UnusableMessage, event_from_message, publish
 from notifier.settings import Settings
 
 log = structlog.get_logger("notifier.broker")
+
+# A message's `timestamp` is whole seconds, as AMQP says, whatever its size (docs/protocol.md, Broker side).
+read_timestamps_as_seconds()
 
 # Acknowledge with one `multiple` ack per burst of messages: at most this many at a time, and at the latest
 # this long after the first of them was handed off. (Each ack is a frame, a task and a send for us and work for
@@ -425,11 +429,14 @@ class AmqpBroker:
 
     async def publish(self, topic: str, data: bytes, event_id: str) -> None:
         if self._publish_exchange is None or not self.connected:
-            raise BrokerUnavailable("not connected to RabbitMQ")
+            raise PublishNotSent("not connected to RabbitMQ")
         message = event_message(data, event_id)
         if self._pending_publishes >= self._settings.max_pending_publishes:
             # RabbitMQ is slow to confirm: refuse at once rather than pile up requests that wait.
-            raise BrokerUnavailable(f"{self._pending_publishes} publishes are already waiting for RabbitMQ")
+            raise PublishNotSent(
+                f"{self._pending_publishes} publishes are already waiting for RabbitMQ's confirm "
+                "(NOTIFIER_MAX_PENDING_PUBLISHES)"
+            )
         self._pending_publishes += 1
         timeout_s = self._settings.broker_timeout_s
         try:

@@ -25,6 +25,11 @@ class BrokerUnavailable(Exception):
     """The broker cannot be reached right now; the operation may succeed later."""
 
 
+class PublishNotSent(BrokerUnavailable):
+    """A publish refused before it was sent (not connected, or too many publishes awaiting confirms): RabbitMQ
+    never saw it. The message says which."""
+
+
 class BrokerUnreachable(BrokerUnavailable):
     """A connection attempt failed; the attempt's log line already said why."""
 

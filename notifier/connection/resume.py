@@ -138,6 +138,8 @@ async def resume_session(
     if taken_over is not None:
         await taken_over.release_slot_and_topics()  # the topics the new token no longer grants (or all, if refused)
         return True
+    if not session.awaiting_auth:
+        return True  # refused (4502) while its session stays parked here for a later resume
     remote = context.remote_sessions
     if remote is not None and remote.holder(resume.session) is not None:
         resuming = context.directory.resuming
@@ -170,9 +172,16 @@ def take_over_here(
         if old.parked:
             context.directory.end(old)  # the client can never get it back whole
         return None
-    old.hand_over()
-    if not session.admit(identity):
-        return old  # closed with 4502; the old session's topics are released all the same
+    if old.parked:
+        # A parked session holds no slot: a resume refused for the user's connection limit (4502) leaves it
+        # parked, for a later resume once one of the user's connections closes.
+        if not session.admit(identity):
+            return None
+        old.hand_over()
+    else:
+        old.hand_over()  # gives back the slot of the connection it replaces (a half-open one, say)
+        if not session.admit(identity):
+            return old  # closed with 4502; the old session's topics are released all the same
     extra = also_allowed or set()
     kept = {topic for topic in old.topics if identity.grants.allows(topic) or topic in extra}
     hub = context.hub

@@ -19,8 +19,17 @@ EVENT_ID_RE = re.compile(r"[A-Za-z0-9_\-:.@]{1,128}")
 EVENT_ID_RULE = "1 to 128 of letters, digits, '_', '-', ':', '.' and '@'"
 # The AMQP header publishers set for a millisecond publish time (the `timestamp` property has whole seconds).
 TIMESTAMP_MS_HEADER = "timestamp_in_ms"
-# Body encodings a publisher may name in `content_encoding` (wbits 47: zlib detects a gzip or zlib header).
-DECODERS_WBITS = {"gzip": 47, "deflate": 47, "x-gzip": 47}
+# The largest publish time in ms an event may carry: JavaScript's largest exact integer (2^53 - 1).
+MAX_TS_MS = 2**53 - 1
+# The largest AMQP `timestamp` (whole seconds) taken: the last second of year 9999.
+MAX_TIMESTAMP_S = 253_402_300_799
+# Body encodings a publisher may name in `content_encoding`, exactly as written (wbits 47: zlib detects a gzip
+# or zlib header). Nothing else is taken: no other spelling, no other case.
+DECODERS_WBITS = {"gzip": 47, "deflate": 47}
+IDENTITY_ENCODINGS = ("", "identity")
+# The deepest JSON an event may carry, from RabbitMQ as from the HTTP API: the JSON encoder's recursion limit,
+# so whatever reaches a client can be written out again by a JSON library with a recursion limit of its own.
+MAX_DATA_DEPTH = 254
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -56,26 +65,31 @@ def now_ms() -> int:
 
 
 def publish_time_ms(headers: Mapping[str, object] | None, timestamp_s: float | None) -> int | None:
-    """The publisher's send time in ms: the `timestamp_in_ms` header if it holds a positive number, else the
-    AMQP `timestamp` (whole seconds), else None."""
-    value = (headers or {}).get(TIMESTAMP_MS_HEADER)
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return int(value)
-    return int(timestamp_s * 1000) if timestamp_s is not None else None
+    """The publisher's send time in ms: the `timestamp_in_ms` header (an integer, 0 to 2^53 - 1), else the AMQP
+    `timestamp` (whole seconds, 0 to the end of year 9999) times 1000, else None. A value outside its rule raises
+    UnusableMessage saying why (the message is dead-lettered, as any that breaks the contract)."""
+    if headers and TIMESTAMP_MS_HEADER in headers:
+        value = headers[TIMESTAMP_MS_HEADER]
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_TS_MS:
+            raise UnusableMessage(f"header {TIMESTAMP_MS_HEADER} must be an integer from 0 to {MAX_TS_MS}")
+        return value
+    if timestamp_s is None:
+        return None
+    if not 0 <= timestamp_s <= MAX_TIMESTAMP_S:
+        raise UnusableMessage(f"timestamp must be whole seconds from 0 to {MAX_TIMESTAMP_S} (the end of year 9999)")
+    return int(timestamp_s) * 1000
 
 
 def decode_body(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
     """The body as the publisher meant it: gzip and deflate are inflated, never past `max_bytes`."""
-    encoding = (content_encoding or "").strip().lower()
-    if encoding in ("", "identity"):
+    encoding = content_encoding or ""
+    if encoding in IDENTITY_ENCODINGS:
         return body
     wbits = DECODERS_WBITS.get(encoding)
     if wbits is None:
-        raise UnusableMessage(f"content_encoding {encoding!r} is not supported (gzip, deflate or none)")
+        raise UnusableMessage(
+            f"content_encoding {encoding[:40]!r} is not supported (exactly gzip, deflate or identity, or none)"
+        )
     inflater = zlib.decompressobj(wbits)
     try:
         decoded = inflater.decompress(body, max_bytes + 1)
@@ -86,6 +100,17 @@ def decode_body(body: bytes, content_encoding: str | None, max_bytes: int) -> by
     if not inflater.eof or inflater.unused_data:
         raise UnusableMessage(f"body is not valid {encoding}: truncated or followed by other data")
     return decoded
+
+
+def check_depth(value: object, body: bytes) -> None:
+    """Refuse JSON nested more than MAX_DATA_DEPTH levels deep, as the HTTP API does. Only a body with that
+    many brackets can be, so most bodies cost two byte counts."""
+    if body.count(b"[") + body.count(b"{") <= MAX_DATA_DEPTH:
+        return
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        raise UnusableMessage(f"body is nested more than {MAX_DATA_DEPTH} levels deep") from None
 
 
 def event_from_message(
@@ -110,13 +135,14 @@ def event_from_message(
     if body.startswith(UTF8_BOM):
         body = body[len(UTF8_BOM) :]
     try:
-        orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise UnusableMessage(f"body is not JSON: {error}") from None
+    check_depth(value, body)
     return Event(
         topic=topic,
         id=event_id or derived_event_id(topic, body, ts_ms),
         data=body.strip(),
-        ts_ms=ts_ms or now_ms(),
+        ts_ms=ts_ms if ts_ms is not None else now_ms(),
         stamped=ts_ms is not None,
     )

@@ -3,6 +3,7 @@ close a user's connections, take a topic from them, count them."""
 
 from __future__ import annotations
 
+import unicodedata
 from typing import TYPE_CHECKING, Any
 
 from notifier.cluster.codec import BadControlMessage, CommandArgs
@@ -32,10 +33,14 @@ def check_user(value: object) -> str:
 
 
 def check_reason(value: object) -> str | None:
+    """A close reason: printable text of at most MAX_REASON_BYTES. Control characters (CR, LF, NUL, any of
+    Unicode's category Cc) are refused, not stripped, so a backend learns its reason would not arrive as sent."""
     if value is None:
         return None
     if not isinstance(value, str) or not value or len(value.encode()) > MAX_REASON_BYTES:
         raise ValueError(f"'reason' must be a non-empty string of at most {MAX_REASON_BYTES} bytes")
+    if any(unicodedata.category(character) == "Cc" for character in value):
+        raise ValueError("'reason' must not contain control characters (CR, LF, NUL, tab...)")
     return value
 
 

@@ -11,13 +11,17 @@ from starlette.exceptions import HTTPException
 class ApiError(Exception):
     """An error a caller caused or must know of; answered with `status` and `{"error": code, "message", ...}`.
 
-    `details` adds fields to the body (for instance the `index` of a bad event in a batch)."""
+    `details` adds fields to the body (for instance the `index` of a bad event in a batch); `headers` are sent
+    with it (Retry-After, say)."""
 
-    def __init__(self, status: int, code: str, message: str, **details: object) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None, **details: object
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
         self.details = details
 
 
@@ -25,7 +29,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def api_error(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, ApiError)
         body = {"error": error.code, "message": error.message, **error.details}
-        return JSONResponse(body, status_code=error.status)
+        return JSONResponse(body, status_code=error.status, headers=error.headers)
 
     async def http_error(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, HTTPException)

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from notifier.broker import Broker, BrokerUnavailable
+from notifier.broker import Broker, BrokerUnavailable, PublishNotSent
 from notifier.formats.recent import RecentIds
 from notifier.settings import Settings
 
@@ -68,9 +68,10 @@ class EventPublisher:
                     done.set_result(False)
                 if self._in_flight.get(event_id) is done:
                     del self._in_flight[event_id]
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        failures = [result for result in results if isinstance(result, BaseException)]
+        # One that RabbitMQ may have seen says more than one refused before it was sent.
+        for failure in sorted(failures, key=lambda failure: isinstance(failure, PublishNotSent)):
+            raise failure
 
     async def _publish_one(self, event: OutgoingEvent, done: asyncio.Future[bool], window: asyncio.Semaphore) -> None:
         published = False

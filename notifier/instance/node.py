@@ -50,7 +50,10 @@ class Node:
         )
         self.sessions: set[Session] = set()
         self.directory = SessionDirectory(
-            self.broker.instance_id, window_s=settings.resume_window_s, max_parked=settings.max_parked_sessions
+            self.broker.instance_id,
+            window_s=settings.resume_window_s,
+            max_parked=settings.max_parked_sessions,
+            max_parked_per_user=settings.max_parked_sessions_per_user or settings.max_connections_per_user,
         )
         self.user_budgets = UserBudgets(
             operations_per_s=settings.user_subscribes_per_s,

@@ -14,6 +14,7 @@ from notifier import __version__
 from notifier.broker import Broker
 from notifier.cluster.control import create_control_plane
 from notifier.http import commands
+from notifier.http.bodies import RequestBodies
 from notifier.http.errors import install_error_handlers
 from notifier.http.publisher import EventPublisher
 from notifier.http.routes import demo, docs, health, metrics, publish, server_api
@@ -59,12 +60,15 @@ def create_app(
         MetricsEndpoint(settings.host, settings.metrics_port, registry) if settings.metrics_port else None
     )
 
+    bodies = RequestBodies(settings)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if metrics_endpoint is not None:
             await metrics_endpoint.start()
         await node.start()
         await control.start()
+        await bodies.start()
         publisher = asyncio.create_task(group.publish_forever()) if group is not None else None
         undo_signals = drain_before_server_stops(node.drain) if foreign_server else None
         try:
@@ -78,6 +82,7 @@ def create_app(
                     await publisher
             await control.stop()
             await node.stop()
+            await bodies.close()
             if metrics_endpoint is not None:
                 await metrics_endpoint.stop()
 
@@ -85,6 +90,7 @@ def create_app(
     app.state.node = node
     app.state.control = control
     app.state.publisher = EventPublisher(node.broker, settings)
+    app.state.bodies = bodies
     app.state.metrics_registry = registry
     install_error_handlers(app)
     app.include_router(health.router)

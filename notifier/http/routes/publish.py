@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import hmac
+from functools import partial
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from notifier.broker import BrokerUnavailable
-from notifier.formats.events import EVENT_ID_RE, new_event_id
-from notifier.formats.topics import InvalidTopic, validate_topic
+from notifier.broker import BrokerUnavailable, PublishNotSent
+from notifier.formats import publish_body
+from notifier.formats.publish_body import BadPublishBody
+from notifier.http.bodies import RequestBodies
 from notifier.http.errors import ApiError
 from notifier.http.publisher import EventPublisher, OutgoingEvent
 from notifier.http.routes.schemas import (
@@ -24,13 +25,12 @@ from notifier.http.routes.schemas import (
     json_body,
 )
 from notifier.instance.node import Node
+from notifier.settings import Settings
 
 router = APIRouter()
 
 # The request body holds the data plus the topic, id and JSON punctuation around it.
 BODY_OVERHEAD_BYTES = 1024
-# The deepest `data` the JSON encoder writes back out (orjson's recursion limit).
-MAX_DATA_DEPTH = 254
 
 
 def check_api_key(request: Request, api_keys: list[str]) -> None:
@@ -46,97 +46,68 @@ def check_api_key(request: Request, api_keys: list[str]) -> None:
         raise ApiError(403, "forbidden", "unknown API key")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "too_large", f"request body is over {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, "too_large", f"request body is over {limit} bytes")
-    return bytes(body)
+def api_error(bad: BadPublishBody) -> ApiError:
+    if bad.index is None:
+        return ApiError(bad.status, bad.code, bad.message)
+    return ApiError(bad.status, bad.code, bad.message, index=bad.index)
 
 
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    """The request body as a JSON object of at most `limit` bytes, or the ApiError that says why not."""
-    body = await read_body(request, limit)
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(422, "bad_request", "body is not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise ApiError(422, "bad_request", "body must be a JSON object")
-    return payload
+    """The request body as a JSON object of at most `limit` bytes, or the ApiError that says why not; read
+    within the bounds on bodies in flight (notifier/http/bodies.py)."""
+    bodies: RequestBodies = request.app.state.bodies
+    async with bodies.read(request, limit) as body:
+        try:
+            return await bodies.parse(body, publish_body.json_object)
+        except BadPublishBody as bad:
+            raise api_error(bad) from None
 
 
 def event_from_request(payload: dict[str, Any], max_event_bytes: int) -> tuple[str, bytes, str]:
-    """Check `{"topic", "data", "id"?}`; return the topic, the data as JSON and the event id."""
-    unknown = set(payload) - {"topic", "data", "id"}
-    if unknown:
-        raise ApiError(422, "bad_request", f"unknown fields: {sorted(unknown)}")
+    """Check `{"topic", "data", "id"?}`; return the topic, the data as JSON and the event id
+    (notifier/formats/publish_body.py), or the ApiError that says why not."""
     try:
-        topic = validate_topic(payload.get("topic"))
-    except InvalidTopic as error:
-        raise ApiError(422, "invalid_topic", str(error)) from None
-    if "data" not in payload:
-        raise ApiError(422, "bad_request", "'data' is required (any JSON value)")
-    event_id = payload.get("id")
-    if event_id is None:
-        event_id = new_event_id()
-    elif not isinstance(event_id, str) or EVENT_ID_RE.fullmatch(event_id) is None:
-        raise ApiError(422, "bad_request", "'id' must be 1-128 letters, digits or '_-:.@'")
-    try:
-        data = orjson.dumps(payload["data"])
-    except (TypeError, orjson.JSONEncodeError):
-        raise ApiError(422, "bad_request", f"'data' is nested more than {MAX_DATA_DEPTH} levels deep") from None
-    if len(data) > max_event_bytes:
-        raise ApiError(413, "too_large", f"data is over {max_event_bytes} bytes")
-    return topic, data, event_id
+        return publish_body.checked_event(payload, max_event_bytes)
+    except BadPublishBody as bad:
+        raise api_error(bad) from None
 
 
 def events_from_request(payload: dict[str, Any], max_events: int, max_event_bytes: int) -> list[OutgoingEvent]:
     """Check `{"events": [...]}`: every event valid and ids distinct, or the ApiError naming the first bad one."""
-    unknown = set(payload) - {"events"}
-    if unknown:
-        raise ApiError(422, "bad_request", f"unknown fields: {sorted(unknown)}")
-    items = payload["events"]
-    if not isinstance(items, list) or not items:
-        raise ApiError(422, "bad_request", "'events' must be a non-empty list of events")
-    if len(items) > max_events:
-        raise ApiError(422, "too_many_events", f"at most {max_events} events per request, got {len(items)}")
-    events: list[OutgoingEvent] = []
-    positions: dict[str, int] = {}
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise ApiError(422, "bad_request", f"events[{index}]: must be an object", index=index)
-        try:
-            topic, data, event_id = event_from_request(item, max_event_bytes)
-        except ApiError as error:
-            raise ApiError(422, error.code, f"events[{index}]: {error.message}", index=index) from None
-        if event_id in positions:
-            message = f"events[{index}]: id {event_id!r} repeats events[{positions[event_id]}]"
-            raise ApiError(422, "duplicate_id", message, index=index)
-        positions[event_id] = index
-        events.append(OutgoingEvent(topic, data, event_id))
-    return events
+    try:
+        return [OutgoingEvent(*event) for event in publish_body.checked_batch(payload, max_events, max_event_bytes)]
+    except BadPublishBody as bad:
+        raise api_error(bad) from None
+
+
+def publish_body_limit(settings: Settings) -> int:
+    """The largest publish body taken: a batch's, or one event of the largest size with its envelope."""
+    return max(settings.max_publish_body_bytes, settings.max_event_bytes + BODY_OVERHEAD_BYTES)
 
 
 async def publish_request(request: Request, node: Node) -> JSONResponse:
     """Read, check and publish one event or a batch from a request body; 202 once the broker confirmed all."""
     settings = node.settings
     publisher: EventPublisher = request.app.state.publisher
-    limit = max(settings.max_publish_body_bytes, settings.max_event_bytes + BODY_OVERHEAD_BYTES)
-    payload = await read_json_object(request, limit)
-    if "events" in payload:
-        events = events_from_request(payload, settings.max_publish_batch, settings.max_event_bytes)
-    else:
-        events = [OutgoingEvent(*event_from_request(payload, settings.max_event_bytes))]
+    bodies: RequestBodies = request.app.state.bodies
+    parse = partial(
+        publish_body.parse_publish_body, max_events=settings.max_publish_batch, max_event_bytes=settings.max_event_bytes
+    )
+    async with bodies.read(request, publish_body_limit(settings)) as body:
+        try:
+            checked, batch = await bodies.parse(body, parse)
+        except BadPublishBody as bad:
+            raise api_error(bad) from None
+    events = [OutgoingEvent(*event) for event in checked]
     try:
         await publisher.publish(events)
+    except PublishNotSent as error:
+        message = f"not sent: {error}; events of this request not sent never reached RabbitMQ; retry later"
+        raise ApiError(503, "unavailable", message + " with the same ids") from None
     except BrokerUnavailable:
-        raise ApiError(503, "unavailable", "the broker did not confirm every event; retry with the same ids") from None
-    if "events" in payload:
+        message = "RabbitMQ did not confirm every event in time (some may have been published); retry with the same ids"
+        raise ApiError(503, "unavailable", message) from None
+    if batch:
         return JSONResponse({"ids": [event.id for event in events]}, status_code=202)
     return JSONResponse({"id": events[0].id, "topic": events[0].topic}, status_code=202)
 
