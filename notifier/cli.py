@@ -11,6 +11,7 @@ import secrets
 import shutil
 import sys
 import urllib.parse
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -145,7 +146,7 @@ notifier dev: http://{settings.host}:{port}  ({broker}; not for production)
   WebSocket:  ws://{settings.host}:{port}/ws
   Demo token (user "demo", may subscribe to news.#, valid 24 h):
     {token}
-  Publish:    {command_name()} publish --url {url} user.demo '{{"hello": "world"}}'
+  Publish:    {command_name()} publish user.demo '{{"hello": "world"}}'
   API key:    {api_key}
 """,
         flush=True,
@@ -171,12 +172,18 @@ def _dev_server(settings: Settings, url: str | None) -> devstate.DevState | None
     return devstate.find(settings.port if "port" in settings.model_fields_set else None)
 
 
+def _several_dev_servers() -> str:
+    """The hint when the running `notifier dev` cannot be told apart: the same for `publish` and `token`."""
+    running = sorted(state.port for state in devstate.running())
+    return f" (notifier dev runs on ports {running}: pass --url)" if len(running) > 1 else ""
+
+
 def cmd_publish(args: argparse.Namespace) -> None:
     settings = load_settings(args.env_file)
     try:
         data = json.loads(args.data)
     except ValueError as error:
-        fail(f"DATA is not valid JSON: {error}")
+        fail(f"JSON: not valid JSON ({error})")
     if args.amqp:
         asyncio.run(_publish_amqp(settings, args.topic, data, args.id))
         return
@@ -184,9 +191,7 @@ def cmd_publish(args: argparse.Namespace) -> None:
     url = args.url or (dev.url if dev is not None else f"http://{settings.host}:{settings.port}")
     api_key = args.api_key or (settings.api_keys[0] if settings.api_keys else dev.api_key if dev else None)
     if not api_key:
-        running = sorted(state.port for state in devstate.running())
-        hint = f" (notifier dev runs on ports {running}: pass --url)" if len(running) > 1 else ""
-        fail(f"no API key: pass --api-key or set NOTIFIER_API_KEYS, or run `notifier dev`{hint}")
+        fail(f"no API key: pass --api-key or set NOTIFIER_API_KEYS, or run `notifier dev`{_several_dev_servers()}")
     _publish_http(url, api_key, args.topic, data, args.id)
 
 
@@ -237,15 +242,15 @@ async def _publish_amqp(settings: Settings, topic: str, data: object, event_id: 
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.declare_exchange(settings.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
         await exchange.publish(event_message(body, event_id), routing_key=topic)
-    print(json.dumps({"id": event_id, "topic": topic}))
+    print(orjson.dumps({"id": event_id, "topic": topic}).decode())
 
 
 def cmd_token(args: argparse.Namespace) -> None:
     settings = load_settings(args.env_file)
-    dev = _dev_server(settings, None)
+    dev = _dev_server(settings, args.url)
     secret = settings.jwt_secret or (dev.jwt_secret if dev is not None else None)
     if not secret:
-        fail("no secret: set NOTIFIER_JWT_SECRET, or run `notifier dev` (with several, set NOTIFIER_PORT to one)")
+        fail(f"no secret: set NOTIFIER_JWT_SECRET, or run `notifier dev`{_several_dev_servers()}")
     from notifier.formats.grants import validate_patterns, validate_user
     from notifier.formats.topics import InvalidTopic
 
@@ -258,6 +263,13 @@ def cmd_token(args: argparse.Namespace) -> None:
     except InvalidTopic as error:
         fail(f"--topics: {error}")
     print(mint_token(secret, args.user, topics=args.topics, ttl_s=args.ttl))
+
+
+def package_version() -> str:
+    try:
+        return version("notifier")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
 
 
 def workers_argument(value: str) -> int | str:
@@ -277,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     env_file_help = "read NOTIFIER_* settings from this file too (the environment wins)"
     parser.add_argument("--env-file", help=env_file_help)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the service against RabbitMQ (production)")
@@ -315,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("user", metavar="USER")
     token.add_argument("--topics", nargs="*", default=[], metavar="PATTERN", help="grant these topic patterns")
     token.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds (default 3600)")
+    token.add_argument(
+        "--url", help="the `notifier dev` whose secret signs (default: the running one, or the one on NOTIFIER_PORT)"
+    )
     token.set_defaults(func=cmd_token)
     for command in (serve, dev, publish, token):
         # Also accepted after the command; SUPPRESS keeps a value given before it.

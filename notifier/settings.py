@@ -216,11 +216,14 @@ class Settings(BaseSettings):
             )
         return self
 
-    @model_validator(mode="after")
-    def _secret_long_enough(self) -> Settings:
-        if self.jwt_secret and len(self.jwt_secret.encode()) < 32:
-            raise ValueError("NOTIFIER_JWT_SECRET must be at least 32 bytes long")
-        return self
+    # A field validator, not a model one: a model validator runs only once every field is valid, so its error
+    # would come a round after the others.
+    @field_validator("jwt_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: str) -> str:
+        if value and len(value.encode()) < 32:
+            raise ValueError("must be at least 32 bytes long")
+        return value
 
     def require_token_key(self) -> None:
         """The server needs a way to verify tokens; the client commands do not."""

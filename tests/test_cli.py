@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import time
@@ -119,6 +120,8 @@ async def test_publish_straight_to_rabbitmq(exchange: str, start_notifier: Start
         assert (await receive_json(ws))["type"] == "welcome"
         result = await asyncio.to_thread(run_cli, "publish", "--amqp", "--id", "e-1", "user.alice", "[true]", env=env)
         assert result.returncode == 0, result.stderr
+        # Compact, as the HTTP path prints it.
+        assert result.stdout.strip() == '{"id":"e-1","topic":"user.alice"}'
         event = await receive_json(ws)
         assert (event["id"], event["data"]) == ("e-1", [True])
 
@@ -248,4 +251,53 @@ def test_each_bad_setting_gets_one_plain_line() -> None:
         "or Input should be 'auto'",
     ]
     short = run_cli("serve", env={"NOTIFIER_JWT_SECRET": "short"})
-    assert short.stderr.strip() == "notifier: NOTIFIER_JWT_SECRET must be at least 32 bytes long"
+    assert short.stderr.strip() == "notifier: invalid setting NOTIFIER_JWT_SECRET: must be at least 32 bytes long"
+
+
+def test_every_bad_setting_is_reported_at_once_the_secret_too() -> None:
+    result = run_cli(
+        "serve",
+        env={"NOTIFIER_JWT_SECRET": "short", "NOTIFIER_API_KEYS": "short", "NOTIFIER_MAX_CONNECTIONS": "-1"},
+    )
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3, result.stderr
+    assert [line.split(":")[1].split()[-1] for line in lines] == [
+        "NOTIFIER_JWT_SECRET",
+        "NOTIFIER_API_KEYS",
+        "NOTIFIER_MAX_CONNECTIONS",
+    ]
+
+
+def test_version_is_printed() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"notifier \d+\.\d+\.\d+\S*", result.stdout.strip()), result.stdout
+
+
+def test_the_json_argument_is_called_json_in_the_help_and_the_error() -> None:
+    help_text = run_cli("publish", "--help").stdout
+    assert "JSON" in help_text
+    assert "DATA" not in help_text
+    error = run_cli("publish", "a", "{nope", "--api-key", "k").stderr
+    assert error.startswith("notifier: JSON: not valid JSON"), error
+
+
+def test_token_takes_url_like_publish_and_both_say_the_same_with_several_dev_servers(tmp_path: Any) -> None:
+    env = {"TMPDIR": str(tmp_path), "XDG_RUNTIME_DIR": ""}
+    # Two dev servers "running": their state files name this (live) process.
+    state_dir = tmp_path / f"notifier-{os.getuid()}"
+    state_dir.mkdir(mode=0o700)
+    secrets = {9101: SECRET, 9102: SECRET[::-1]}
+    for port, secret in secrets.items():
+        state = {"url": f"http://127.0.0.1:{port}", "port": port, "pid": os.getpid(), "jwt_secret": secret}
+        (state_dir / f"dev-{port}.json").write_text(json.dumps(state | {"api_key": API_KEY}))
+    assert "--url" in run_cli("token", "--help").stdout
+    token_error = run_cli("token", "bob", env=env).stderr.strip()
+    publish_error = run_cli("publish", "a", "1", env=env).stderr.strip()
+    hint = "(notifier dev runs on ports [9101, 9102]: pass --url)"
+    assert token_error.endswith(hint), token_error
+    assert publish_error.endswith(hint), publish_error
+    chosen = run_cli("token", "bob", "--url", "http://127.0.0.1:9102", env=env)
+    assert chosen.returncode == 0, chosen.stderr
+    assert jwt.decode(chosen.stdout.strip(), secrets[9102], algorithms=["HS256"])["sub"] == "bob"
