@@ -369,3 +369,36 @@ async def test_a_client_that_never_reads_again_is_dropped_after_its_close(
         await wait_until(lambda: not running.node.sessions and not connections, 15)
     else:
         await wait_until(lambda: not running.node.sessions, 15)
+
+
+async def send_invalid_utf8(client: Client) -> None:
+    """A text frame that is not UTF-8: the client library refuses to build one, so it is put on the wire by hand."""
+    async with client.ws.send_context():
+        client.ws.protocol.send_text(b'{"type": "ping", "x": "\xff\xfe"}')
+
+
+@pytest.mark.parametrize("fault", [closecodes.MESSAGE_TOO_BIG, closecodes.INVALID_UTF8], ids=["too-big", "not-utf8"])
+async def test_a_frame_the_websocket_layer_refuses_ends_the_session_with_our_reason_and_is_counted(
+    start_server: StartServer, connect: ConnectClient, fault: closecodes.CloseReason
+) -> None:
+    running = await start_server()
+    client = await connect(running)
+    await client.send({"type": "auth", "token": token_for("alice")})
+    welcome = await client.receive()
+    assert welcome["type"] == "welcome"
+    if fault is closecodes.MESSAGE_TOO_BIG:
+        await client.ws.send('{"type": "ping", "pad": "' + "x" * 70 * 1024 + '"}')
+    else:
+        await send_invalid_utf8(client)
+    await client.expect_close(fault.code)
+    assert client.ws.close_reason == fault.reason
+    await wait_until(lambda: running.node.stats.closes_by_code[fault.code] == 1, 5)
+    # Terminal: the session is not parked, and a resume of it starts afresh.
+    await asyncio.sleep(0.2)
+    assert running.node.directory.parked_count == 0
+    again = await connect(running)
+    await again.send(
+        {"type": "auth", "token": token_for("alice"), "resume": {"session": welcome["session"], "received": 0}}
+    )
+    resumed = await again.receive()
+    assert (resumed["type"], resumed["recovered"]) == ("welcome", False), resumed

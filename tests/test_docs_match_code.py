@@ -21,7 +21,7 @@ CLIENT_DTS = ROOT / "notifier" / "static" / "notifier.d.ts"
 FAKE_WEBSOCKET = ROOT / "tests" / "js" / "fake-websocket.mjs"
 
 # Closes the WebSocket layer (uvicorn) sends on malformed framing; notifier's code never chooses them.
-WEBSOCKET_LAYER_CODES = {1002: False, 1007: False}
+WEBSOCKET_LAYER_CODES = {1002: False}
 # Codes the browser reports for closes the server did not send (normal, page leaving, line lost).
 BROWSER_CODES = {1000, 1001, 1006}
 

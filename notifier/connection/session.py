@@ -310,11 +310,27 @@ class Session:
             else:
                 message = await receive()
             if message["type"] == "websocket.disconnect":
-                self._client_close_code = message.get("code")
+                if message.get(closecodes.SERVER_CLOSE_KEY):
+                    self._closed_by_websocket_layer(message.get("code"))
+                else:
+                    self._client_close_code = message.get("code")
                 return
             if not self._is_live():
                 continue
             await self._on_message(message)
+
+    def _closed_by_websocket_layer(self, code: int | None) -> None:
+        """The WebSocket layer refused a frame and sent the close itself (1009, 1007): the session ends as after
+        our own close with that code, and it is counted and logged the same."""
+        reason = closecodes.FRAME_FAULTS.get(code or 0)
+        if reason is None or self._close_reason is not None:
+            return
+        was_live = self._is_live()
+        self.state = State.CLOSING
+        self._close_reason = reason
+        self._context.stats.closes_by_code[reason.code] += 1
+        if was_live:
+            self.log.info("connection_closing", code=reason.code, reason=reason.reason)
 
     async def _on_message(self, message: MutableMapping[str, Any]) -> None:
         if not self._rate.allow():

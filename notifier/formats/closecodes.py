@@ -17,14 +17,16 @@ class CloseReason:
     @property
     def reconnect(self) -> bool:
         """Whether a client may reconnect after this close (maybe after fetching a new token). A frame too big
-        is the client's own doing: it would send it again, so 1009 is terminal like the 4500 range."""
-        return self.code < 4500 and self.code != 1009
+        or not UTF-8 is the client's own doing: it would send it again, so 1009 and 1007 are terminal like the
+        4500 range."""
+        return self.code < 4500 and self.code not in (1007, 1009)
 
 
 # Standard codes.
 SHUTDOWN = CloseReason(1012, "server restarting")
 TRY_AGAIN_LATER = CloseReason(1013, "broker unavailable")
 MESSAGE_TOO_BIG = CloseReason(1009, "frame too big")
+INVALID_UTF8 = CloseReason(1007, "frame not utf-8")
 
 # Reconnect range.
 AUTH_TIMEOUT = CloseReason(4000, "auth timeout")
@@ -45,6 +47,7 @@ ALL = (
     SHUTDOWN,
     TRY_AGAIN_LATER,
     MESSAGE_TOO_BIG,
+    INVALID_UTF8,
     AUTH_TIMEOUT,
     TOKEN_EXPIRED,
     SLOW_CLIENT,
@@ -57,3 +60,8 @@ ALL = (
     DISCONNECTED,
     REFUSED_BY_APPLICATION,
 )
+
+# The closes the WebSocket layer decides (a frame too big, or not UTF-8), sent with our reason and counted as ours.
+FRAME_FAULTS = {MESSAGE_TOO_BIG.code: MESSAGE_TOO_BIG, INVALID_UTF8.code: INVALID_UTF8}
+# The key of a `websocket.disconnect` message that marks a close the server sent (not one the client sent).
+SERVER_CLOSE_KEY = "notifier.server_close"

@@ -214,6 +214,15 @@ class BackpressuredWebSocketProtocol(WebSocketsSansIOProtocol):
         self.writable = LightFlag()  # type: ignore[assignment]
         self.writable.set()
         self.frame_budget = RateLimiter(self.frames_per_s, self.frames_burst)
+        # A frame too big (or not UTF-8) is failed by websockets with its own text as the close reason; ours is
+        # closecodes' (the client's `reason` is then the same whichever layer refused the frame).
+        library_fail = self.conn.fail
+
+        def fail(code: int, reason: str = "") -> None:
+            fault = closecodes.FRAME_FAULTS.get(int(code))
+            library_fail(code, fault.reason if fault is not None else reason)
+
+        self.conn.fail = fail  # type: ignore[method-assign]
         self.output_stalled = False
         self._stall_timer: asyncio.TimerHandle | None = None
         self._buffered_at_check = 0
@@ -301,12 +310,23 @@ class BackpressuredWebSocketProtocol(WebSocketsSansIOProtocol):
                     client=self.client[0] if self.client else None,
                     frame_bytes=len(data),
                     position=error.start,
-                    code=1007,
+                    code=closecodes.INVALID_UTF8.code,
                 )
-                self.conn.send_close(1007)
+                self.conn.send_close(closecodes.INVALID_UTF8.code, closecodes.INVALID_UTF8.reason)
                 self.handle_parser_exception()
                 return
         super().send_receive_event_to_app()
+
+    def handle_parser_exception(self) -> None:
+        """uvicorn's, with the disconnect marked as our close: the session ends (1007 and 1009 are terminal) and
+        counts it, rather than parking as after a close the client sent."""
+        assert self.conn.close_sent is not None
+        code, reason = self.conn.close_sent.code, self.conn.close_sent.reason
+        disconnect = {"type": "websocket.disconnect", "code": code, "reason": reason, closecodes.SERVER_CLOSE_KEY: True}
+        self.queue.put_nowait(disconnect)  # type: ignore[arg-type]  # our key beside the ASGI ones
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()
 
     # Control frames.
 

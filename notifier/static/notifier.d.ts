@@ -120,6 +120,7 @@ export declare const CloseCode: Readonly<{
   NORMAL: 1000;
   GOING_AWAY: 1001;
   ABNORMAL: 1006;
+  INVALID_UTF8: 1007;
   MESSAGE_TOO_BIG: 1009;
   SERVER_RESTART: 1012;
   TRY_AGAIN_LATER: 1013;
@@ -141,7 +142,7 @@ export declare const CloseCode: Readonly<{
  * `too_many_subscriptions`, `unavailable`, `invalid_token`, `token_expired`) or one of the client's own
  * (`timeout`, `closed`, `unsubscribed`, `too_many_pending`, `token_unavailable`, `no_token`, `bad_url`,
  * `handshake_failed`,
- * `message_too_big`, `protocol_violation`, `user_connection_limit`, `disconnected`, `terminal_close`).
+ * `message_too_big`, `invalid_utf8`, `protocol_violation`, `user_connection_limit`, `disconnected`, `terminal_close`).
  */
 export declare class NotifierError extends Error {
   constructor(code: string, message: string, detail?: { topic?: string; closeCode?: number });

@@ -71,6 +71,7 @@ export const CloseCode = Object.freeze({
   NORMAL: 1000,
   GOING_AWAY: 1001,
   ABNORMAL: 1006,
+  INVALID_UTF8: 1007,
   MESSAGE_TOO_BIG: 1009,
   SERVER_RESTART: 1012,
   TRY_AGAIN_LATER: 1013,
@@ -89,6 +90,7 @@ export const CloseCode = Object.freeze({
 
 /** @type {Readonly<Record<number, string>>} error codes the client reports for close codes it stops on */
 const TERMINAL_ERROR_CODES = Object.freeze({
+  [CloseCode.INVALID_UTF8]: 'invalid_utf8',
   [CloseCode.MESSAGE_TOO_BIG]: 'message_too_big',
   [CloseCode.TOKEN_EXPIRED]: 'token_expired',
   [CloseCode.INVALID_TOKEN]: 'invalid_token',

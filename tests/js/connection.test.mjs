@@ -87,7 +87,7 @@ test('busy-server codes (1013, 4002, 4003, 4004) back off further than a restart
 });
 
 test('terminal codes stop the client with an error naming the reason', async (t) => {
-  const expected = { 4501: 'protocol_violation', 4502: 'user_connection_limit', 1009: 'message_too_big', 4599: 'terminal_close' };
+  const expected = { 4501: 'protocol_violation', 4502: 'user_connection_limit', 1009: 'message_too_big', 1007: 'invalid_utf8', 4599: 'terminal_close' };
   for (const [code, errorCode] of Object.entries(expected)) {
     const { client, server, states, errors } = await connectedClient(t);
     client.connect();
