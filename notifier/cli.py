@@ -136,6 +136,8 @@ def cmd_dev(args: argparse.Namespace) -> None:
         state = devstate.write(devstate.DevState(url, port, os.getpid(), secret, api_key))
     except devstate.DevStateError as error:
         fail(str(error))
+    # `publish` finds the only dev server running by itself; with others running it needs to be told which.
+    url_flag = f"--url {url} " if any(other.port != port for other in devstate.running()) else ""
     configure_logging(settings.log_format, settings.log_level)
     token = mint_token(secret, "demo", topics=["news.#"], ttl_s=24 * 3600)
     broker = "in-memory broker" if settings.uses_memory_broker else settings.amqp_url.split("@")[-1]
@@ -146,7 +148,7 @@ notifier dev: http://{settings.host}:{port}  ({broker}; not for production)
   WebSocket:  ws://{settings.host}:{port}/ws
   Demo token (user "demo", may subscribe to news.#, valid 24 h):
     {token}
-  Publish:    {command_name()} publish user.demo '{{"hello": "world"}}'
+  Publish:    {command_name()} publish {url_flag}user.demo '{{"hello": "world"}}'
   API key:    {api_key}
 """,
         flush=True,

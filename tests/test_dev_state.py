@@ -103,3 +103,20 @@ def test_dev_refuses_a_state_directory_that_is_not_private(tmp_path: Path, kind:
     assert result.returncode == 2
     assert "is not a directory private to this user" in result.stderr
     assert list(target.iterdir()) == []
+
+
+async def test_the_banner_names_the_url_only_when_another_dev_server_runs(
+    tmp_path: Path, start_notifier: StartNotifier
+) -> None:
+    env = private_env(tmp_path)
+    # Another dev server "running": its state file names this (live) process.
+    state_dir = tmp_path / f"notifier-{os.getuid()}"
+    state_dir.mkdir(mode=0o700)
+    other = {"url": "http://127.0.0.1:9103", "port": 9103, "pid": os.getpid(), "jwt_secret": "s" * 40, "api_key": "k"}
+    (state_dir / "dev-9103.json").write_text(json.dumps(other))
+    port = free_port()
+    process = await start_notifier("dev", "--port", str(port), env=notifier_env(**env), port=port)
+    line = re.search(r"Publish:\s+(.+)", banner_of(process))
+    assert line is not None
+    assert f"--url http://127.0.0.1:{port} " in line.group(1)
+    assert await process.stop() == 0
