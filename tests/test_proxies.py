@@ -461,23 +461,36 @@ def test_the_request_keeps_only_allow_listed_headers_and_joins_repeats() -> None
     }
 
 
+@pytest.mark.loopback  # the application is a raw HTTP/1.1 server on 127.0.0.1
 async def test_a_cookie_the_application_sets_is_never_sent_for_another_user() -> None:
-    import httpx
-
     from notifier.connection.proxy import ApplicationProxies, ClientRequest
     from notifier.settings import Settings
     from notifier.stats import Stats
 
-    seen: list[str | None] = []
+    seen: list[bytes] = []
 
-    def application(request: httpx.Request) -> httpx.Response:
-        seen.append(request.headers.get("cookie"))
-        user = orjson.loads(request.content)["headers"]["cookie"].removeprefix("session=")
-        answer = httpx.ByteStream(orjson.dumps({"user": user}))  # streamed, as from a socket
-        return httpx.Response(200, stream=answer, headers={"set-cookie": f"session={user}; Path=/"})
+    async def application(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # An HTTP/1.1 application on a raw socket that sets a cookie on every answer, over one kept connection.
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await serve(reader, writer)
 
-    settings = Settings(_env_file=None, connect_proxy_url="http://app.internal/connect")  # type: ignore[call-arg]
-    proxies = ApplicationProxies(settings, Stats(), transport=httpx.MockTransport(application))
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            seen.append(head)
+            length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))[15:])
+            user = orjson.loads(await reader.readexactly(length))["headers"]["cookie"].removeprefix("session=")
+            answer = orjson.dumps({"user": user})
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                + f"set-cookie: session={user}; Path=/\r\ncontent-length: {len(answer)}\r\n\r\n".encode()
+                + answer
+            )
+            await writer.drain()
+
+    server = await asyncio.start_server(application, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = Settings(_env_file=None, connect_proxy_url=f"http://127.0.0.1:{port}/connect")  # type: ignore[call-arg]
+    proxies = ApplicationProxies(settings, Stats())
     await proxies.start()
     try:
         for user in ("alice", "bob"):
@@ -485,4 +498,6 @@ async def test_a_cookie_the_application_sets_is_never_sent_for_another_user() ->
             assert identity.user == user
     finally:
         await proxies.stop()
-    assert seen == [None, None]
+        server.close()
+    assert len(seen) == 2
+    assert not any(b"cookie" in head.lower() for head in seen)

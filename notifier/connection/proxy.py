@@ -6,8 +6,9 @@ may come back). Every request is bounded: it waits for one of the proxy's NOTIFI
 and gets its answer within NOTIFIER_*_PROXY_TIMEOUT_S, the wait included, and an answer larger than
 `MAX_ANSWER_BYTES` is not read further. The application's answer is checked as strictly as a token.
 
-One `httpx.AsyncClient` serves both proxies; `ApplicationProxies.start` makes it in the app's lifespan and
-`ApplicationProxies.stop` closes it.
+One `HttpPostClient` (notifier/connection/http_post.py, a keep-alive HTTP/1.1 client of our own: httpx could
+not keep up with a connect storm) serves both proxies; `ApplicationProxies.start` makes it in the app's
+lifespan and `ApplicationProxies.stop` closes it. It keeps no cookie and follows no redirect.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from http.cookiejar import DefaultCookiePolicy
 
-import httpx
 import orjson
 import structlog
 
 from notifier.connection.auth import Identity
+from notifier.connection.http_post import AnswerTooLarge, HttpPostClient, HttpPostError
 from notifier.formats.grants import Grants, validate_patterns, validate_user
 from notifier.formats.topics import InvalidTopic
 from notifier.settings import Settings
@@ -33,6 +33,9 @@ log = structlog.get_logger("notifier.proxy")
 
 # An answer larger than this is not read further, and counts as a bad answer.
 MAX_ANSWER_BYTES = 64 * 1024
+# What every proxy request says besides its body. No compressed answers: the size bound is on the bytes as they
+# come (the client asks for `identity` itself).
+REQUEST_HEADERS = {"content-type": "application/json", "accept": "application/json"}
 # HTTP statuses by which the application refuses (any body); every other status but 2xx is "unavailable".
 REFUSING_STATUSES = frozenset({401, 403})
 
@@ -89,43 +92,38 @@ class _Bounded:
     def count(self, result: str) -> None:
         self._stats.proxy_requests[self.name, result] += 1
 
-    async def post(self, http: httpx.AsyncClient, body: dict[str, object]) -> tuple[int, object]:
+    async def post(self, http: HttpPostClient, body: dict[str, object]) -> tuple[int, object]:
         """POST `body`; the status and the parsed JSON answer (None for a refusing status). Raises
         ProxyUnavailable for everything that is no usable answer."""
         try:
             async with asyncio.timeout(self.timeout_s), self._slots:
                 self.in_flight += 1
                 try:
-                    return await self._exchange(http, body)
+                    status, answer = await http.post(
+                        self.url,
+                        orjson.dumps(body),
+                        REQUEST_HEADERS,
+                        timeout_s=self.timeout_s,
+                        max_body=MAX_ANSWER_BYTES,
+                    )
                 finally:
                     self.in_flight -= 1
         except TimeoutError:
             raise ProxyUnavailable(f"no answer within {self.timeout_s:g} s") from None
-        except (httpx.HTTPError, RuntimeError) as error:  # RuntimeError: the client closed (the instance stops)
+        except AnswerTooLarge as error:
+            if error.status in REFUSING_STATUSES:
+                return error.status, None
+            if not 200 <= error.status < 300:
+                raise ProxyUnavailable(f"the application answered HTTP {error.status}") from None
+            raise ProxyUnavailable(f"the answer is larger than {MAX_ANSWER_BYTES} bytes") from None
+        except HttpPostError as error:
             raise ProxyUnavailable(f"{type(error).__name__}: {error}"[:300]) from None
-
-    async def _exchange(self, http: httpx.AsyncClient, body: dict[str, object]) -> tuple[int, object]:
-        # No compressed answers: the size bound is on the bytes as they come.
-        headers = {"content-type": "application/json", "accept-encoding": "identity"}
-        request = http.build_request("POST", self.url, content=orjson.dumps(body), headers=headers)
-        response = await http.send(request, stream=True)
+        if status in REFUSING_STATUSES:
+            return status, None
+        if not 200 <= status < 300:
+            raise ProxyUnavailable(f"the application answered HTTP {status}")
         try:
-            status = response.status_code
-            if status in REFUSING_STATUSES:
-                return status, None
-            if not 200 <= status < 300:
-                raise ProxyUnavailable(f"the application answered HTTP {status}")
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_raw():
-                size += len(chunk)
-                if size > MAX_ANSWER_BYTES:
-                    raise ProxyUnavailable(f"the answer is larger than {MAX_ANSWER_BYTES} bytes")
-                chunks.append(chunk)
-        finally:
-            await response.aclose()
-        try:
-            return status, orjson.loads(b"".join(chunks))
+            return status, orjson.loads(answer)
         except orjson.JSONDecodeError:
             raise ProxyUnavailable("the answer is not JSON") from None
 
@@ -133,9 +131,8 @@ class _Bounded:
 class ApplicationProxies:
     """The connect and subscribe proxies of one instance (each None when its URL is not set)."""
 
-    def __init__(self, settings: Settings, stats: Stats, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, settings: Settings, stats: Stats) -> None:
         self._settings = settings
-        self._transport = transport  # tests only: an in-memory application
         self.forwarded_headers = frozenset(name.lower() for name in settings.connect_proxy_headers)
         self.connect = (
             _Bounded(
@@ -159,7 +156,7 @@ class ApplicationProxies:
             if settings.subscribe_proxy_url
             else None
         )
-        self._http: httpx.AsyncClient | None = None
+        self._http: HttpPostClient | None = None
 
     @property
     def configured(self) -> bool:
@@ -171,25 +168,18 @@ class ApplicationProxies:
             return
         settings = self._settings
         connections = settings.connect_proxy_concurrency + settings.subscribe_proxy_concurrency
-        # The concurrency caps are the bounds; the pool never is. No proxy from the environment: the
-        # application is reached directly. A cookie the application sets is never kept: the client is shared
-        # by every user, and what one answer set must not ride along with the next user's request.
-        self._http = httpx.AsyncClient(
-            transport=self._transport,
-            timeout=max(settings.connect_proxy_timeout_s, settings.subscribe_proxy_timeout_s),
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-            trust_env=False,
-            follow_redirects=False,
-        )
-        # (a jar passed to httpx is copied into one of its own, without its policy: set the policy on that one)
-        self._http.cookies.jar.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        # The concurrency caps are the bounds: the pool holds as many connections as both proxies may have
+        # requests in flight. No proxy from the environment: the application is reached directly. No cookie
+        # the application sets is kept: the client is shared by every user, and what one answer set must not
+        # ride along with the next user's request.
+        self._http = HttpPostClient(max_connections=connections)
 
     async def stop(self) -> None:
         if self._http is not None:
             http, self._http = self._http, None
             await http.aclose()
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> HttpPostClient:
         if self._http is None:
             raise ProxyUnavailable("the service is not started")
         return self._http
