@@ -271,7 +271,7 @@ async def _body(reader: asyncio.StreamReader, status: int, fields: dict[str, str
         return await _chunked(reader, status, max_body), True
     if "content-length" in fields:
         text = fields["content-length"]
-        if not text.isdigit() or len(text) > 18:
+        if not (text.isascii() and text.isdigit()) or len(text) > 18:
             raise HttpPostError(f"bad content-length {text[:50]!r}")
         length = int(text)
         if length > max_body:
