@@ -318,7 +318,8 @@ class AmqpBroker:
                 continue
             break
         if kept:
-            self.bindings.after_reconnect()  # binding twice is harmless; unbinds missed meanwhile go out
+            # Bound again once per restore (binding twice is harmless), and the unbinds missed meanwhile go out.
+            self.bindings.after_reconnect()
         else:
             self.bindings.move_to(self.queue_name)
             if not await self.bindings.wait_all_bound(self._settings.bind_wait_s):
@@ -553,12 +554,10 @@ class AmqpBroker:
             log.info("broker_settle_failed", error=repr(error))
 
     async def _after_reconnect(self, *_: object) -> None:
-        """Bindings live on the queue, which outlives a short outage; if it expired meanwhile, aio-pika
-        re-declared it empty, so bind every topic again (binding twice is harmless) and send the unbinds
-        that could not be sent while disconnected."""
+        """Counted and logged; the bindings are the routing's restore to bring back (`_restore_routing`, which
+        the reopened consume channel starts), once it knows whether the queue is the same one."""
         self.reconnects += 1
         log.info("broker_reconnected", queue=self.queue_name, reconnects=self.reconnects)
-        self.bindings.after_reconnect()
 
 
 class AmqpBindChannel:

@@ -354,10 +354,13 @@ class SessionHandOver:
         if session is None or isinstance(received, bool) or not isinstance(received, int | None):
             return {"found": False}, 0
         sent: int | None = None
+        frames: list[Frame] | None
         if received is None:  # everything held: a peer adopts the session before its client is back
             held = session.held_frames()
-            frames, sent = held if held is not None else (None, None)
-            received = sent - len(frames) if held is not None and frames is not None and sent is not None else 0
+            if held is None:
+                return {"found": False}, 0
+            frames, sent = held
+            received = sent - len(frames)
         else:
             frames = session.frames_after(received)
         size = sum(len(frame.payload) for frame in frames) if frames is not None else 0

@@ -37,8 +37,7 @@ class AdoptedSession:
         self._user = user
         self._context = context
         self.topics: set[str] = set()
-        settings = context.settings
-        self.history = History(window_s=settings.resume_window_s, max_events=settings.resume_max_events)
+        self.history = History.from_settings(context.settings)
         self._handed_ids: frozenset[str] = frozenset()
         self._held = True  # False once its client resumed it, or it ended
         # Done (True if it was taken over whole) once the adoption is over; a client that resumes meanwhile waits.
@@ -119,7 +118,7 @@ class AdoptedSession:
         return adopted
 
     def held_frames(self) -> tuple[list[Frame], int] | None:
-        return _held_frames(self.history)
+        return self.history.held()
 
     async def _take_from(self, remote: RemoteSessions) -> bool:
         context = self._context
@@ -142,11 +141,7 @@ class AdoptedSession:
             await self.release_slot_and_topics()
             return False
         collected = self.history.after(0) or []  # what reached this instance since its binds
-        history = History(
-            window_s=context.settings.resume_window_s,
-            max_events=context.settings.resume_max_events,
-            sent=handed.sent - len(handed.frames),
-        )
+        history = History.from_settings(context.settings, sent=handed.sent - len(handed.frames))
         for frame in handed.frames:
             history.record(frame)
         self._handed_ids = frozenset(frame.event_id for frame in handed.frames if frame.event_id)
@@ -155,11 +150,6 @@ class AdoptedSession:
                 history.record(frame)
         self.history = history
         return True
-
-
-def _held_frames(history: History) -> tuple[list[Frame], int] | None:
-    frames = history.after(history.sent - len(history))
-    return None if frames is None else (frames, history.sent)
 
 
 async def adopt_sessions(context: SessionContext, remote: RemoteSessions, sessions: list[tuple[str, str]]) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import deque
 
 from notifier.formats.wire import Frame
+from notifier.settings import Settings
 
 # Records between two sweeps of frames past the window (a power of two, minus one).
 EXPIRY_EVERY = 31
@@ -34,6 +35,12 @@ class History:
         # not per receiver, and no allocation per receiver on the hot path).
         self._entries: deque[Frame] | None = None
         self.sent = sent  # event frames handed to this session so far: the number of the newest entry
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, sent: int = 0) -> History:
+        """A session's history as NOTIFIER_RESUME_WINDOW_S and NOTIFIER_RESUME_MAX_EVENTS bound it; `sent` is the
+        number of event frames the session was handed before it."""
+        return cls(window_s=settings.resume_window_s, max_events=settings.resume_max_events, sent=sent)
 
     def __len__(self) -> int:
         return len(self._entries) if self._entries is not None else 0
@@ -63,6 +70,11 @@ class History:
             return []
         last = len(entries) - (self.sent - received)  # one past the received-th entry
         return [frame.event_id for frame in list(entries)[max(0, last - limit) : max(0, last)] if frame.event_id]
+
+    def held(self) -> tuple[list[Frame], int]:
+        """Every frame still held, oldest first, and the number of the newest (how many were handed in all)."""
+        self._forget_expired()
+        return list(self._entries or ()), self.sent
 
     def after(self, received: int) -> list[Frame] | None:
         """The frames after the `received`-th, in order; None if some of them are no longer held (or the count

@@ -276,5 +276,4 @@ async def start_fresh_after_failed_resume(
 
 def _history(context: SessionContext, *, sent: int = 0) -> History:
     """A new, empty history; `sent` is the count of events the client already has."""
-    settings = context.settings
-    return History(window_s=settings.resume_window_s, max_events=settings.resume_max_events, sent=sent)
+    return History.from_settings(context.settings, sent=sent)

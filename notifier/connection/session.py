@@ -131,7 +131,7 @@ class Session:
         self.identity: Identity | None = None
         self.session_id: str | None = None  # given with the welcome
         self.topics: set[str] = set()
-        self.history = History(window_s=settings.resume_window_s, max_events=settings.resume_max_events)
+        self.history = History.from_settings(settings)
         self._holds_user_slot = False
         self._sent_when_parked = 0
         self._close_reason: CloseReason | None = None
@@ -495,10 +495,7 @@ class Session:
 
     def held_frames(self) -> tuple[list[Frame], int] | None:
         """Every event frame it holds, and how many it was handed in all (the number of the last one)."""
-        if not self.history.keeps:
-            return None
-        frames = self.history.after(self.history.sent - len(self.history))
-        return None if frames is None else (frames, self.history.sent)
+        return self.history.held() if self.history.keeps else None
 
     def delivered_ids(self, received: int, limit: int) -> list[str]:
         """The ids of the last `limit` events the client had received when it left (its first `received`)."""
@@ -559,13 +556,19 @@ class Session:
 
     # Subscriptions.
 
-    async def _subscribe(self, frame: messages.Subscribe) -> None:
-        assert self.identity is not None
-        topic = frame.topic
+    def _valid_topic(self, topic: str, request_id: messages.RequestId) -> bool:
+        """Whether `topic` keeps to the grammar; if not, the client gets `invalid_topic`."""
         try:
             validate_topic(topic)
         except InvalidTopic as error:
-            self.reply(messages.error("invalid_topic", str(error), frame.id, topic=topic[:300]))
+            self.reply(messages.error("invalid_topic", str(error), request_id, topic=topic[:300]))
+            return False
+        return True
+
+    async def _subscribe(self, frame: messages.Subscribe) -> None:
+        assert self.identity is not None
+        topic = frame.topic
+        if not self._valid_topic(topic, frame.id):
             return
         if not self.identity.grants.allows(topic) and not await self._application_allows(topic, frame.id):
             return
@@ -630,10 +633,7 @@ class Session:
 
     async def _unsubscribe(self, frame: messages.Unsubscribe) -> None:
         topic = frame.topic
-        try:
-            validate_topic(topic)
-        except InvalidTopic as error:
-            self.reply(messages.error("invalid_topic", str(error), frame.id, topic=topic[:300]))
+        if not self._valid_topic(topic, frame.id):
             return
         if topic in self.topics:
             self.topics.discard(topic)
