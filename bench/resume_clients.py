@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import resource
 import time
 from typing import Any
@@ -25,19 +24,15 @@ import jwt
 import orjson
 from picows import WSCloseCode, WSHandshakeError, WSListener, WSMsgType, WSTransport, ws_connect
 
-# notifier.js: base 500 ms, cap 20 s, and a close that says the server is busy starts at attempt 2.
-BACKOFF_BASE_S = 0.5
-BACKOFF_CAP_S = 20.0
-BUSY_CLOSE_CODES = frozenset({1013, 4002, 4003, 4004})
+from bench.clients import BUSY_CLOSE_CODES, backoff_delay
+
+# notifier.js's backoff (bench/clients.py has it): a close or HTTP status that says the server is busy starts
+# at attempt 2.
 BUSY_HTTP_STATUSES = frozenset({503})
 BUSY_MIN_ATTEMPT = 2
 EVENT_PREFIX = b'{"type":"event"'
 # How long the HTTP upgrade may take; once the socket is open the welcome is awaited without a bound of its own.
 HANDSHAKE_TIMEOUT_S = 60.0
-
-
-def backoff_delay(attempt: int) -> float:
-    return random.uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(attempt, 30)))
 
 
 def busy(why: str) -> bool:

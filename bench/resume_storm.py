@@ -38,7 +38,8 @@ import aio_pika
 import httpx
 import orjson
 
-from bench.resume_clients import BACKOFF_BASE_S, BACKOFF_CAP_S, BUSY_CLOSE_CODES, worker_main
+from bench.clients import BACKOFF_BASE_S, BACKOFF_CAP_S, BUSY_CLOSE_CODES
+from bench.resume_clients import worker_main
 from bench.run import machine
 from bench.systems import AMQP_URL, broker_pid, cpu_seconds, free_port
 from notifier.settings import Settings
