@@ -8,14 +8,17 @@ an HTTP 503 refusal starts two steps up), asks to `resume` with its count, and w
 the server takes once the socket is open. Every event id it receives is kept, in order, so the orchestrator
 can count what is missing, doubled or out of order per user.
 
-The orchestrator (bench/resume_storm.py) drives a worker through a multiprocessing pipe: connect, follow,
-progress, received, finish, exit.
+The orchestrator (bench/resume_storm.py, bench/fleet_rollout.py) drives a worker through a multiprocessing pipe:
+connect, follow, progress, finish, exit, and ("targets", urls) to change where reconnects go. A user signs in on
+one of `first_urls` (spread by its number) and reconnects to one of the current targets, picked at random for
+each attempt as a load balancer would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import resource
 import time
 from typing import Any
@@ -58,6 +61,8 @@ class User:
         "close_code",
         "closed_at",
         "drops",
+        "first_url",
+        "gaps",
         "ids",
         "last_recovered",
         "listener",
@@ -68,10 +73,11 @@ class User:
         "token",
     )
 
-    def __init__(self, name: str, token: str, address: str) -> None:
+    def __init__(self, name: str, token: str, address: str, first_url: str) -> None:
         self.name = name
         self.token = token
         self.address = address
+        self.first_url = first_url
         self.session: str | None = None
         self.received = 0  # event frames of this session, over its resumes (repeats included)
         self.ids: list[int] = []  # every event id received, in order, over all connections
@@ -83,6 +89,8 @@ class User:
         self.last_recovered = False
         self.attempts = 0
         self.drops = 0  # connections that ended after the first one came back
+        # Every time it was off the air: (connection ended, next welcome, that welcome's `recovered`).
+        self.gaps: list[tuple[float, float, bool]] = []
 
 
 class Listener(WSListener):
@@ -159,10 +167,12 @@ class Worker:
         self.spec = spec
         addresses = spec["addresses"]
         secret = spec["secret"]
+        first_urls = spec["first_urls"]
         self.users = [
-            User(name, mint(secret, name), addresses[number % len(addresses)])
+            User(name, mint(secret, name), addresses[number % len(addresses)], first_urls[number % len(first_urls)])
             for number, name in enumerate(spec["users"])
         ]
+        self.targets: list[str] = list(spec["targets"])  # where reconnects go; the orchestrator changes it
         self.refusals: dict[str, int] = {}  # failed attempts after the SIGTERM, by HTTP status, close code or error
         self.failures: list[str] = []
         self.follow_task: asyncio.Task[None] | None = None
@@ -211,7 +221,7 @@ class Worker:
             attempt = 0
             while True:
                 async with gate:
-                    listener, why = await self.dial(user, self.spec["first_url"])
+                    listener, why = await self.dial(user, user.first_url)
                 if listener is not None or attempt >= 5:
                     break
                 refused[why] = refused.get(why, 0) + 1
@@ -252,8 +262,10 @@ class Worker:
                 await asyncio.sleep(backoff_delay(attempt))
                 attempt += 1
                 user.attempts += 1
-                listener, why = await self.dial(user, self.spec["second_url"])
+                listener, why = await self.dial(user, random.choice(self.targets))
                 if listener is not None:
+                    if old.ended_at is not None and listener.welcomed_at is not None:
+                        user.gaps.append((old.ended_at, listener.welcomed_at, user.last_recovered))
                     if first:
                         user.back_at = listener.welcomed_at
                         user.recovered = user.last_recovered
@@ -266,6 +278,7 @@ class Worker:
     def progress(self) -> dict[str, Any]:
         back = [user.back_at for user in self.users if user.back_at is not None]
         return {
+            "connected": sum(1 for user in self.users if user.listener is not None),
             "held": sum(1 for user in self.users if user.session is not None),
             "dropped": sum(1 for user in self.users if user.closed_at is not None),
             "back": len(back),
@@ -296,6 +309,7 @@ class Worker:
                     "recovered": user.recovered,
                     "attempts": user.attempts,
                     "drops": user.drops,
+                    "gaps": user.gaps,
                 }
                 for user in self.users
             ],
@@ -319,7 +333,10 @@ async def _serve(conn: Any, spec: dict[str, Any]) -> None:
     loop.add_reader(conn.fileno(), lambda: commands.put_nowait(conn.recv()))
     while True:
         command = await commands.get()
-        if command == "connect":
+        if isinstance(command, tuple) and command[0] == "targets":
+            worker.targets = list(command[1])
+            conn.send(True)
+        elif command == "connect":
             conn.send(await worker.connect(spec["concurrency"]))
         elif command == "follow":
             worker.follow()

@@ -219,7 +219,13 @@ class Clients:
     """The client processes and their pipes."""
 
     def __init__(
-        self, users: list[str], processes: int, secret: str, first: Instance, second: Instance, send_resume: bool
+        self,
+        users: list[str],
+        processes: int,
+        secret: str,
+        first_urls: list[str],
+        targets: list[str],
+        send_resume: bool,
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self.pipes: list[Any] = []
@@ -229,8 +235,8 @@ class Clients:
                 "users": users[index::processes],
                 "addresses": ADDRESSES[index::processes] or ADDRESSES,
                 "secret": secret,
-                "first_url": first.url,
-                "second_url": second.url,
+                "first_urls": first_urls,
+                "targets": targets,
                 "concurrency": max(1, CONNECT_IN_FLIGHT // processes),
                 "resume": send_resume,
             }
@@ -241,7 +247,7 @@ class Clients:
             self.pipes.append(ours)
             self.processes.append(process)
 
-    async def ask(self, command: str, timeout_s: float) -> list[Any]:
+    async def ask(self, command: str | tuple[str, Any], timeout_s: float) -> list[Any]:
         def receive(pipe: Any) -> Any:
             if not pipe.poll(timeout_s):
                 raise TimeoutError(f"a client process did not answer {command!r} within {timeout_s} s")
@@ -324,7 +330,7 @@ async def run_phase(
         "clients_send_resume": send_resume,
     }
     try:
-        clients = Clients(users, processes, secret, first, second, send_resume)
+        clients = Clients(users, processes, secret, [first.url], [second.url], send_resume)
         await first.wait_ready()
         await second.wait_ready()
         both_ready = time.monotonic()
@@ -472,19 +478,7 @@ def summarize(
     back_at = [user["back_at"] for user in users if user["back_at"] is not None]
     back = len(back_at)
     gaps = [user["back_at"] - user["closed_at"] for user in users if user["back_at"] and user["closed_at"]]
-    missing = doubled = out_of_order = users_missing = foreign = missing_recovered = 0
-    for user in users:
-        ids = user["ids"]
-        seen = set(ids)
-        doubled += len(ids) - len(seen)
-        if any(later < earlier for earlier, later in itertools.pairwise(ids)):
-            out_of_order += 1
-        expected = set(feed.confirmed.get(user["user"], ()))
-        lost = len(expected - seen)
-        missing += lost
-        missing_recovered += lost if user["recovered"] is True else 0
-        users_missing += 1 if lost else 0
-        foreign += len(seen - expected - set(range(feed.published)))  # ids that were never published at all
+    delivery = delivery_counts(users, feed)
     last_back = max(back_at, default=None)
     a_exit_s = first.exited_at - sigterm_at if first.exited_at is not None else None
     a_cpu = (
@@ -515,13 +509,7 @@ def summarize(
         "events_not_confirmed": feed.failed,
         "feed_errors": dict(feed.errors),
         "feed_rate_per_s": round(feed.published / feed.seconds, 1) if feed.seconds else None,
-        "events_received": sum(len(user["ids"]) for user in users),
-        "missing": missing,
-        "users_missing": users_missing,
-        "missing_recovered": missing_recovered,
-        "doubled": doubled,
-        "users_out_of_order": out_of_order,
-        "foreign_ids": foreign,
+        **delivery,
         "a_exit_s": _round(a_exit_s, 2),
         "a_exit_code": first.exit_code,
         "a_cpu_s_after_sigterm": _round(a_cpu, 2),
@@ -531,6 +519,35 @@ def summarize(
             b_cpu_end - b_cpu_at_term if b_cpu_end is not None and b_cpu_at_term is not None else None, 2
         ),
         "client_failures": [failure for item in finished for failure in item["failures"]][:5],
+    }
+
+
+def delivery_counts(users: list[dict[str, Any]], feed: Feed) -> dict[str, int]:
+    """What reached each user against what the feed had confirmed for it: events missing (and of those, for
+    users whose resume said `recovered: true`), delivered twice, users whose events came out of order, and ids
+    that were never published."""
+    missing = doubled = out_of_order = users_missing = foreign = missing_recovered = 0
+    published = set(range(feed.published))
+    for user in users:
+        ids = user["ids"]
+        seen = set(ids)
+        doubled += len(ids) - len(seen)
+        if any(later < earlier for earlier, later in itertools.pairwise(ids)):
+            out_of_order += 1
+        expected = set(feed.confirmed.get(user["user"], ()))
+        lost = len(expected - seen)
+        missing += lost
+        missing_recovered += lost if user["recovered"] is True else 0
+        users_missing += 1 if lost else 0
+        foreign += len(seen - expected - published)
+    return {
+        "events_received": sum(len(user["ids"]) for user in users),
+        "missing": missing,
+        "users_missing": users_missing,
+        "missing_recovered": missing_recovered,
+        "doubled": doubled,
+        "users_out_of_order": out_of_order,
+        "foreign_ids": foreign,
     }
 
 

@@ -331,3 +331,47 @@ async def test_clients_that_come_back_after_their_instance_is_gone_resume_with_w
         assert await clients[user].next_event(socket) == "while away"
         await assert_nothing_before_sentinel(socket.receive, publisher.publish, f"user.{user}")
     assert second.node.directory.parked_count == third.node.directory.parked_count == 0
+
+
+async def test_a_client_that_asks_the_stopping_holder_after_its_sessions_were_adopted_still_resumes(
+    start_server: StartServer, connect: ConnectClient, publisher: Publisher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race a fleet rollout hit: the stopping instance gave its parked sessions to a peer, and a client came
+    back to a third instance that had not yet heard `session.moved`, so it asked the old holder, which no
+    longer had the session: `recovered: false`. The old holder now answers with where the session went."""
+    leaving = await start_server(shutdown_timeout_s=8)
+    adopter = await start_server()
+    client_state = CountingClient()
+    socket = await connect(leaving)
+    await client_state.sign_in(socket, "late")
+    await publisher.publish("user.late", "before")
+    assert await client_state.next_event(socket) == "before"
+    third = await start_server()
+    await wait_until(lambda: adopter.node.ready and third.node.ready, 5)
+    # The news of the move is held back: the third instance can only learn where the session went from the
+    # old holder, which stays up (its drain waits on the announcement) until the client has resumed.
+    announce = asyncio.Event()
+    hand_over = leaving.node._hand_over
+    assert hand_over is not None
+    real_announce = hand_over.announce_moved
+
+    async def announce_late(peer: str) -> None:
+        await announce.wait()
+        await real_announce(peer)
+
+    monkeypatch.setattr(hand_over, "announce_moved", announce_late)
+    stopping = asyncio.create_task(leaving.stop())
+    with contextlib.suppress(AssertionError, websockets.ConnectionClosed):
+        await client_state.next_event(socket, timeout=5)  # the 1012 of the drain
+    await wait_until(lambda: adopter.node.directory.parked_count == 1, 8)  # adopted, not yet announced
+    await publisher.publish("user.late", "while away")
+    await wait_until(lambda: adopter.node.stats.events_in >= 1, 5)
+
+    back = await connect(third)
+    welcome = await client_state.sign_in(back, "late")
+    assert welcome["recovered"] is True
+    assert await client_state.next_event(back) == "while away"
+    await assert_nothing_before_sentinel(back.receive, publisher.publish, "user.late")
+    announce.set()
+    await stopping
+    assert adopter.node.directory.parked_count == 0

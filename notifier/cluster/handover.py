@@ -11,6 +11,10 @@ kind to one holder that wait while earlier ones are on their way go as one comma
 `session.hand_over_batch`), a few batches in flight per holder. A holder of an earlier release, which does not
 announce the batch kinds, is asked one session at a time. Every request, waiting included, is bounded by
 NOTIFIER_RESUME_TIMEOUT_S; past it the session is not resumed (the client gets `recovered: false`).
+
+A stopping instance gives its still-parked sessions to one peer (`session.adopt_batch`) and then tells every
+instance (`session.moved`). Until that news has reached everyone, it answers a request for a session it gave
+away with where it went (`moved`), and the asker asks there.
 """
 
 from __future__ import annotations
@@ -112,6 +116,8 @@ class SessionHandOver:
         self._senders: set[asyncio.Task[None]] = set()
         self.batches_sent = 0
         self._moved: dict[str, str] = {}  # stopped instance -> the peer that adopted its sessions
+        # Stopping: the parked sessions given to a peer to adopt (session id -> peer); as many as were parked.
+        self._given_to: dict[str, str] = {}
         self.adopt: Adopt | None = None
         """Adopts sessions of a stopping instance here; set by the node (it needs the session context)."""
         control.on(DESCRIBE, self._describe)
@@ -146,10 +152,9 @@ class SessionHandOver:
 
     async def topics_of(self, session_id: str, user: str) -> list[str] | None:
         """The topics the session holds on its instance, or None if it cannot be resumed from there."""
-        holder = self.holder(session_id)
-        if holder is None or not self._alive(holder):
-            return None
-        reply = await self._ask(holder, DESCRIBE, DESCRIBE_BATCH, {"session": session_id, "user": user})
+        holder, reply = await self._ask_holder(
+            session_id, DESCRIBE, DESCRIBE_BATCH, {"session": session_id, "user": user}
+        )
         if not reply or not reply.get("found"):
             return None
         topics = reply.get("topics")
@@ -161,11 +166,8 @@ class SessionHandOver:
     async def take(self, session_id: str, user: str, received: int | None) -> Handed | None:
         """The session's event frames after the `received`-th, and the ids of the last ones before; the holder
         lets go of it. None if it could not be had whole."""
-        holder = self.holder(session_id)
-        if holder is None:
-            return None
         args = {"session": session_id, "user": user, "received": received}
-        reply = await self._ask(holder, HAND_OVER, HAND_OVER_BATCH, args)
+        holder, reply = await self._ask_holder(session_id, HAND_OVER, HAND_OVER_BATCH, args)
         if not reply or not reply.get("found"):
             return None
         try:
@@ -178,6 +180,20 @@ class SessionHandOver:
         except (KeyError, TypeError, AttributeError):
             log.warning("handover_bad_reply", holder=holder, kind=HAND_OVER)
             return None
+
+    async def _ask_holder(
+        self, session_id: str, kind: str, batch_kind: str, args: dict[str, Any]
+    ) -> tuple[str | None, CommandResult]:
+        """The session's holder and its answer. A stopping holder that already gave its parked sessions to a
+        peer says so (`moved`) until every instance has heard it: the request then goes once more, to that peer."""
+        holder = self.holder(session_id)
+        if holder is None or not self._alive(holder):
+            return holder, None
+        reply = await self._ask(holder, kind, batch_kind, args)
+        moved = reply.get("moved") if isinstance(reply, dict) and not reply.get("found") else None
+        if not isinstance(moved, str) or moved in (holder, self._directory.instance_id) or not self._alive(moved):
+            return holder, reply
+        return moved, await self._ask(moved, kind, batch_kind, args)
 
     async def _ask(self, holder: str, kind: str, batch_kind: str, args: dict[str, Any]) -> CommandResult:
         """The holder's answer for one session, or None when there is none within NOTIFIER_RESUME_TIMEOUT_S,
@@ -264,6 +280,8 @@ class SessionHandOver:
         """Ask `peer` to adopt these parked (session id, user) pairs; it takes each over as a resume would, so
         they leave this instance as it gets them. Bounded by `deadline` (the loop's clock)."""
         loop = asyncio.get_running_loop()
+        # From now on a request for one of these that is no longer here is sent on to `peer`.
+        self._given_to.update((session_id, peer) for session_id, _user in sessions)
 
         async def push(batch: list[tuple[str, str]]) -> None:
             args = {"holder": self._directory.instance_id, "sessions": [{"session": s, "user": u} for s, u in batch]}
@@ -300,11 +318,16 @@ class SessionHandOver:
 
     async def _on_moved(self, args: dict[str, Any]) -> CommandResult:
         moved_from, moved_to = args.get("from"), args.get("to")
-        if isinstance(moved_from, str) and isinstance(moved_to, str) and moved_from != moved_to:
-            if moved_from not in self._moved and len(self._moved) >= MAX_MOVED:
-                self._moved.pop(next(iter(self._moved)))
-            self._moved[moved_from] = moved_to
+        if isinstance(moved_from, str) and isinstance(moved_to, str):
+            self._remember_moved(moved_from, moved_to)
         return None
+
+    def _remember_moved(self, moved_from: str, moved_to: str) -> None:
+        if moved_from == moved_to or moved_from == self._directory.instance_id:
+            return
+        if moved_from not in self._moved and len(self._moved) >= MAX_MOVED:
+            self._moved.pop(next(iter(self._moved)))
+        self._moved[moved_from] = moved_to
 
     # The holding side.
 
@@ -340,10 +363,17 @@ class SessionHandOver:
         log.info("handover_batch_answered", sessions=handed, asked=len(results))
         return {"results": results}
 
+    def _not_here(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The answer for a session not held here: with the peer it was given to, if this stopping instance
+        gave it away (the asker may not have heard `session.moved` yet)."""
+        session_id = args.get("session")
+        peer = self._given_to.get(session_id) if isinstance(session_id, str) else None
+        return {"found": False, "moved": peer} if peer is not None else {"found": False}
+
     def _describe_one(self, args: dict[str, Any]) -> dict[str, Any]:
         session = self._held(args)
         if session is None:
-            return {"found": False}
+            return self._not_here(args)
         return {"found": True, "topics": sorted(session.topics)}
 
     def _hand_over_one(self, args: dict[str, Any], room: int) -> tuple[dict[str, Any], int]:
@@ -351,8 +381,10 @@ class SessionHandOver:
         answer. Past `room` bytes (but within MAX_HANDOVER_BYTES) it is `deferred` and kept."""
         session = self._held(args)
         received = args.get("received")
-        if session is None or isinstance(received, bool) or not isinstance(received, int | None):
+        if isinstance(received, bool) or not isinstance(received, int | None):
             return {"found": False}, 0
+        if session is None:
+            return self._not_here(args), 0
         sent: int | None = None
         frames: list[Frame] | None
         if received is None:  # everything held: a peer adopts the session before its client is back
