@@ -375,3 +375,30 @@ async def test_a_client_that_asks_the_stopping_holder_after_its_sessions_were_ad
     announce.set()
     await stopping
     assert adopter.node.directory.parked_count == 0
+
+
+async def test_an_instance_started_after_the_holder_left_finds_the_peer_that_adopted_its_sessions(
+    start_server: StartServer, connect: ConnectClient, publisher: Publisher
+) -> None:
+    """The next step of a rolling update starts a new instance after the previous one has gone: it never heard
+    `session.moved`, yet a client of the gone instance that comes back to it resumes with what it missed."""
+    leaving = await start_server(shutdown_timeout_s=4)
+    adopter = await start_server()
+    late = CountingClient()
+    socket = await connect(leaving)
+    await late.sign_in(socket, "tardy")
+    await publisher.publish("user.tardy", "before")
+    assert await late.next_event(socket) == "before"
+    await wait_until(lambda: adopter.node.ready, 5)
+    await leaving.stop()
+    await wait_until(lambda: adopter.node.directory.parked_count == 1, 5)
+    await publisher.publish("user.tardy", "while away")
+    newcomer = await start_server()
+    await wait_until(lambda: newcomer.node.ready, 5)
+
+    back = await connect(newcomer)
+    welcome = await late.sign_in(back, "tardy")
+    assert welcome["recovered"] is True
+    assert await late.next_event(back) == "while away"
+    await assert_nothing_before_sentinel(back.receive, publisher.publish, "user.tardy")
+    assert adopter.node.directory.parked_count == 0

@@ -14,7 +14,8 @@ NOTIFIER_RESUME_TIMEOUT_S; past it the session is not resumed (the client gets `
 
 A stopping instance gives its still-parked sessions to one peer (`session.adopt_batch`) and then tells every
 instance (`session.moved`). Until that news has reached everyone, it answers a request for a session it gave
-away with where it went (`moved`), and the asker asks there.
+away with where it went (`moved`), and the asker asks there. An instance that started after the news asks
+every instance which one adopted them (`session.where`) the first time a client of the stopped one comes back.
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ DESCRIBE_BATCH = "session.describe_batch"
 HAND_OVER_BATCH = "session.hand_over_batch"
 ADOPT_BATCH = "session.adopt_batch"
 MOVED = "session.moved"
+WHERE = "session.where"
 
 # Stopped instances whose sessions a peer adopted, remembered for the resume window, at most this many.
 MAX_MOVED = 1024
+# How long the outcome of a search for a stopped instance's adopter (`session.where`) stands.
+SEARCH_STANDS_S = 2.0
 
 # A hand-over larger than this is refused (the client gets `recovered: false`): it travels as one message. A
 # batch's reply holds at most this much too; the sessions past it are answered `deferred` and asked again.
@@ -118,6 +122,9 @@ class SessionHandOver:
         self._moved: dict[str, str] = {}  # stopped instance -> the peer that adopted its sessions
         # Stopping: the parked sessions given to a peer to adopt (session id -> peer); as many as were parked.
         self._given_to: dict[str, str] = {}
+        # Stopped instances whose parked sessions were adopted here (insertion-ordered, at most MAX_MOVED).
+        self._adopted_from: dict[str, None] = {}
+        self._finding: dict[str, asyncio.Future[None]] = {}  # gone holder -> the search for its adopter
         self.adopt: Adopt | None = None
         """Adopts sessions of a stopping instance here; set by the node (it needs the session context)."""
         control.on(DESCRIBE, self._describe)
@@ -126,6 +133,7 @@ class SessionHandOver:
         control.on(HAND_OVER_BATCH, self._hand_over_batch)
         control.on(ADOPT_BATCH, self._adopt_batch)
         control.on(MOVED, self._on_moved)
+        control.on(WHERE, self._where)
 
     def holder(self, session_id: str) -> str | None:
         """The other instance that holds `session_id`, or None when it names this one (or none). The sessions of
@@ -187,6 +195,9 @@ class SessionHandOver:
         """The session's holder and its answer. A stopping holder that already gave its parked sessions to a
         peer says so (`moved`) until every instance has heard it: the request then goes once more, to that peer."""
         holder = self.holder(session_id)
+        if holder is not None and not self._alive(holder):
+            await self._find_adopter(holder)
+            holder = self.holder(session_id)
         if holder is None or not self._alive(holder):
             return holder, None
         reply = await self._ask(holder, kind, batch_kind, args)
@@ -194,6 +205,32 @@ class SessionHandOver:
         if not isinstance(moved, str) or moved in (holder, self._directory.instance_id) or not self._alive(moved):
             return holder, reply
         return moved, await self._ask(moved, kind, batch_kind, args)
+
+    async def _find_adopter(self, gone: str) -> None:
+        """Learn which peer adopted the sessions of `gone`, an instance that stopped before this one heard its
+        `session.moved` (this one started later): every instance is asked, and an answer is remembered as if
+        `session.moved` had said it. One search per gone instance at a time, and its outcome stands for a few
+        seconds: a crashed instance's returning clients do not each ask everyone."""
+        finding = self._finding.get(gone)
+        if finding is None:
+            finding = self._finding[gone] = asyncio.ensure_future(self._ask_where(gone))
+            loop = asyncio.get_running_loop()
+            finding.add_done_callback(lambda _: loop.call_later(SEARCH_STANDS_S, self._finding.pop, gone, None))
+        await asyncio.shield(finding)
+
+    async def _ask_where(self, gone: str) -> None:
+        try:
+            gathered = await self._control.gather(WHERE, {"holder": gone}, timeout=self._timeout_s)
+        except BrokerUnavailable as error:
+            log.info("handover_request_not_sent", holder="all", kind=WHERE, error=str(error))
+            return
+        adopters = sorted(
+            reply["adopted_by"]
+            for reply in gathered.replies.values()
+            if isinstance(reply, dict) and isinstance(reply.get("adopted_by"), str)
+        )
+        if adopters:
+            self._remember_moved(gone, adopters[0])
 
     async def _ask(self, holder: str, kind: str, batch_kind: str, args: dict[str, Any]) -> CommandResult:
         """The holder's answer for one session, or None when there is none within NOTIFIER_RESUME_TIMEOUT_S,
@@ -312,6 +349,9 @@ class SessionHandOver:
             and isinstance(item.get("user"), str)
             and self._directory.holder_of(item["session"]) == holder
         ]
+        self._adopted_from[holder] = None
+        if len(self._adopted_from) > MAX_MOVED:
+            self._adopted_from.pop(next(iter(self._adopted_from)))
         adopted = await self.adopt(pairs)
         log.info("sessions_adopted", holder=holder, adopted=adopted, asked=len(items))
         return {"adopted": adopted}
@@ -320,6 +360,12 @@ class SessionHandOver:
         moved_from, moved_to = args.get("from"), args.get("to")
         if isinstance(moved_from, str) and isinstance(moved_to, str):
             self._remember_moved(moved_from, moved_to)
+        return None
+
+    async def _where(self, args: dict[str, Any]) -> CommandResult:
+        holder = args.get("holder")
+        if isinstance(holder, str) and holder in self._adopted_from:
+            return {"adopted_by": self._directory.instance_id}
         return None
 
     def _remember_moved(self, moved_from: str, moved_to: str) -> None:
