@@ -170,11 +170,21 @@ class NotifierProcess:
             os.killpg(self.pid, signal.SIGKILL)
 
     def group_alive(self) -> bool:
-        try:
-            os.killpg(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+        """Whether any process of its group still runs. A zombie does not count: a child orphaned by a killed
+        worker (its body-parse process) is reparented to the machine's init, which may be slow to reap it."""
+        return bool(self.group_members())
+
+    def group_members(self) -> list[str]:
+        """The running processes of its group, as "pid command" lines (read from /proc, Linux only)."""
+        members = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                text = stat.read_text()
+                command, fields = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+                state, process_group = fields[0], int(fields[2])
+                if process_group == self.pid and state != "Z":
+                    members.append(f"{stat.parent.name} {command}")
+        return members
 
     async def end(self) -> None:
         """The fixture's clean-up: SIGTERM if it still runs (a drained stop removes its queue), SIGKILL to

@@ -105,7 +105,7 @@ async def test_two_workers_are_two_instances_and_drain_on_sigterm(
         exit_code = await service.process.wait(bound)
         assert exit_code == 0, service.process.logs()
         assert time.monotonic() - stop_requested < bound
-        assert not service.process.group_alive(), "a worker outlived the supervisor"
+        assert not service.process.group_alive(), f"outlived the supervisor: {service.process.group_members()}"
         stopped = [entry for entry in service.log() if entry["event"] == "worker_stopped"]
         assert sorted(entry["exitcode"] for entry in stopped) == [0, 0]
     finally:
@@ -151,7 +151,7 @@ async def test_a_worker_that_dies_is_replaced_by_a_new_instance(
     bound = shutdown_bound_s(Settings(_env_file=None, shutdown_timeout_s=SHUTDOWN_TIMEOUT_S))  # type: ignore[call-arg]
     code = await service.process.wait(bound)
     assert code == 0, service.process.logs()
-    assert not service.process.group_alive()
+    assert not service.process.group_alive(), f"outlived the supervisor: {service.process.group_members()}"
 
 
 def test_auto_workers_is_one_per_usable_core() -> None:
