@@ -57,13 +57,19 @@ PHASES = (("resume", "resume on"), ("plain", "plain reconnect (resume off)"))
 
 
 async def until_all_back(clients: Clients, count: int, old: Instance, deadline: float) -> tuple[bool, float]:
-    """Wait until `old` has exited and all `count` clients are connected again; whether they were, and when."""
-    while time.monotonic() < deadline:
-        progress = await clients.ask("progress", 60)
-        if old.reap() and sum(item["connected"] for item in progress) >= count:
-            return True, time.monotonic()
-        await asyncio.sleep(0.2)
-    return False, time.monotonic()
+    """Wait until `old` has exited and all `count` clients are connected again; whether they were, and when.
+    The exit is watched on its own, every 20 ms: asking the busy client processes for progress can take
+    seconds, and the exit would be seen that late."""
+    exit_watch = asyncio.create_task(old.wait_exit(max(0.0, deadline - time.monotonic())))
+    try:
+        while time.monotonic() < deadline:
+            progress = await clients.ask("progress", 60)
+            if old.exit_code is not None and sum(item["connected"] for item in progress) >= count:
+                return True, time.monotonic()
+            await asyncio.sleep(0.2)
+        return False, time.monotonic()
+    finally:
+        exit_watch.cancel()
 
 
 async def run_phase(name: str, resume: bool, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
