@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import tarfile
 import tomllib
@@ -116,6 +117,29 @@ def test_esbuild_bundles_a_page_through_the_package_exports_and_leaves_out_what_
     ran = npm_tools.run(npm_tools.node, "backoff.bundle.js", cwd=consumer)
     assert ran.returncode == 0, ran.stderr
     assert 0 <= float(ran.stdout) < 4000  # backoffDelay(3, 500, 20000): under min(20000, 500 * 2**3)
+
+
+def jsx_blocks(markdown: Path) -> list[str]:
+    return re.findall(r"```jsx\n(.*?)```", markdown.read_text(), flags=re.DOTALL)
+
+
+def test_the_react_example_is_one_in_both_docs_and_bundles(npm_tools: NpmTools, consumer: Path) -> None:
+    """The hook of docs/client.md and the npm README: the same code, and esbuild bundles it (React left out)."""
+    (example,) = jsx_blocks(ROOT / "docs" / "client.md")
+    assert jsx_blocks(PACKAGE_DIR / "README.md") == [example]
+    (consumer / "hook.jsx").write_text(example)
+    result = npm_tools.run(
+        npm_tools.esbuild,
+        "hook.jsx",
+        "--bundle",
+        "--format=esm",
+        "--external:react",
+        "--outfile=hook.bundle.js",
+        "--metafile=hook.meta.json",
+        cwd=consumer,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"node_modules/{PACKAGE_NAME}/notifier.js" in json.loads((consumer / "hook.meta.json").read_text())["inputs"]
 
 
 @pytest.mark.parametrize("program", ["browser", "node"], ids=["page with the DOM lib", "Node with ws, no DOM lib"])
