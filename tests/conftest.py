@@ -1,9 +1,9 @@
 """Shared fixtures (a real RabbitMQ, real uvicorn servers on loopback, real WebSocket clients) and the test tiers.
 
 Tiers are markers derived here, so a test cannot forget its own: one that uses the `rabbitmq` fixture (directly or
-through `exchange`, `server`, `publisher`...) is `rabbitmq`; one that uses `browser` is `browser`; a
-`broker_restart` test is `destructive`; a test with none of these and not marked `loopback` or `slow` is `unit`,
-and a unit test that opens a socket fails.
+through `exchange`, `server`, `publisher`...) is `rabbitmq`; one that uses `browser` is `browser`; one that uses
+`npm_tools` is `npm`; a `broker_restart` test is `destructive`; a test with none of these and not marked `loopback`
+or `slow` is `unit`, and a unit test that opens a socket fails.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from websockets.typing import Origin
 
 from notifier.instance.node import Node
 from tests.faults import CuttableProxy
+from tests.npm_tools import NpmTools, find_npm_tools
 from tests.processes import NOTIFIER, NotifierProcess, StartNotifier, notifier_env
 from tests.support import (
     AMQP_URL,
@@ -40,7 +41,7 @@ from tests.support import (
 from tests.support_workers import Service, StartService, delete_queues, instance_queues
 
 # Tiers that keep a test out of `unit`: it needs a service, a program installed, the network, or minutes.
-NOT_UNIT = ("rabbitmq", "browser", "nginx", "cluster", "loopback", "slow")
+NOT_UNIT = ("rabbitmq", "browser", "nginx", "npm", "cluster", "loopback", "slow")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -53,6 +54,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.browser)
         if "cluster" in fixtures:
             item.add_marker(pytest.mark.cluster)
+        if "npm_tools" in fixtures:
+            item.add_marker(pytest.mark.npm)
         if item.get_closest_marker("broker_restart"):
             item.add_marker(pytest.mark.destructive)
         if item.get_closest_marker("destructive") and not item.get_closest_marker("rabbitmq"):
@@ -135,6 +138,15 @@ def rabbitmq() -> str:
     except Exception as error:  # noqa: BLE001 - any reason it is unreachable is reported
         pytest.fail(f"RabbitMQ is not reachable at {AMQP_URL}: {error!r} (start it: rabbitmq-server -detached)")
     return AMQP_URL
+
+
+@pytest.fixture(scope="session")
+def npm_tools() -> NpmTools:
+    """node, npm, tsc, esbuild and Node 18, 20 and 22, as tests/npm installs them. Missing is a failure."""
+    try:
+        return find_npm_tools()
+    except AssertionError as error:
+        pytest.fail(str(error))
 
 
 @pytest.fixture

@@ -39,6 +39,23 @@ export interface SessionStore {
   removeItem(key: string): void;
 }
 
+/**
+ * The part of a WebSocket the client uses. The browser's, Node 22's global one and the `ws` package's class all
+ * fit, so passing `ws` type-checks without the DOM lib. The client sets the four handlers itself: it reads a
+ * message event's `data` and a close event's `code` and `reason`.
+ */
+export interface WebSocketLike {
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
+}
+
+/** A WebSocket class: `new WebSocket(url)` opens a connection. */
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
 export interface Refreshed {
   expires: number;
   /** Topics the renewed token no longer grants; the client dropped them. */
@@ -111,8 +128,11 @@ export interface NotifierOptions {
    * page resumes the session (default false).
    */
   persistSession?: boolean | SessionStore;
-  /** WebSocket implementation (default: the global one). */
-  WebSocket?: typeof WebSocket;
+  /**
+   * WebSocket implementation (default: the global one). Node before 22 has none: pass the `ws` package's,
+   * `import { WebSocket } from 'ws'`.
+   */
+  WebSocket?: WebSocketConstructor;
 }
 
 /** Close codes of docs/protocol.md. */

@@ -273,7 +273,12 @@ export class NotifierClient {
       }
     }
     this._WebSocket = options.WebSocket ?? /** @type {any} */ (globalThis).WebSocket;
-    if (typeof this._WebSocket !== 'function') throw new TypeError('NotifierClient: no WebSocket implementation');
+    if (typeof this._WebSocket !== 'function') {
+      throw new TypeError(
+        'NotifierClient: no WebSocket implementation: this runtime has no global WebSocket (Node before 22), so ' +
+          "pass one as the WebSocket option: import { WebSocket } from 'ws'; new NotifierClient({ url, WebSocket })",
+      );
+    }
 
     /** @type {ConnectionState} */
     this._state = 'closed';
@@ -919,7 +924,10 @@ export class NotifierClient {
 
   /** @param {WebSocket} ws */
   _detach(ws) {
-    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    // Errors stay ignored: Node's `ws` throws an 'error' event without a listener (closing a socket that is still
+    // connecting emits one), which would end the process.
+    ws.onerror = () => {};
     if (this._ws === ws) this._ws = null;
   }
 

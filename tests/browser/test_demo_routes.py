@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from notifier.app import create_app
 from notifier.connection.auth import TokenVerifier
+from notifier.http.routes.demo import CLIENT_FILES, DEMO_FILES, STATIC_DIR
 from notifier.settings import Settings
 from tests.browser.conftest import SECRET
 
@@ -85,6 +86,18 @@ def test_demo_page_is_served_at_root_when_enabled(serve_with_demo_page: TestClie
     assert page.headers["content-type"].startswith("text/html")
     assert '<script type="module" src="/static/demo.js">' in page.text
     assert serve_with_demo_page.get("/static/demo.css").status_code == 200
+
+
+@pytest.mark.parametrize("demo_page", [False, True], ids=["serve only", "demo page"])
+def test_static_serves_the_client_and_demo_files_only_never_the_npm_package_files(demo_page: bool) -> None:
+    """notifier/static is also the client's npm package: its package.json and README.md are not assets."""
+    served = CLIENT_FILES | (DEMO_FILES if demo_page else frozenset())
+    with TestClient(app_with(dev=False, demo_page=demo_page)) as client:
+        for name in ("package.json", "README.md", "./package.json"):
+            assert client.get(f"/static/{name}").status_code == 404, name
+        for path in STATIC_DIR.iterdir():
+            status = client.get(f"/static/{path.name}").status_code
+            assert status == (200 if path.name in served else 404), (path.name, status)
 
 
 async def test_dev_token_is_a_token_the_service_accepts(dev: TestClient) -> None:

@@ -24,20 +24,23 @@ from notifier.settings import Settings
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
 # Files any frontend may load, from any origin (a module script from another origin needs CORS).
 CLIENT_FILES = frozenset({"notifier.js", "notifier.d.ts"})
+# The demo page's own files. Nothing else in STATIC_DIR is served: package.json and README.md there make the
+# client an npm package, and are no assets of the service.
+DEMO_FILES = frozenset({"index.html", "demo.js", "demo.css"})
 DEV_TOKEN_TTL_S = (10, 24 * 3600)
 TYPESCRIPT_MEDIA_TYPE = "text/plain; charset=utf-8"
 BODY_OVERHEAD_BYTES = 1024
 
 
 class NotifierStatic(StaticFiles):
-    """`/static`: the browser client always; the demo page's files only when the demo page is on."""
+    """`/static`: the browser client always; the demo page's files only when the demo page is on; nothing else."""
 
     def __init__(self, *, demo_page: bool) -> None:
         super().__init__(directory=STATIC_DIR)
         self._demo_page = demo_page
 
     async def get_response(self, path: str, scope: Scope) -> Any:
-        if not self._demo_page and path not in CLIENT_FILES:
+        if path not in CLIENT_FILES and not (self._demo_page and path in DEMO_FILES):
             raise HTTPException(status_code=404)
         response = await super().get_response(path, scope)
         if path in CLIENT_FILES:
