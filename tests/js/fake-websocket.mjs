@@ -100,6 +100,7 @@ export async function connectedClient(t, options = {}) {
     token: 'tok',
     WebSocket: server.WebSocket,
     pingInterval: 1e9, // keep-alive tests opt in; elsewhere unanswered pings would end the connection
+    transports: ['websocket'], // the fallback's tests (transports.test.mjs) opt in
     ...options,
   });
   const states = [];
