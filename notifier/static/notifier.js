@@ -1451,7 +1451,7 @@ export class NotifierClient {
  *   leaves it parked for a resume
  */
 
-/** Close codes only the server sends: a link that ends with one reached the service, whatever its transport. */
+/** @type {Set<number>} close codes only the server sends: a link that ends with one reached the service */
 const SERVER_CLOSE_CODES = new Set([
   CloseCode.INVALID_UTF8,
   CloseCode.MESSAGE_TOO_BIG,
@@ -1791,6 +1791,7 @@ class HttpStreamTransport {
     if (this._ended) return;
     const error = typeof body?.error === 'string' ? body.error : undefined;
     const message = typeof body?.message === 'string' ? body.message : `HTTP ${response.status}`;
+    /** @type {number} */
     let code = CloseCode.ABNORMAL;
     if (Number.isInteger(body?.code)) code = body.code;
     else if (error && (response.status === 429 || response.status === 503)) code = CloseCode.TRY_AGAIN_LATER;
