@@ -1622,7 +1622,13 @@ class WebSocketTransport {
       this._detach();
       this.link.closed({ code: closeEvent.code, reason: closeEvent.reason, opened: this._opened });
     };
-    ws.onerror = () => {}; // a close event follows and carries what can be known
+    ws.onerror = () => {
+      // Browsers follow with a close event that carries what can be known; some other implementations send
+      // none after a refused handshake, so one that never opened ends here, as the close would say: 1006.
+      if (this._opened) return;
+      this._detach();
+      this.link.closed({ code: CloseCode.ABNORMAL, reason: '', opened: false });
+    };
   }
 
   /** @param {string} text */
@@ -1899,7 +1905,10 @@ class HttpStreamTransport {
     } catch (error) {
       return `a command could not be sent: ${error instanceof Error ? error.message : error}`;
     }
-    if (response.ok) return 'done';
+    if (response.ok) {
+      await response.text().catch(() => ''); // read to its end, so the connection can serve the next command
+      return 'done';
+    }
     /** @type {any} */
     const body = await response.json().catch(() => null);
     const message = typeof body?.message === 'string' ? body.message : `HTTP ${response.status}`;

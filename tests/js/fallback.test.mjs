@@ -62,6 +62,24 @@ test('two WebSockets blocked on the way: the third attempt is the HTTP stream, a
   assert.deepEqual(states.at(-1), { state: 'open', recovered: false, transport: 'sse' });
 });
 
+test('a refused handshake counts once, with or without a close event after its error event', async (t) => {
+  const { client, server, http, states } = await fallbackClient(t);
+  client.connect();
+  await settle();
+  server.socket.failHandshake(); // a browser: error, then close 1006
+  await settle();
+  assert.deepEqual([states.at(-1).state, states.at(-1).code, states.at(-1).transport], ['reconnecting', 1006, 'websocket']);
+  t.mock.timers.tick(states.at(-1).delay);
+  await settle();
+  server.socket.failHandshake({ closeEvent: false }); // Node 20's WebSocket: the error alone
+  await settle();
+  assert.deepEqual([states.at(-1).state, states.at(-1).transport], ['reconnecting', 'sse']);
+  assert.equal(states.filter((s) => s.state === 'reconnecting').length, 2);
+  t.mock.timers.tick(states.at(-1).delay);
+  await settle();
+  assert.equal(http.streams.length, 1);
+});
+
 test('a WebSocket that opens but dies before its welcome counts as blocked too, and so does connectTimeout', async (t) => {
   const { client, server, http, states } = await fallbackClient(t);
   client.connect();
