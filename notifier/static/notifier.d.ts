@@ -130,7 +130,8 @@ export interface NotifierOptions {
   fallbackAfter?: number;
   /**
    * Ms on the HTTP stream before a WebSocket is tried again beside it; once it opens, the session moves to it,
-   * resumed, with nothing lost or doubled. 0 stays on the stream (default 60000).
+   * resumed, with nothing lost or doubled. A WebSocket that opens and dies before its welcome doubles the wait
+   * (up to 16 times). 0 stays on the stream (default 60000).
    */
   upgradeAfter?: number;
   /** The HTTP stream's URL (default: `url` with http(s) for ws(s) and its last `/ws` replaced by `/sse`). */

@@ -325,6 +325,8 @@ export class NotifierClient {
     this._upgrading = false;
     /** @type {Transport | null} a WebSocket tried in the background while the HTTP stream is open */
     this._probe = null;
+    /** upgrades in a row whose WebSocket opened and died before its welcome: each doubles the next wait */
+    this._failedUpgrades = 0;
     this._generation = 0;
     this._nextId = 1;
     this._attempt = 0;
@@ -415,6 +417,7 @@ export class NotifierClient {
     this._attempt = 0;
     this._tokenRefusals = 0;
     this._handshakeFailures = 0;
+    this._failedUpgrades = 0;
     this._useTransport(this._transports[0]);
     if (typeof addEventListener === 'function') addEventListener('online', this._onOnline);
     this._setState('connecting');
@@ -670,6 +673,7 @@ export class NotifierClient {
     this._upgrading = false;
     this._linkFailures = 0;
     this._handshakeFailures = 0; // this page can reach the service: a WebSocket that failed was blocked on the way
+    if (this._transportName === 'websocket') this._failedUpgrades = 0;
     this._user = typeof frame.user === 'string' ? frame.user : null;
     const resume = this._applyResume(frame);
     const serverTopics = resume.topics;
@@ -1033,6 +1037,7 @@ export class NotifierClient {
     if (!welcomed && !answeredByServer(code)) {
       if (upgrading) {
         // The WebSocket opened but died before its welcome: still blocked. Back to the stream at once, resuming.
+        this._failedUpgrades += 1;
         this._useTransport('sse');
         this._setState('reconnecting', { code, reason, delay: 0 });
         this._startTimer('reconnect', 0, () => this._dial());
@@ -1108,7 +1113,9 @@ export class NotifierClient {
     const after = this._opts.upgradeAfter;
     if (this._transportName !== 'sse' || !this._transports.includes('websocket')) return;
     if (!(after > 0) || !Number.isFinite(after)) return;
-    this._startTimer('upgrade', after, () => {
+    // A proxy that lets the upgrade through and then cuts it costs the page a resume each time: try less often.
+    const wait = after * 2 ** Math.min(this._failedUpgrades, MAX_UPGRADE_DOUBLINGS);
+    this._startTimer('upgrade', wait, () => {
       if (this._state === 'open') this._probeWebSocket();
       else this._scheduleUpgrade(); // reconnecting: the stream comes first, the upgrade waits for it
     });
@@ -1468,6 +1475,8 @@ function answeredByServer(code) {
   return SERVER_CLOSE_CODES.has(code) || (code >= 4000 && code <= 4999);
 }
 
+/** Upgrades whose WebSocket opened and died double the wait before the next one, at most this many times. */
+const MAX_UPGRADE_DOUBLINGS = 4;
 /** Resolves page-relative URLs where there is no page (Node), to check them in the constructor. */
 const PLACEHOLDER_BASE = 'http://page.invalid/';
 /** Longest line the HTTP stream reader buffers (a frame is one line): past it the stream counts as broken. */

@@ -340,9 +340,12 @@ test('an upgrade whose WebSocket opens but dies before its welcome goes back to 
   assert.deepEqual(resyncs, []);
   assert.deepEqual(errors, []);
   assert.equal(client.transport, 'sse');
-  t.mock.timers.tick(60_000);
+  t.mock.timers.tick(119_999);
   await settle();
-  assert.equal(server.sockets.length, 4, 'the next upgrade is tried after upgradeAfter again');
+  assert.equal(server.sockets.length, 3, 'an upgrade that opened and died doubles the wait before the next');
+  t.mock.timers.tick(1);
+  await settle();
+  assert.equal(server.sockets.length, 4);
 });
 
 test('upgradeAfter: 0 stays on the stream', async (t) => {
