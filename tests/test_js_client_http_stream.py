@@ -228,7 +228,9 @@ async def test_node_client_drops_a_silent_stream_by_its_heartbeat_and_resumes(
     await line.start()
     try:
         url = f"ws://127.0.0.1:{line.port}/ws"
-        client = await node_clients(url=url, token=token_for("alice", ["news.#"]), transports=["sse"])
+        # A request sent into the stalled line is never answered: connectTimeout ends it once the line is back.
+        options = {"transports": ["sse"], "connectTimeout": 3000}
+        client = await node_clients(url=url, token=token_for("alice", ["news.#"]), **options)
         await client.until_state("open")
         await client.subscribe("news.sport")
         before = await publish_numbered(publisher, "news.sport", range(3))
