@@ -27,6 +27,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from notifier.connection.stream import ABORT_CONNECTION_SCOPE_KEY
 from notifier.formats import closecodes
 from notifier.limits.pacing import TurnPacer
 from notifier.limits.tokenbucket import FRAME_BUDGET_SCOPE_KEY, RateLimiter
@@ -172,6 +173,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._cancel_handshake_timer()
         super().on_headers_complete()
+        # An HTTP stream that must be dropped (its client stopped reading) drops its connection through this.
+        self.scope[ABORT_CONNECTION_SCOPE_KEY] = self.transport.abort  # type: ignore[literal-required]
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
