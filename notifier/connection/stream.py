@@ -330,6 +330,7 @@ def _decode_instance(prefix: str) -> str | None:
     if not prefix or len(prefix) > 200:
         return None
     try:
-        return base64.urlsafe_b64decode(prefix + "=" * (-len(prefix) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        decoded = base64.b64decode(prefix + "=" * (-len(prefix) % 4), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeError, ValueError):
         return None
+    return decoded or None
