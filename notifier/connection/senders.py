@@ -53,8 +53,8 @@ class Sender(Protocol):
     buffer_bytes: int
     """Bytes the outbox may hold beyond its frame limit, standing in for a socket buffer the sender lacks."""
 
-    def try_write(self, wire: bytes) -> bool:
-        """Write one frame's bytes now if the socket takes them without waiting; say whether it did."""
+    def try_write(self, frame: Frame) -> bool:
+        """Write one frame now if the socket takes it without waiting; say whether it did."""
 
     async def send(self, queue: deque[Frame]) -> None:
         """Send every frame in `queue`, taking each off as it goes, waiting for the socket as needed.
@@ -105,7 +105,7 @@ class TransportSender(_AsgiClose):
         self._asgi_send = asgi_send
         self.writable = protocol.writable  # an asyncio.Event uvicorn clears while the socket buffer is full
 
-    def try_write(self, wire: bytes) -> bool:
+    def try_write(self, frame: Frame) -> bool:
         # One call per delivery on the hot path, so the checks are inlined.
         protocol = self._protocol
         transport = self._transport
@@ -115,7 +115,7 @@ class TransportSender(_AsgiClose):
             and self._connection.state is ConnectionState.OPEN
             and not transport.is_closing()
         ):
-            transport.write(wire)
+            transport.write(frame.wire)
             return True
         return False
 
@@ -154,7 +154,7 @@ class AsgiSender(_AsgiClose):
         self._asgi_send = asgi_send
         self._cancel_connection = cancel_connection
 
-    def try_write(self, wire: bytes) -> bool:
+    def try_write(self, frame: Frame) -> bool:
         return False  # an ASGI send must be awaited
 
     async def send(self, queue: deque[Frame]) -> None:

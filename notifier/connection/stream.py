@@ -19,7 +19,7 @@ import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import structlog
@@ -38,6 +38,19 @@ log = structlog.get_logger("notifier.stream")
 # Where the server puts a callable that drops the request's connection at once (uvicorn's transport abort, put
 # there by notifier/runtime/uvicorn_protocols.py). Without it a stream that must be dropped cancels its task.
 ABORT_CONNECTION_SCOPE_KEY = "notifier.abort_connection"
+# Where the server puts the request's send to run without waiting (a DirectSend, by the same module). Without it
+# every message goes through the writer task, as a WebSocket's on the ASGI path.
+DIRECT_SEND_SCOPE_KEY = "notifier.direct_send"
+
+
+class DirectSend(Protocol):
+    @property
+    def ready(self) -> bool:
+        """A message sent now would be written at once (the connection's writes are not paused)."""
+
+    def __call__(self, message: Message) -> None:
+        """Send `message` at once; only when `ready`."""
+
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -72,6 +85,7 @@ class Stream:
         "_abort_connection",
         "_cancel",
         "_count",
+        "_direct",
         "_headers",
         "_heartbeat_s",
         "_receive",
@@ -110,6 +124,7 @@ class Stream:
         self._stall_timeout_s = stall_timeout_s
         self._headers = headers  # the CORS headers of an allowed cross-origin page
         self._abort_connection: Callable[[], object] | None = scope.get(ABORT_CONNECTION_SCOPE_KEY)
+        self._direct: DirectSend | None = scope.get(DIRECT_SEND_SCOPE_KEY)
         task = asyncio.current_task()
         assert task is not None
         self._cancel = task.cancel
@@ -133,8 +148,21 @@ class Stream:
 
     # Sender.
 
-    def try_write(self, wire: bytes) -> bool:
-        return False  # an ASGI send must be awaited
+    def try_write(self, frame: Frame) -> bool:
+        direct = self._direct
+        if direct is None or not direct.ready:
+            return False  # an ASGI send that must be awaited: the writer task sends it
+        if not self._started:
+            if not self._welcome_next:
+                return False  # only the welcome starts the stream (a close before it is a refusal)
+            self._started = True
+            direct(self._start_message())
+            if not direct.ready:
+                return False
+        self.last_output = time.monotonic()
+        self._registry.touched(self)
+        direct({"type": "http.response.body", "body": self._encode(frame), "more_body": True})
+        return True
 
     def session_opened(self, session_id: str, received: int) -> None:
         self._session_id = session_id
@@ -149,9 +177,11 @@ class Stream:
         self._registry.touched(self)
         if not self._started:
             self._started = True
-            start = {"type": "http.response.start", "status": 200, "headers": [*_STREAM_HEADERS, *self._headers]}
-            await self._write(start)
+            await self._write(self._start_message())
         await self._write({"type": "http.response.body", "body": body, "more_body": True})
+
+    def _start_message(self) -> Message:
+        return {"type": "http.response.start", "status": 200, "headers": [*_STREAM_HEADERS, *self._headers]}
 
     def _encode(self, frame: Frame) -> bytes:
         if frame is KEEP_ALIVE:
@@ -300,6 +330,7 @@ def _decode_instance(prefix: str) -> str | None:
     if not prefix or len(prefix) > 200:
         return None
     try:
-        return base64.urlsafe_b64decode(prefix + "=" * (-len(prefix) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        decoded = base64.b64decode(prefix + "=" * (-len(prefix) % 4), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeError, ValueError):
         return None
+    return decoded or None
