@@ -127,6 +127,12 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     handshake_timeout_s: float = Field(default=10.0, gt=0)
     write_stall_timeout_s: float = Field(default=10.0, gt=0)
+    # The HTTP stream transport (`GET /sse`, for networks that block WebSockets): on or off, the period of the
+    # heartbeat comment on a stream with no other output, and how long a command for a stream that another
+    # instance holds waits for that instance's answer.
+    sse_enabled: bool = True
+    sse_heartbeat_s: int = Field(default=15, ge=1, le=3600)
+    sse_command_timeout_s: float = Field(default=3.0, gt=0, le=30)
 
     # Session resume: how long a session whose connection dropped waits for its client, and what it keeps.
     resume_window_s: float = Field(default=60.0, ge=0, le=3600)

@@ -42,6 +42,8 @@ class Stats:
         "proxy_requests",
         "publish_results",
         "resyncs_sent",
+        "sse_closes_by_code",
+        "stream_commands",
     )
 
     def __init__(self) -> None:
@@ -49,6 +51,10 @@ class Stats:
         self.frames_out = 0  # event frames handed to sessions (hub)
         self.frames_dropped = 0  # frames discarded with a slow client's queue (session)
         self.closes_by_code: Counter[int] = Counter()  # server-side closes (session)
+        self.sse_closes_by_code: Counter[int] = Counter()  # of those, the closes of HTTP streams (session)
+        # Commands of HTTP streams (POST /sse/<key>) by result: accepted, unknown_stream, too_big, rate_limited,
+        # unavailable, forwarded (notifier/http/routes/stream.py)
+        self.stream_commands: Counter[str] = Counter()
         self.publish_results: Counter[int] = Counter()  # HTTP publish answers by status (publish route)
         # Requests to the application's proxies, by (proxy, result): connect or subscribe; allowed, refused,
         # unavailable or invalid (notifier/connection/proxy.py)

@@ -18,15 +18,16 @@ from tests.support_workers import Service, StartService, connect_until_every_que
 
 
 async def scrape(service: Service) -> dict[str, float]:
-    """One scrape on a fresh connection (so any worker may answer): each sample's value, by name."""
+    """One scrape on a fresh connection (so any worker may answer): each sample's value, by name (connections
+    summed over their transports)."""
     async with httpx.AsyncClient(base_url=service.http_url, timeout=5) as http:
         answer = await http.get("/metrics")
     assert answer.status_code == 200, answer.text
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(answer.text):
         for sample in family.samples:
-            if not sample.labels:
-                values[sample.name] = sample.value
+            if not sample.labels or set(sample.labels) == {"transport"}:
+                values[sample.name] = values.get(sample.name, 0.0) + sample.value
     return values
 
 

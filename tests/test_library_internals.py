@@ -113,6 +113,30 @@ def test_uvicorn_protocol_attributes_read_still_exist_in_uvicorn(cls: type) -> N
     assert missing == [], f"{cls.__mro__[1].__name__} no longer sets {missing}"
 
 
+@pytest.mark.parametrize("name", uvicorn_protocols.REQUEST_CYCLE_INTERNALS)
+def test_uvicorn_request_cycle_has_what_an_http_stream_sends_through(name: str) -> None:
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    assert name in assigned_attributes(RequestResponseCycle), f"RequestResponseCycle no longer has {name!r}"
+
+
+@pytest.mark.parametrize("name", uvicorn_protocols.FLOW_CONTROL_INTERNALS)
+def test_uvicorn_flow_control_says_when_writes_are_paused(name: str) -> None:
+    from uvicorn.protocols.http.flow_control import FlowControl
+
+    assert name in assigned_attributes(FlowControl), f"FlowControl no longer has {name!r}"
+
+
+def test_uvicorn_http_send_waits_only_while_writes_are_paused() -> None:
+    """DirectSend runs uvicorn's send to its end in one step: that holds while its only await is the drain."""
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    source = textwrap.dedent(inspect.getsource(RequestResponseCycle.send))
+    awaits = [ast.unparse(node) for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Await)]
+    assert awaits == ["await self.flow.drain()"], awaits
+    assert "if self.flow.write_paused and not self.disconnected:" in source
+
+
 @pytest.mark.parametrize("name", aiormq_internals.PAMQP_INTERNALS)
 def test_pamqp_decode_has(name: str) -> None:
     import pamqp.decode

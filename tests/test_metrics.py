@@ -32,7 +32,7 @@ def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
 async def test_metrics_count_traffic(server: RunningServer, connect: ConnectClient, publisher: Publisher) -> None:
     before = await scrape(server)
     assert value(before, "notifier_broker_connected") == 1
-    assert value(before, "notifier_connections") == 0
+    assert value(before, "notifier_connections", transport="websocket") == 0
 
     clients = [await connect(server, f"u{n}", topics=["room"]) for n in range(3)]
     for client in clients:
@@ -55,13 +55,14 @@ async def test_metrics_count_traffic(server: RunningServer, connect: ConnectClie
         assert (await http.post("/api/publish", json={"topic": "x..", "data": 1}, headers=headers)).status_code == 422
 
     after = await scrape(server)
-    assert value(after, "notifier_connections") == 3
+    assert value(after, "notifier_connections", transport="websocket") == 3
     assert value(after, "notifier_subscriptions") == 6  # each: personal topic + room
     assert value(after, "notifier_topics_bound") == 4  # user.u0, user.u1, user.u2, room
     assert value(after, "notifier_events_consumed_total") - value(before, "notifier_events_consumed_total") == 3
     assert value(after, "notifier_events_delivered_total") - value(before, "notifier_events_delivered_total") == 7
     assert value(after, "notifier_events_dead_lettered_total") == 1
-    assert value(after, "notifier_connections_closed_total", code="4500", reason="invalid token") == 1
+    labels = {"code": "4500", "reason": "invalid token", "transport": "websocket"}
+    assert value(after, "notifier_connections_closed_total", **labels) == 1
     assert value(after, "notifier_publish_requests_total", status="202") == 1
     assert value(after, "notifier_publish_requests_total", status="422") == 1
     assert value(after, "notifier_delivery_latency_seconds_count") == 1  # only the stamped event

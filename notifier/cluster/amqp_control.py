@@ -32,6 +32,7 @@ from aio_pika.abc import (
 from notifier.broker import BrokerUnavailable
 from notifier.broker.base import BROKER_ERRORS
 from notifier.cluster.codec import (
+    MAX_COMMAND_BYTES,
     BadControlMessage,
     Command,
     CommandArgs,
@@ -100,6 +101,8 @@ class AmqpControlPlane:
         self._background: asyncio.Task[None] | None = None
         self._declared = False
         self.dropped = 0
+        # An HTTP stream's command carries a client frame, in base64 (notifier/http/stream_commands.py).
+        self._max_command_bytes = max(MAX_COMMAND_BYTES, settings.max_frame_bytes * 4 // 3 + 1024)
 
     @property
     def ready(self) -> bool:
@@ -324,7 +327,7 @@ class AmqpControlPlane:
                 await message.ack()
 
     async def _on_command(self, message: AbstractIncomingMessage) -> None:
-        command = parse_command(message.message_id, message.body)
+        command = parse_command(message.message_id, message.body, self._max_command_bytes)
         ran, result = await self._runner.run(command)
         reply_to = message.reply_to
         if not ran or not reply_to or self._reply_exchange is None:

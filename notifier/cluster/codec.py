@@ -53,12 +53,12 @@ def encode_command(kind: str, args: CommandArgs) -> bytes:
     return orjson.dumps({"kind": kind, "args": args})
 
 
-def parse_command(command_id: object, body: bytes) -> Command:
-    """Check a command message, or raise BadControlMessage saying why."""
+def parse_command(command_id: object, body: bytes, max_bytes: int = MAX_COMMAND_BYTES) -> Command:
+    """Check a command message of at most `max_bytes`, or raise BadControlMessage saying why."""
     if not isinstance(command_id, str) or not 0 < len(command_id) <= MAX_ID_LENGTH:
         raise BadControlMessage("command has no usable id")
-    if len(body) > MAX_COMMAND_BYTES:
-        raise BadControlMessage(f"command is {len(body)} bytes, over {MAX_COMMAND_BYTES}")
+    if len(body) > max_bytes:
+        raise BadControlMessage(f"command is {len(body)} bytes, over {max_bytes}")
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -41,7 +41,7 @@ class Outbox:
 
     def offer(self, frame: Frame) -> None:
         queue = self._queue
-        if not queue and self._direct and self._sender.try_write(frame.wire):
+        if not queue and self._direct and self._sender.try_write(frame):
             return  # nothing was queued before it, so the order is kept
         if self._done:
             return

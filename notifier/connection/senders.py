@@ -1,9 +1,11 @@
-"""How a session's frames reach its socket: one small interface, two implementations, chosen once per
-connection.
+"""How a session's frames reach its client: one small interface, `Sender`. A WebSocket has two implementations,
+chosen once per connection:
 
 - `TransportSender` writes each frame's prebuilt bytes straight to uvicorn's websockets-sansio transport (what
   `notifier serve` runs): no ASGI message, task switch or framing per receiver.
 - `AsgiSender` goes through ordinary ASGI `websocket.send` messages, for any other ASGI server.
+
+The HTTP stream's sender is notifier/connection/stream.py's `Stream`.
 """
 
 from __future__ import annotations
@@ -38,14 +40,21 @@ class SenderClosed(Exception):
     """The connection is gone: nothing more can be written to it."""
 
 
+# A frame a sender writes as its transport's keep-alive (the HTTP stream's heartbeat comment). Only a transport
+# without keep-alives of its own is given it: a WebSocket has pings.
+KEEP_ALIVE = Frame(b"")
+
+
 class Sender(Protocol):
     name: str
-    """"transport" or "asgi", for logs and tests."""
+    """"transport" or "asgi" (a WebSocket's two write paths), "sse" (the HTTP stream), for logs and tests."""
+    transport: str
+    """"websocket" or "sse": the metrics' and logs' `transport`."""
     buffer_bytes: int
     """Bytes the outbox may hold beyond its frame limit, standing in for a socket buffer the sender lacks."""
 
-    def try_write(self, wire: bytes) -> bool:
-        """Write one frame's bytes now if the socket takes them without waiting; say whether it did."""
+    def try_write(self, frame: Frame) -> bool:
+        """Write one frame now if the socket takes it without waiting; say whether it did."""
 
     async def send(self, queue: deque[Frame]) -> None:
         """Send every frame in `queue`, taking each off as it goes, waiting for the socket as needed.
@@ -61,11 +70,19 @@ class Sender(Protocol):
         """The session is over: discard bytes still buffered for the socket rather than keep them until TCP
         gives up."""
 
+    def session_opened(self, session_id: str, received: int) -> None:
+        """The session went live as `session_id`, its client having `received` events so far (the welcome is the
+        next frame). A WebSocket needs nothing of it; the HTTP stream names its messages by it."""
+
 
 class _AsgiClose:
     """The close frame goes through ASGI on both paths, so the server tracks its own close handshake."""
 
     _asgi_send: Send
+    transport = "websocket"
+
+    def session_opened(self, session_id: str, received: int) -> None:
+        pass  # a WebSocket client counts its events itself
 
     async def close(self, reason: CloseReason) -> None:
         try:
@@ -88,7 +105,7 @@ class TransportSender(_AsgiClose):
         self._asgi_send = asgi_send
         self.writable = protocol.writable  # an asyncio.Event uvicorn clears while the socket buffer is full
 
-    def try_write(self, wire: bytes) -> bool:
+    def try_write(self, frame: Frame) -> bool:
         # One call per delivery on the hot path, so the checks are inlined.
         protocol = self._protocol
         transport = self._transport
@@ -98,7 +115,7 @@ class TransportSender(_AsgiClose):
             and self._connection.state is ConnectionState.OPEN
             and not transport.is_closing()
         ):
-            transport.write(wire)
+            transport.write(frame.wire)
             return True
         return False
 
@@ -137,7 +154,7 @@ class AsgiSender(_AsgiClose):
         self._asgi_send = asgi_send
         self._cancel_connection = cancel_connection
 
-    def try_write(self, wire: bytes) -> bool:
+    def try_write(self, frame: Frame) -> bool:
         return False  # an ASGI send must be awaited
 
     async def send(self, queue: deque[Frame]) -> None:

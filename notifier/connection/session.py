@@ -2,17 +2,22 @@
 handlers of its requests; its subscriptions, its recent event frames (kept for a resume) and its token's
 expiry. Taking over a session on resume is notifier/connection/resume.py, through this class's public methods.
 The write path (outbox and sender) and every collaborator are passed in, so the state machine runs as well
-against a fake socket and the in-memory broker as against uvicorn and RabbitMQ."""
+against a fake socket and the in-memory broker as against uvicorn and RabbitMQ.
+
+It is the same for either transport. A WebSocket's client frames come through the connection's own `receive`;
+an HTTP stream signs in with its request (`run` is given the sign-in) and its client frames come as commands
+(`feed`), while its `receive` only says when the connection is gone."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 from starlette.websockets import WebSocketDisconnect
@@ -25,7 +30,7 @@ from notifier.connection.hub import Hub
 from notifier.connection.outbox import Outbox
 from notifier.connection.proxy import ApplicationProxies, ClientRequest, ProxyRefused, ProxyUnavailable
 from notifier.connection.resume import RemoteSessions, resume_session
-from notifier.connection.senders import Sender
+from notifier.connection.senders import KEEP_ALIVE, Sender
 from notifier.formats import closecodes, messages
 from notifier.formats.closecodes import CloseReason
 from notifier.formats.topics import InvalidTopic, validate_topic
@@ -56,7 +61,10 @@ class State(enum.Enum):
 
 
 # A client that closes with this code said goodbye: its session ends instead of waiting for a resume.
-GOODBYE_CODE = 1000
+GOODBYE_CODE = closecodes.GOODBYE_CODE
+
+Fed = Literal["accepted", "too_big", "rate_limited", "closed"]
+"""What became of a client frame given to `Session.feed`."""
 
 
 class Verifier(Protocol):
@@ -93,6 +101,8 @@ class Session:
         "__weakref__",
         "_client_close_code",
         "_close_reason",
+        "_command_task",
+        "_commands",
         "_context",
         "_holds_user_slot",
         "_outbox",
@@ -141,13 +151,25 @@ class Session:
         self._timer: asyncio.TimerHandle | None = None
         # Under `notifier serve` the connection's protocol owns the frame budget, so its pings spend it too.
         self._rate = frame_budget or RateLimiter(settings.client_frames_per_s, settings.client_frames_burst)
+        # Client frames given as commands (an HTTP stream's), and the task that runs them while any wait.
+        self._commands: collections.deque[bytes] | None = None
+        self._command_task: asyncio.Task[None] | None = None
 
     @property
     def log(self) -> structlog.typing.FilteringBoundLogger:
-        """The logger with this connection's id and user; bound when something is logged, not held."""
+        """The logger with this connection's id and user (and `transport="sse"` for an HTTP stream); bound when
+        something is logged, not held."""
+        bound = log.bind(conn=self.connection_id)
+        if self._sender.transport != "websocket":
+            bound = bound.bind(transport=self._sender.transport)
         if self.identity is None:
-            return log.bind(conn=self.connection_id)  # type: ignore[no-any-return]
-        return log.bind(conn=self.connection_id, user=self.identity.user)  # type: ignore[no-any-return]
+            return bound  # type: ignore[no-any-return]
+        return bound.bind(user=self.identity.user)  # type: ignore[no-any-return]
+
+    @property
+    def transport(self) -> str:
+        """ "websocket" or "sse"."""
+        return self._sender.transport
 
     @property
     def user(self) -> str | None:
@@ -198,11 +220,15 @@ class Session:
             return
         self.state = State.CLOSING
         self._close_reason = reason
+        stats = self._context.stats
         if drop_pending:
-            self._context.stats.frames_dropped += self._outbox.drop_pending()
+            stats.frames_dropped += self._outbox.drop_pending()
         # A client that stopped reading never answers the close, and the reader may be waiting on it.
         self._start_timer(CLOSE_GRACE_S, self._abandon)
-        self._context.stats.closes_by_code[reason.code] += 1
+        if reason is not closecodes.GOODBYE:  # the client's own choice, not a close of ours
+            stats.closes_by_code[reason.code] += 1
+            if self._sender.transport == "sse":
+                stats.sse_closes_by_code[reason.code] += 1
         if reason is not closecodes.SHUTDOWN:  # the drain logs those once, with their number
             self.log.info("connection_closing", code=reason.code, reason=reason.reason)
         self._outbox.close_after_pending(reason)
@@ -210,16 +236,28 @@ class Session:
     def _on_outbox_overflow(self) -> None:
         self.close(closecodes.SLOW_CLIENT, drop_pending=True)
 
+    def end_by_client(self) -> None:
+        """The client said goodbye outside its connection (the HTTP stream's DELETE): the session ends, as after a
+        WebSocket close 1000 from the client, instead of parking; the connection is closed after what is queued."""
+        self.close(closecodes.GOODBYE)
+
+    def keep_alive(self) -> None:
+        """Give the connection its transport's keep-alive (the HTTP stream's heartbeat) unless output waits."""
+        if self.state is State.OPEN and not len(self._outbox):
+            self._outbox.offer(KEEP_ALIVE)
+
     # The connection's life.
 
-    async def run(self, token_in_url: str | None) -> None:
-        """Serve the connection until it ends; the caller has checked the origin and accepted."""
+    async def run(self, sign_in: messages.Auth | None) -> None:
+        """Serve the connection until it ends; the caller has checked the origin and accepted. `sign_in` is the
+        login that came with the request (a WebSocket's `?token=`, an HTTP stream's token and resume point);
+        without one the client has NOTIFIER_AUTH_TIMEOUT_S to send its `auth` frame."""
         admission = self._context.admission
         try:
             if not admission.open_connection():
                 self.close(closecodes.SERVER_FULL)
-            elif token_in_url is not None:
-                await self._authenticate(token_in_url, request_id=None)
+            elif sign_in is not None:
+                await self._authenticate(sign_in.token, request_id=sign_in.id, resume=sign_in.resume)
             else:
                 self._start_timer(self._settings.auth_timeout_s, closecodes.AUTH_TIMEOUT)
             await self._read_loop()
@@ -232,6 +270,10 @@ class Session:
             # while the event loop shuts down, where every second of waiting delays the exit).
             await self._outbox.stop()
             admission.close_connection()
+            if self._command_task is not None:
+                # A command half done (a subscribe awaiting its binding) finishes before the session parks or
+                # ends, as a WebSocket's frame does before its reader sees the disconnect.
+                await asyncio.wait([self._command_task])
             await self._after_connection()
 
     async def _after_connection(self) -> None:
@@ -312,8 +354,8 @@ class Session:
             if message["type"] == "websocket.disconnect":
                 if message.get(closecodes.SERVER_CLOSE_KEY):
                     self._closed_by_websocket_layer(message.get("code"))
-                else:
-                    self._client_close_code = message.get("code")
+                elif "code" in message:  # an HTTP stream's end carries none
+                    self._client_close_code = message["code"]
                 return
             if not self._is_live():
                 continue
@@ -349,6 +391,47 @@ class Session:
             self._reply_or_violate(bad)
             return
         await self._on_request(frame)
+
+    def feed(self, body: bytes) -> Fed:
+        """Take one client frame that came as a command (an HTTP stream's POST), to be run after the ones before
+        it; its answer goes out on the connection as a WebSocket's would. "too_big" past NOTIFIER_MAX_FRAME_BYTES
+        (the connection stays), "rate_limited" past the frame budget or with more than
+        NOTIFIER_CLIENT_FRAMES_BURST commands waiting (the connection is closed with 4004), "closed" when the
+        connection is not open."""
+        if self.state is not State.OPEN:
+            return "closed"
+        if len(body) > self._settings.max_frame_bytes:
+            return "too_big"
+        commands = self._commands
+        if commands is None:
+            commands = self._commands = collections.deque()
+        if not self._rate.allow() or len(commands) >= self._settings.client_frames_burst:
+            self.close(closecodes.RATE_LIMITED)
+            return "rate_limited"
+        commands.append(body)
+        if self._command_task is None:
+            self._command_task = asyncio.get_running_loop().create_task(self._run_commands())
+        return "accepted"
+
+    async def _run_commands(self) -> None:
+        """Run the commands given to `feed`, in order, one at a time; exists only while some wait."""
+        commands = self._commands
+        assert commands is not None
+        try:
+            while commands and self.state is State.OPEN:
+                body = commands.popleft()
+                try:
+                    frame = messages.parse_client_message(body.decode())
+                except UnicodeDecodeError:
+                    self.reply(messages.error("bad_request", "a frame must be JSON text in UTF-8"))
+                    continue
+                except messages.BadMessage as bad:
+                    self.reply(messages.error(bad.code, bad.message, bad.request_id))
+                    continue
+                await self._on_request(frame)
+        finally:
+            commands.clear()
+            self._command_task = None
 
     def _reply_or_violate(self, bad: messages.BadMessage) -> None:
         if self.state is State.AWAITING_AUTH:
@@ -481,6 +564,8 @@ class Session:
         self.state = State.OPEN
         self._schedule_expiry(identity.expires_at)
         self.log.info("connection_authenticated", recovered=recovered)
+        # The count of events the client has: a resumed session's history starts from it.
+        self._sender.session_opened(self.session_id, self.history.sent if recovered else 0)
         welcome = messages.welcome(
             identity.user, topics, identity.expires_at, self.session_id, recovered=recovered, dropped=dropped
         )

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# A normal close: the client said goodbye, and its session ends with it.
+GOODBYE_CODE = 1000
+
 
 @dataclass(frozen=True)
 class CloseReason:
@@ -19,7 +22,7 @@ class CloseReason:
         """Whether a client may reconnect after this close (maybe after fetching a new token). A frame too big
         or not UTF-8 is the client's own doing: it would send it again, so 1009 and 1007 are terminal like the
         4500 range."""
-        return self.code < 4500 and self.code not in (1007, 1009)
+        return self.code < 4500 and self.code not in (GOODBYE_CODE, 1007, 1009)
 
 
 # Standard codes.
@@ -60,6 +63,10 @@ ALL = (
     DISCONNECTED,
     REFUSED_BY_APPLICATION,
 )
+
+# The close of a session whose client said goodbye outside its connection (the HTTP stream's DELETE): not a close
+# of the server's choosing, so it is neither in ALL nor counted.
+GOODBYE = CloseReason(GOODBYE_CODE, "closed by the client")
 
 # The closes the WebSocket layer decides (a frame too big, or not UTF-8), sent with our reason and counted as ours.
 FRAME_FAULTS = {MESSAGE_TOO_BIG.code: MESSAGE_TOO_BIG, INVALID_UTF8.code: INVALID_UTF8}

@@ -4,11 +4,14 @@ their start, connection limits and graceful drain."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import Awaitable
 
 import structlog
+from starlette.datastructures import Headers
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from notifier.broker import Broker, BrokerUnreachable, create_broker
@@ -19,12 +22,15 @@ from notifier.connection.auth import TokenVerifier
 from notifier.connection.directory import SessionDirectory
 from notifier.connection.hub import Hub
 from notifier.connection.proxy import ApplicationProxies, ClientRequest
-from notifier.connection.senders import FastPathReport, choose_sender
+from notifier.connection.senders import FastPathReport, SenderClosed, choose_sender
 from notifier.connection.session import Session, SessionContext, State
+from notifier.connection.stream import Headers as ResponseHeaders
+from notifier.connection.stream import Stream, StreamRegistry
 from notifier.formats import closecodes, messages
 from notifier.instance.looplag import watch_loop_lag
 from notifier.limits.admission import Admission
 from notifier.limits.budgets import UserBudgets
+from notifier.limits.gate import client_address
 from notifier.limits.origins import OriginPolicy
 from notifier.limits.tokenbucket import FRAME_BUDGET_SCOPE_KEY
 from notifier.settings import Settings
@@ -49,6 +55,8 @@ class Node:
             max_connections=settings.max_connections, max_connections_per_user=settings.max_connections_per_user
         )
         self.sessions: set[Session] = set()
+        # The HTTP streams (GET /sse) among them, by key, and their heartbeats.
+        self.streams = StreamRegistry(self.broker.instance_id, settings.sse_heartbeat_s)
         self.directory = SessionDirectory(
             self.broker.instance_id,
             window_s=settings.resume_window_s,
@@ -89,6 +97,8 @@ class Node:
     async def start(self) -> None:
         """Connect to the broker; if it is not reachable yet, keep trying in the background (not ready)."""
         self._lag_task = asyncio.create_task(watch_loop_lag(self.stats.loop_lag), name="loop-lag")
+        if self.settings.sse_enabled:
+            self.streams.start()
         await self.proxies.start()
         try:
             await self.broker.connect(self.hub.deliver, self.tell_of_routing_gap)
@@ -192,6 +202,7 @@ class Node:
         await self._within_deadline(self.directory.wait_released(), "release_parked_sessions")
         await self._within_deadline(self.broker.close(), "broker_close")
         await self.proxies.stop()
+        await self.streams.stop()
         if self._lag_task is not None:
             self._lag_task.cancel()
 
@@ -232,7 +243,69 @@ class Node:
             websocket.receive, sender, self._session_context, frame_budget=budget, client_request=client_request
         )
         self.sessions.add(session)
-        await session.run(websocket.query_params.get("token"))
+        token = websocket.query_params.get("token")
+        await session.run(messages.Auth(token) if token is not None else None)
+
+    async def serve_stream(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        token: str | None,
+        resume: messages.Resume | None,
+        headers: ResponseHeaders,
+    ) -> None:
+        """Serve one HTTP stream (GET /sse) from request to end: its session signs in with the request's token
+        (or through the connect proxy without one) and resume point. The caller has checked the origin and the
+        resume point and passed the admission gate; `headers` go on every answer (the page's CORS headers)."""
+        stream = Stream(
+            scope,
+            receive,
+            send,
+            key=self.streams.new_key(),
+            registry=self.streams,
+            heartbeat_s=self.settings.sse_heartbeat_s,
+            stall_timeout_s=self.settings.write_stall_timeout_s,
+            headers=headers,
+        )
+        if not self._accepting:
+            with contextlib.suppress(SenderClosed):
+                await stream.close(closecodes.SHUTDOWN)
+            return
+        client_request = None
+        if self.proxies.configured:  # the request's allow-listed headers, for the application's proxies
+            client_request = ClientRequest.from_handshake(
+                Headers(scope=scope).items(), self.proxies.forwarded_headers, client_address(scope)
+            )
+        session = Session(stream.receive, stream, self._session_context, client_request=client_request)
+        stream.session = session
+        self.sessions.add(session)
+        try:
+            await session.run(messages.Auth(token, resume=resume))
+        finally:
+            self.streams.discard(stream)
+            stream.session = None
+
+    def command_stream(self, key: str, body: bytes) -> str:
+        """Give one client frame to the stream `key` if this instance holds it open: "accepted", "too_big",
+        "rate_limited" (the stream is closed with 4004) or "unknown_stream" (see `Session.feed`)."""
+        stream = self.streams.find(key)
+        session = stream.session if stream is not None else None
+        if session is None:
+            return "unknown_stream"
+        fed = session.feed(body)
+        return "unknown_stream" if fed == "closed" else fed
+
+    def end_stream(self, key: str) -> bool:
+        """The client of the stream `key` said goodbye (DELETE): its session ends, not parked. False when this
+        instance holds no open stream of that key."""
+        stream = self.streams.find(key)
+        session = stream.session if stream is not None else None
+        if session is None or session.state is not State.OPEN:
+            return False
+        session.end_by_client()
+        return True
 
     def tell_of_routing_gap(self, reason: str) -> None:
         """Routing was rebuilt on a new queue: events of any topic held here may have been lost meanwhile. Every

@@ -89,7 +89,8 @@ class AddressLimits:
 
 class AdmissionGate:
     """ASGI middleware in front of every WebSocket handshake: refuses with HTTP 429/503 and a JSON body
-    before the upgrade, so a refused client costs neither a session nor a slot."""
+    before the upgrade, so a refused client costs neither a session nor a slot. HTTP streams pass the same gate
+    (`admit` and `leave`), so a stream counts as a connection wherever a WebSocket does."""
 
     def __init__(self, app: ASGIApp, *, settings: Settings, authenticated: Callable[[], int]) -> None:
         self.app = app
@@ -100,27 +101,38 @@ class AdmissionGate:
         )
         self._max_unauthenticated = settings.max_unauthenticated_connections
         self._authenticated = authenticated
-        self.open = 0  # WebSockets past this gate and not finished
+        self.open = 0  # connections past this gate and not finished
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        address = client[0] if client else "unknown"
+        address = client_address(scope)
         # A login that carries its token in the URL signs in at once: it takes no anonymous slot.
-        signs_in_at_once = b"token=" in scope.get("query_string", b"")
-        refusal = (None if signs_in_at_once else self._check_unauthenticated()) or self._limits.open(address)
+        refusal = self.admit(address, signs_in_at_once=b"token=" in scope.get("query_string", b""))
         if refusal is not None:
-            log.info("connection_refused", client=address, status=refusal.status, error=refusal.error)
             await _refuse(scope, send, refusal)
             return
-        self.open += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.open -= 1
-            self._limits.close(address)
+            self.leave(address)
+
+    def admit(self, address: str, *, signs_in_at_once: bool) -> Refusal | None:
+        """Count a new connection from `address`, or say why it is refused (then nothing is counted, and the
+        refusal is logged). A connection that `signs_in_at_once` (its token came with the request) takes no
+        slot of the connections not signed in yet. Each admitted connection is paired with one `leave`."""
+        refusal = (None if signs_in_at_once else self._check_unauthenticated()) or self._limits.open(address)
+        if refusal is not None:
+            log.info("connection_refused", client=address, status=refusal.status, error=refusal.error)
+            return refusal
+        self.open += 1
+        return None
+
+    def leave(self, address: str) -> None:
+        """A connection `admit` let in has ended."""
+        self.open -= 1
+        self._limits.close(address)
 
     def _check_unauthenticated(self) -> Refusal | None:
         if self.open - self._authenticated() >= self._max_unauthenticated:
@@ -128,6 +140,12 @@ class AdmissionGate:
                 503, "busy", f"{self._max_unauthenticated} connections are waiting to sign in; retry with backoff"
             )
         return None
+
+
+def client_address(scope: Scope) -> str:
+    """The client address the limits count: the socket's peer, or the forwarded address (see the docstring)."""
+    client = scope.get("client")
+    return client[0] if client else "unknown"
 
 
 async def _refuse(scope: Scope, send: Send, refusal: Refusal) -> None:

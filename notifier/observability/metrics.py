@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from notifier.instance.node import Node
 
 CLOSE_REASONS = {reason.code: reason.reason for reason in closecodes.ALL}
+STREAM_COMMAND_RESULTS = ("accepted", "forwarded", "rate_limited", "too_big", "unavailable", "unknown_stream")
 
 
 class NodeCollector(Collector):
@@ -28,7 +29,13 @@ class NodeCollector(Collector):
         node = self._node
         hub = node.hub
         stats = node.stats
-        yield GaugeMetricFamily("notifier_connections", "Open WebSocket connections", value=len(node.sessions))
+        connections = GaugeMetricFamily(
+            "notifier_connections", "Open connections (WebSockets and HTTP streams)", labels=["transport"]
+        )
+        streams = sum(session.transport == "sse" for session in node.sessions)
+        connections.add_metric(["websocket"], len(node.sessions) - streams)
+        connections.add_metric(["sse"], streams)
+        yield connections
         yield GaugeMetricFamily(
             "notifier_subscriptions",
             "Subscriptions held by open connections",
@@ -71,11 +78,25 @@ class NodeCollector(Collector):
             value=node.broker.dead_lettered,
         )
         closes = CounterMetricFamily(
-            "notifier_connections_closed", "Connections closed by the server, by close code", labels=["code", "reason"]
+            "notifier_connections_closed",
+            "Connections closed by the server, by close code and transport",
+            labels=["code", "reason", "transport"],
         )
         for code, count in sorted(stats.closes_by_code.items()):
-            closes.add_metric([str(code), CLOSE_REASONS.get(code, "")], count)
+            streams = stats.sse_closes_by_code[code]
+            if count - streams:
+                closes.add_metric([str(code), CLOSE_REASONS.get(code, ""), "websocket"], count - streams)
+            if streams:
+                closes.add_metric([str(code), CLOSE_REASONS.get(code, ""), "sse"], streams)
         yield closes
+        commands = CounterMetricFamily(
+            "notifier_stream_commands",
+            "Commands for HTTP streams (POST and DELETE /sse/<key>) answered here, by result",
+            labels=["result"],
+        )
+        for result in STREAM_COMMAND_RESULTS:  # each from zero, so a rate over them is there from the start
+            commands.add_metric([result], stats.stream_commands[result])
+        yield commands
         published = CounterMetricFamily(
             "notifier_publish_requests", "POST /api/publish answers, by HTTP status", labels=["status"]
         )

@@ -17,8 +17,9 @@ from notifier.http import commands
 from notifier.http.bodies import RequestBodies
 from notifier.http.errors import install_error_handlers
 from notifier.http.publisher import EventPublisher
-from notifier.http.routes import demo, docs, health, metrics, publish, server_api
+from notifier.http.routes import demo, docs, health, metrics, publish, server_api, stream
 from notifier.http.routes.websocket import NotifierApp, websocket_endpoint
+from notifier.http.stream_commands import StreamCommands
 from notifier.instance.node import Node
 from notifier.limits.gate import AdmissionGate
 from notifier.logs import configure_logging
@@ -105,9 +106,14 @@ def create_app(
     app.include_router(demo.build_router(settings, dev=dev))
     app.mount("/static", demo.static_files(settings), name="static")
     app.state.dev = dev
-    app.websocket_entry = AdmissionGate(
+    gate = AdmissionGate(
         websocket_endpoint(node), settings=settings, authenticated=lambda: node.admission.authenticated
     )
+    app.websocket_entry = gate
+    if settings.sse_enabled:  # else /sse and /sse/<key> are not routes: 404
+        app.stream_entry = stream.stream_endpoint(node, gate)
+        app.state.stream_commands = StreamCommands(node, control)
+        app.include_router(stream.router)
     return app
 
 

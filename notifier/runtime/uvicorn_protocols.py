@@ -6,7 +6,8 @@ release renames one. pyproject.toml bounds uvicorn to the releases tested.
 - HTTP: a socket must complete its request head within NOTIFIER_HANDSHAKE_TIMEOUT_S (also between
   keep-alive requests), so sockets that send nothing, or send a header a byte at a time, are closed. The first
   request of each new socket takes its turn (notifier/limits/pacing.py), so a storm of handshakes cannot stall the
-  event loop.
+  event loop. Each request's scope carries its connection's abort and a `DirectSend`, for HTTP streams
+  (notifier/connection/stream.py): they write without a task per message, as a WebSocket's transport path does.
 - WebSocket (`websockets-sansio`, which `notifier serve` runs): small per connection, and backpressure. Its
   receive queue and writable flag are made without an empty asyncio.Queue and Event (four deques) per socket,
   and it lets go of the handshake's request and response once the handshake is done.
@@ -24,9 +25,10 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from notifier.connection.stream import ABORT_CONNECTION_SCOPE_KEY, DIRECT_SEND_SCOPE_KEY
 from notifier.formats import closecodes
 from notifier.limits.pacing import TurnPacer
 from notifier.limits.tokenbucket import FRAME_BUDGET_SCOPE_KEY, RateLimiter
@@ -172,6 +174,12 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._cancel_handshake_timer()
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # a request to answer (not a WebSocket upgrade)
+            scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+            # An HTTP stream that must be dropped (its client stopped reading) drops its connection through this.
+            scope[ABORT_CONNECTION_SCOPE_KEY] = self.transport.abort
+            scope[DIRECT_SEND_SCOPE_KEY] = DirectSend(cycle)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -196,6 +204,38 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             log.info("handshake_timeout", client=self.client[0] if self.client else None)
             self.transport.close()
+
+
+# What DirectSend reads of uvicorn's request cycle and of its flow control (tests/test_library_internals.py).
+REQUEST_CYCLE_INTERNALS = ("flow", "disconnected", "send")
+FLOW_CONTROL_INTERNALS = ("write_paused",)
+
+
+class DirectSend:
+    """One request's own ASGI `send`, run to its end at once when it would not wait: uvicorn's send awaits only
+    while the connection's writes are paused. So an HTTP stream writes each message as it comes, in order with
+    what its writer task sends, and uvicorn keeps track of its response as for any send."""
+
+    __slots__ = ("_cycle", "_flow")
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+        self._flow = cycle.flow
+
+    @property
+    def ready(self) -> bool:
+        """The message would be written without waiting (and the client is still there)."""
+        return not self._flow.write_paused and not self._cycle.disconnected
+
+    def __call__(self, message: Any) -> None:
+        """Send `message` now; only when `ready`."""
+        step = self._cycle.send(message)
+        try:
+            step.send(None)
+        except StopIteration:
+            return
+        step.close()
+        raise RuntimeError("uvicorn's send waited while the connection's writes were not paused")
 
 
 class BackpressuredWebSocketProtocol(WebSocketsSansIOProtocol):

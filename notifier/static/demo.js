@@ -22,6 +22,7 @@ for (const element of document.querySelectorAll(config.dev ? '.token-only textar
 // Connection state.
 
 const STATE_LABELS = { connecting: 'Connecting…', open: 'Connected', reconnecting: 'Reconnecting', closed: 'Not connected' };
+const TRANSPORT_LABELS = { websocket: 'WebSocket', sse: 'HTTP stream' };
 
 /** The client's hint after handshakes kept failing (a refused Origin, a wrong URL); cleared once connected. */
 let handshakeHint = '';
@@ -40,6 +41,16 @@ function showState(state, detail = {}) {
   if (state === 'reconnecting' || state === 'closed') {
     for (const chip of chips.values()) chip.dataset.status = 'pending';
   }
+  showTransport(state, detail.transport);
+}
+
+/** Which transport the connection uses: the client falls back to the HTTP stream where WebSockets are blocked. */
+function showTransport(state, transport) {
+  const badge = $('#transport');
+  badge.hidden = state !== 'open' || !transport;
+  if (badge.hidden) return;
+  badge.dataset.transport = transport;
+  badge.textContent = TRANSPORT_LABELS[transport] ?? transport;
 }
 
 // Signing in and out.

@@ -2,6 +2,9 @@
 
 export type ConnectionState = 'connecting' | 'open' | 'reconnecting' | 'closed';
 
+/** How the client reaches the service: a WebSocket to `/ws`, or the HTTP stream of `/sse` where WebSockets are blocked. */
+export type TransportName = 'websocket' | 'sse';
+
 /** One event as published: topic, id (repeats are dropped by the client), publish time in ms, data unchanged. */
 export interface NotifierEvent<T = unknown> {
   topic: string;
@@ -72,6 +75,8 @@ export interface StateDetail {
   error?: NotifierError;
   /** State `open`: true when the session was resumed and nothing was missed. */
   recovered?: boolean;
+  /** The transport of this connection, or of the next attempt (`reconnecting`). */
+  transport?: TransportName;
 }
 
 export type EventHandler<T = unknown> = (event: NotifierEvent<T>) => void;
@@ -133,6 +138,26 @@ export interface NotifierOptions {
    * `import { WebSocket } from 'ws'`.
    */
   WebSocket?: WebSocketConstructor;
+  /**
+   * The transports to use, in order of preference (default `['websocket', 'sse']`; `'sse'` is left out by default
+   * when there is no fetch or no stream URL can be derived from `url`).
+   */
+  transports?: TransportName[];
+  /**
+   * Attempts in a row that fail before a `welcome` without an answer of the service (a WebSocket blocked by a
+   * proxy, opened then cut, or never welcomed) before the next transport is tried (default 2).
+   */
+  fallbackAfter?: number;
+  /**
+   * Ms on the HTTP stream before a WebSocket is tried again beside it; once it opens, the session moves to it,
+   * resumed, with nothing lost or doubled. A WebSocket that opens and dies before its welcome doubles the wait
+   * (up to 16 times). 0 stays on the stream (default 60000).
+   */
+  upgradeAfter?: number;
+  /** The HTTP stream's URL (default: `url` with http(s) for ws(s) and its last `/ws` replaced by `/sse`). */
+  httpUrl?: string;
+  /** fetch implementation for the HTTP stream (default: the global one). */
+  fetch?: typeof fetch;
 }
 
 /** Close codes of docs/protocol.md. */
@@ -161,7 +186,7 @@ export declare const CloseCode: Readonly<{
  * An error with a machine-readable code: an `error` frame's code (`forbidden`, `invalid_topic`,
  * `too_many_subscriptions`, `unavailable`, `invalid_token`, `token_expired`) or one of the client's own
  * (`timeout`, `closed`, `unsubscribed`, `too_many_pending`, `token_unavailable`, `no_token`, `bad_url`,
- * `handshake_failed`,
+ * `handshake_failed`, `origin_not_allowed`, `frame_too_big`,
  * `message_too_big`, `invalid_utf8`, `protocol_violation`, `user_connection_limit`, `disconnected`, `terminal_close`).
  */
 export declare class NotifierError extends Error {
@@ -188,6 +213,8 @@ export declare class NotifierClient {
   readonly expires: number | null;
   /** Topics held (confirmed or waiting), the personal topic included once welcomed. */
   readonly topics: string[];
+  /** The transport of the current connection, or of the next attempt. */
+  readonly transport: TransportName;
 
   on(name: 'state', listener: (state: ConnectionState, detail: StateDetail) => void): () => void;
   on(name: 'event', listener: EventHandler): () => void;
@@ -213,4 +240,22 @@ export declare class NotifierClient {
   unsubscribe<T = unknown>(topic: string, handler?: EventHandler<T>): Promise<void>;
   /** Close for good with 1000, which ends the session; waiting subscribes reject with `closed`. */
   close(): void;
+}
+
+/** One message of a `text/event-stream`: its data lines joined, the last event id, its event type. */
+export interface EventStreamMessage {
+  data: string;
+  id: string;
+  event: string;
+}
+
+/**
+ * The client's `text/event-stream` reader: push decoded text in chunks of any size; `onMessage` is called per
+ * message. Lines may end in CRLF, LF or CR; comments are skipped. Throws RangeError on a line over 8 Mi characters.
+ */
+export declare class EventStreamParser {
+  constructor(onMessage: (message: EventStreamMessage) => void);
+  /** The id of the last message that had one, as EventSource's `lastEventId`. */
+  readonly lastEventId: string;
+  push(text: string): void;
 }

@@ -1,8 +1,10 @@
-// notifier browser client: one WebSocket to the notifier service, kept alive, authenticated and subscribed.
+// notifier browser client: one connection to the notifier service, kept alive, authenticated and subscribed: a
+// WebSocket, or an HTTP stream where WebSockets are blocked.
 // A dependency-free ES module; docs/protocol.md is the wire contract, docs/client.md the guide.
 
 /**
  * @typedef {'connecting' | 'open' | 'reconnecting' | 'closed'} ConnectionState
+ * @typedef {'websocket' | 'sse'} TransportName  a WebSocket to `/ws`, or the HTTP stream of `/sse`
  *
  * @typedef {object} NotifierEvent
  * @property {string} topic  the topic the event was published on
@@ -24,6 +26,7 @@
  * @property {number} [delay]    milliseconds until the next attempt (state `reconnecting`)
  * @property {NotifierError} [error]  why the client stopped (state `closed` after a terminal failure)
  * @property {boolean} [recovered]  state `open`: the session was resumed and nothing was missed
+ * @property {TransportName} [transport]  the transport of this connection, or of the next attempt
  *
  * @typedef {(event: NotifierEvent) => void} EventHandler
  *
@@ -64,6 +67,13 @@
  * @property {boolean | SessionStore} [persistSession=false]  keep the session in `sessionStorage` (or this store)
  *   so a reloaded page resumes it
  * @property {typeof WebSocket} [WebSocket]     WebSocket implementation (default: the global one)
+ * @property {TransportName[]} [transports=['websocket', 'sse']]  the transports to use, in order of preference
+ * @property {number} [fallbackAfter=2]  attempts in a row that fail before a `welcome` without an answer of the
+ *   server (a blocked WebSocket) before the client moves to the next transport
+ * @property {number} [upgradeAfter=60000]  ms on the HTTP stream before the client tries the WebSocket again in
+ *   the background (0: never); the session moves over with nothing lost or doubled
+ * @property {string} [httpUrl]  the HTTP stream's URL (default: `url` with http(s) for ws(s) and `/sse` for `/ws`)
+ * @property {typeof fetch} [fetch]  fetch implementation for the HTTP stream (default: the global one)
  */
 
 /** Close codes of docs/protocol.md. */
@@ -170,6 +180,8 @@ const DEFAULTS = Object.freeze({
   framesPerSecond: 15,
   framesBurst: 30,
   dedupeWindow: 1000,
+  fallbackAfter: 2,
+  upgradeAfter: 60000,
 });
 
 /** How often, at most, a persisted session's event count is written to storage (also on `pagehide`). */
@@ -273,7 +285,15 @@ export class NotifierClient {
       }
     }
     this._WebSocket = options.WebSocket ?? /** @type {any} */ (globalThis).WebSocket;
-    if (typeof this._WebSocket !== 'function') {
+    if (options.httpUrl !== undefined && typeof options.httpUrl !== 'string') {
+      throw new TypeError('NotifierClient: httpUrl must be a string');
+    }
+    this._httpUrl = options.httpUrl ?? null;
+    /** @type {typeof fetch | null} */
+    this._fetch = options.fetch ?? null;
+    /** @type {TransportName[]} */
+    this._transports = this._chooseTransports(options.transports);
+    if (this._transports.includes('websocket') && typeof this._WebSocket !== 'function') {
       throw new TypeError(
         'NotifierClient: no WebSocket implementation: this runtime has no global WebSocket (Node before 22), so ' +
           "pass one as the WebSocket option: import { WebSocket } from 'ws'; new NotifierClient({ url, WebSocket })",
@@ -296,8 +316,20 @@ export class NotifierClient {
     this._flushTimer = null;
     /** @type {Set<string>} */
     this._seen = new Set();
-    /** @type {WebSocket | null} */
-    this._ws = null;
+    /** @type {Transport | null} the current connection's link */
+    this._transport = null;
+    /** @type {TransportName} the transport of the current connection, or of the next attempt */
+    this._transportName = this._transports[0];
+    /** attempts in a row on this transport that failed before a welcome without the server's answer */
+    this._linkFailures = 0;
+    /** the current connection got its welcome */
+    this._welcomed = false;
+    /** the current connection is a WebSocket that took over from the HTTP stream and is not welcomed yet */
+    this._upgrading = false;
+    /** @type {Transport | null} a WebSocket tried in the background while the HTTP stream is open */
+    this._probe = null;
+    /** upgrades in a row whose WebSocket opened and died before its welcome: each doubles the next wait */
+    this._failedUpgrades = 0;
     this._generation = 0;
     this._nextId = 1;
     this._attempt = 0;
@@ -309,7 +341,7 @@ export class NotifierClient {
     /** @type {number | null} */
     this._expires = null;
     /** @type {Record<string, ReturnType<typeof setTimeout> | null>} */
-    this._timers = { reconnect: null, connect: null, ping: null, pong: null, refresh: null };
+    this._timers = { reconnect: null, connect: null, ping: null, pong: null, refresh: null, upgrade: null, probe: null };
     this._onOnline = () => {
       if (this._state === 'reconnecting' && this._timers.reconnect !== null) {
         this._clearTimer('reconnect');
@@ -355,6 +387,11 @@ export class NotifierClient {
     return [...this._subs.keys()];
   }
 
+  /** @returns {TransportName} the transport of the current connection, or of the next attempt */
+  get transport() {
+    return this._transportName;
+  }
+
   /**
    * Listen to `state`, `event`, `error`, `welcome`, `subscribed`, `refreshed` or `resync`.
    * Returns a function that removes the listener.
@@ -383,6 +420,8 @@ export class NotifierClient {
     this._attempt = 0;
     this._tokenRefusals = 0;
     this._handshakeFailures = 0;
+    this._failedUpgrades = 0;
+    this._useTransport(this._transports[0]);
     if (typeof addEventListener === 'function') addEventListener('online', this._onOnline);
     this._setState('connecting');
     this._dial();
@@ -475,7 +514,7 @@ export class NotifierClient {
   _setState(state, detail = {}) {
     if (this._state === state && state !== 'reconnecting') return;
     this._state = state;
-    this._emit('state', state, detail);
+    this._emit('state', state, { ...detail, transport: this._transportName });
   }
 
   /** @param {string} name */
@@ -498,9 +537,10 @@ export class NotifierClient {
     }, delay);
   }
 
-  /** Fetch a token and open a socket; the current attempt is abandoned if the client closes meanwhile. */
+  /** Fetch a token and open a connection; the current attempt is abandoned if the client closes meanwhile. */
   async _dial() {
     const generation = ++this._generation;
+    this._welcomed = false;
     this._startTimer('connect', this._opts.connectTimeout, () => {
       this._connectionLost(CloseCode.ABNORMAL, 'no welcome within connectTimeout');
     });
@@ -520,31 +560,63 @@ export class NotifierClient {
       this._stop(new NotifierError('no_token', 'getToken returned no token: not signed in'));
       return;
     }
-    let ws;
     try {
-      ws = new this._WebSocket(webSocketUrl(this._url));
+      if (this._transportName === 'sse') this._openStream(token);
+      else this._adopt(new WebSocketTransport(this._WebSocket, webSocketUrl(this._url), this._ignoreLink()), token);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
-      this._stop(new NotifierError('bad_url', `cannot open a WebSocket: ${message}`));
-      return;
+      const what = this._transportName === 'sse' ? 'the HTTP stream' : 'a WebSocket';
+      this._stop(new NotifierError('bad_url', `cannot open ${what}: ${message}`));
     }
-    this._ws = ws;
-    const authFrame = JSON.stringify(this._authFrame(token));
-    let opened = false;
-    ws.onopen = () => {
-      opened = true;
+  }
+
+  /**
+   * Open the HTTP stream: the token and the session to resume go with the request, not in an `auth` frame.
+   * @param {string | null} token
+   */
+  _openStream(token) {
+    const url = streamUrl(this._url, this._httpUrl);
+    if (url === null) throw new TypeError(`no HTTP stream URL for ${this._url}: pass httpUrl`);
+    const resume = /** @type {any} */ (this._authFrame(token)).resume;
+    // Cookies go along when the application signs the page in by them (connect proxy) on another origin too.
+    const credentials = this._connectProxy ? 'include' : 'same-origin';
+    const fetchImpl = /** @type {typeof fetch} */ (this._fetch);
+    this._adopt(new HttpStreamTransport(fetchImpl, url, { token, resume, credentials }, this._ignoreLink()), token);
+  }
+
+  /** @returns {TransportLink} a link that drops everything, until `_adopt` gives the transport the real one */
+  _ignoreLink() {
+    return { opened: () => {}, frame: () => {}, closed: () => {} };
+  }
+
+  /**
+   * Make `transport` the current connection: its frames reach the client, its end decides what happens next.
+   * A WebSocket sends `auth` once open (at once if it already is, as a probe taken over).
+   * @param {Transport & {link: TransportLink}} transport
+   * @param {string | null} token
+   * @param {boolean} [alreadyOpen]
+   */
+  _adopt(transport, token, alreadyOpen = false) {
+    this._transport = transport;
+    const sendAuth = () => {
       this._handshakeFailures = 0;
-      if (this._ws === ws) ws.send(authFrame);
+      transport.send(JSON.stringify(this._authFrame(token)));
     };
-    ws.onmessage = (message) => {
-      if (this._ws === ws) this._onFrame(message.data);
+    transport.link = {
+      opened: () => {
+        if (this._transport === transport && transport.name === 'websocket') sendAuth();
+      },
+      frame: (frame) => {
+        if (this._transport === transport) this._onFrame(frame);
+      },
+      closed: (end) => {
+        if (this._transport !== transport) return;
+        this._transport = null;
+        if (transport.name === 'websocket' && !end.opened) this._handshakeFailed();
+        this._onClose(end.code, end.reason, end);
+      },
     };
-    ws.onclose = (closeEvent) => {
-      if (this._ws !== ws) return;
-      if (!opened) this._handshakeFailed();
-      this._onClose(closeEvent.code, closeEvent.reason);
-    };
-    ws.onerror = () => {}; // a close event follows and carries what can be known
+    if (alreadyOpen) sendAuth();
   }
 
   /**
@@ -563,16 +635,8 @@ export class NotifierClient {
     ));
   }
 
-  /** @param {unknown} text */
-  _onFrame(text) {
-    /** @type {any} */
-    let frame;
-    try {
-      frame = JSON.parse(String(text));
-    } catch {
-      return; // the server sends JSON only; ignore anything else rather than fail the connection
-    }
-    if (!frame || typeof frame !== 'object') return;
+  /** @param {any} frame  one server frame, parsed by the transport */
+  _onFrame(frame) {
     switch (frame.type) {
       case 'welcome':
         this._onWelcome(frame);
@@ -608,6 +672,11 @@ export class NotifierClient {
     this._clearTimer('connect');
     this._attempt = 0;
     this._tokenRefusals = 0;
+    this._welcomed = true;
+    this._upgrading = false;
+    this._linkFailures = 0;
+    this._handshakeFailures = 0; // this page can reach the service: a WebSocket that failed was blocked on the way
+    if (this._transportName === 'websocket') this._failedUpgrades = 0;
     this._user = typeof frame.user === 'string' ? frame.user : null;
     const resume = this._applyResume(frame);
     const serverTopics = resume.topics;
@@ -632,7 +701,7 @@ export class NotifierClient {
       dropped: resume.dropped,
     });
     this._scheduleRefresh(frame.expires);
-    this._schedulePing();
+    if (this._transportName === 'websocket') this._schedulePing(); // the HTTP stream has the server's heartbeat
     for (const [topic, sub] of this._subs) {
       if (!sub.confirmed) this._sendSubscribe(topic);
     }
@@ -825,8 +894,8 @@ export class NotifierClient {
   }
 
   _flush() {
-    const ws = this._ws;
-    if (!ws) {
+    const transport = this._transport;
+    if (!transport) {
       this._outbox.length = 0;
       return;
     }
@@ -836,7 +905,7 @@ export class NotifierClient {
     this._tokensAt = now;
     while (this._outbox.length > 0 && this._tokens >= 1) {
       this._tokens -= 1;
-      ws.send(/** @type {string} */ (this._outbox.shift()));
+      transport.send(/** @type {string} */ (this._outbox.shift()));
     }
     if (this._outbox.length > 0 && this._flushTimer === null && rate > 0) {
       const wait = Math.ceil(((1 - this._tokens) / rate) * 1000);
@@ -905,42 +974,50 @@ export class NotifierClient {
   }
 
   /**
-   * Forget the current socket (closing it if still open) and decide what to do next.
+   * Forget the current connection (closing it if still open, its session left to resume) and decide what to do
+   * next.
    * @param {number} code
    * @param {string} reason
    */
   _connectionLost(code, reason) {
-    const ws = this._ws;
-    if (ws) {
-      this._detach(ws);
-      try {
-        ws.close(4999, reason.slice(0, 100));
-      } catch {
-        // already closing
-      }
-    }
+    this._dropTransport(4999, reason);
     this._onClose(code, reason);
   }
 
-  /** @param {WebSocket} ws */
-  _detach(ws) {
-    ws.onopen = ws.onmessage = ws.onclose = null;
-    // Errors stay ignored: Node's `ws` throws an 'error' event without a listener (closing a socket that is still
-    // connecting emits one), which would end the process.
-    ws.onerror = () => {};
-    if (this._ws === ws) this._ws = null;
+  /**
+   * Close the current connection's link, if any, without hearing from it again.
+   * @param {number} code  1000 ends the session on the server; any other leaves it to resume
+   * @param {string} [reason]
+   */
+  _dropTransport(code, reason) {
+    const transport = this._transport;
+    this._transport = null;
+    transport?.close(code, reason);
   }
 
   /**
-   * The connection ended with `code`: reconnect (how soon depends on the code) or stop.
+   * The connection ended with `code`: reconnect (how soon depends on the code, on which transport depends on
+   * how it failed) or stop.
    * @param {number} code
    * @param {string} reason
+   * @param {Partial<LinkEnd>} [end]  what the transport knows beyond the code
    */
-  _onClose(code, reason) {
-    if (this._ws) this._detach(this._ws);
+  _onClose(code, reason, end = {}) {
+    this._dropTransport(4999, reason); // already gone when its own end brought us here
     this._endConnection();
+    const welcomed = this._welcomed;
+    const upgrading = this._upgrading;
+    this._welcomed = false;
+    this._upgrading = false;
     if (this._state === 'closed') return;
 
+    if (end.error === 'origin_not_allowed') {
+      // The service said it itself (a WebSocket's 403 hides why): retrying would be refused the same way.
+      const origin = typeof location !== 'undefined' ? location.origin : 'this page';
+      this._stop(new NotifierError('origin_not_allowed', `the service refused ${origin}: it must be the ` +
+        `service's own origin or listed in NOTIFIER_ALLOWED_ORIGINS (${reason})`));
+      return;
+    }
     const terminal = TERMINAL_ERROR_CODES[code];
     if (code === CloseCode.TOKEN_EXPIRED || code === CloseCode.INVALID_TOKEN) {
       this._tokenRefusals += 1;
@@ -960,11 +1037,153 @@ export class NotifierClient {
       return;
     }
 
+    if (!welcomed && !answeredByServer(code)) {
+      if (upgrading) {
+        // The WebSocket opened but died before its welcome: still blocked. Back to the stream at once, resuming.
+        this._failedUpgrades += 1;
+        this._useTransport('sse');
+        this._setState('reconnecting', { code, reason, delay: 0 });
+        this._startTimer('reconnect', 0, () => this._dial());
+        return;
+      }
+      this._linkFailed();
+    } else {
+      this._linkFailures = 0;
+    }
     if (BUSY_CODES.has(code)) this._attempt = Math.max(this._attempt, BUSY_MIN_ATTEMPT);
-    const delay = backoffDelay(this._attempt, this._opts.minReconnectDelay, this._opts.maxReconnectDelay);
+    let delay = backoffDelay(this._attempt, this._opts.minReconnectDelay, this._opts.maxReconnectDelay);
+    if (end.retryAfter !== undefined) delay = Math.max(delay, Math.min(end.retryAfter, this._opts.maxReconnectDelay));
     this._attempt += 1;
     this._setState('reconnecting', { code, reason, delay });
     this._startTimer('reconnect', delay, () => this._dial());
+  }
+
+  // Choosing the transport: the first of `transports` until `fallbackAfter` attempts in a row fail on the way to
+  // the service (a proxy that blocks WebSockets), then the next one. On the HTTP stream, every `upgradeAfter` ms
+  // a WebSocket is tried in the background; once it opens, the session moves to it with a resume.
+
+  /**
+   * @param {TransportName[] | undefined} requested
+   * @returns {TransportName[]}
+   */
+  _chooseTransports(requested) {
+    if (this._httpUrl !== null) streamUrl(this._url, this._httpUrl, PLACEHOLDER_BASE); // throws on a bad one
+    this._fetch ??= typeof globalThis.fetch === 'function' ? (input, init) => globalThis.fetch(input, init) : null;
+    if (requested === undefined) {
+      // The HTTP stream by default wherever it can work: a fetch, and a URL to derive its own from.
+      let derived = null;
+      try {
+        derived = streamUrl(this._url, this._httpUrl, PLACEHOLDER_BASE);
+      } catch {
+        // a bad URL stops the client at connect
+      }
+      return this._fetch && derived !== null ? ['websocket', 'sse'] : ['websocket'];
+    }
+    const known = ['websocket', 'sse'];
+    if (!Array.isArray(requested) || requested.length === 0 || new Set(requested).size !== requested.length ||
+        !requested.every((name) => known.includes(name))) {
+      throw new TypeError("NotifierClient: transports must list 'websocket' and/or 'sse', each once");
+    }
+    if (requested.includes('sse')) {
+      if (!this._fetch) throw new TypeError('NotifierClient: no fetch implementation for the HTTP stream');
+      if (streamUrl(this._url, this._httpUrl, PLACEHOLDER_BASE) === null) {
+        throw new TypeError("NotifierClient: pass httpUrl: the HTTP stream's URL cannot be derived from url");
+      }
+    }
+    return [...requested];
+  }
+
+  /**
+   * Dial `name` from the next attempt on, with a fresh count of failures; on the HTTP stream, plan the upgrade.
+   * @param {TransportName} name
+   */
+  _useTransport(name) {
+    this._transportName = name;
+    this._linkFailures = 0;
+    this._scheduleUpgrade();
+  }
+
+  /** One more attempt failed on the way; after `fallbackAfter` in a row, the next attempt uses the next transport. */
+  _linkFailed() {
+    this._linkFailures += 1;
+    if (this._transports.length < 2 || this._linkFailures < Math.max(1, this._opts.fallbackAfter)) return;
+    const next = this._transports[(this._transports.indexOf(this._transportName) + 1) % this._transports.length];
+    this._useTransport(next);
+  }
+
+  _scheduleUpgrade() {
+    this._clearTimer('upgrade');
+    const after = this._opts.upgradeAfter;
+    if (this._transportName !== 'sse' || !this._transports.includes('websocket')) return;
+    if (!(after > 0) || !Number.isFinite(after)) return;
+    // A proxy that lets the upgrade through and then cuts it costs the page a resume each time: try less often.
+    const wait = after * 2 ** Math.min(this._failedUpgrades, MAX_UPGRADE_DOUBLINGS);
+    this._startTimer('upgrade', wait, () => {
+      if (this._state === 'open') this._probeWebSocket();
+      else this._scheduleUpgrade(); // reconnecting: the stream comes first, the upgrade waits for it
+    });
+  }
+
+  /**
+   * Try a WebSocket beside the open HTTP stream. Until it opens nothing changes (a blocked WebSocket fails
+   * unseen); once open, the stream is dropped, its session left parked, and the WebSocket resumes it with the
+   * events received so far, so nothing is lost or doubled. If it then dies before its welcome, the stream is
+   * dialed again at once.
+   */
+  async _probeWebSocket() {
+    const generation = this._generation;
+    /** @type {string | null} */
+    let token;
+    try {
+      token = this._getToken ? await this._getToken() : this._token;
+    } catch {
+      token = null;
+    }
+    const stillOnStream = () => generation === this._generation && this._state === 'open' && this._probe === null;
+    if (!stillOnStream() || (!token && !this._connectProxy)) {
+      if (generation === this._generation) this._scheduleUpgrade();
+      return;
+    }
+    /** @type {WebSocketTransport} */
+    let probe;
+    try {
+      probe = new WebSocketTransport(this._WebSocket, webSocketUrl(this._url), this._ignoreLink());
+    } catch {
+      return; // the URL cannot change: no upgrade
+    }
+    this._probe = probe;
+    const giveUp = () => {
+      if (this._probe !== probe) return;
+      this._probe = null;
+      this._clearTimer('probe');
+      probe.close(CloseCode.NORMAL);
+      this._scheduleUpgrade();
+    };
+    this._startTimer('probe', this._opts.connectTimeout, giveUp);
+    probe.link = {
+      opened: () => {
+        if (this._probe !== probe) return;
+        if (generation !== this._generation || this._state !== 'open') {
+          giveUp(); // the stream dropped meanwhile; its own reconnect goes on
+          return;
+        }
+        this._probe = null;
+        this._clearTimer('probe');
+        this._dropTransport(CloseCode.GOING_AWAY, 'moving to a WebSocket');
+        this._endConnection();
+        this._transportName = 'websocket';
+        this._linkFailures = 0;
+        this._upgrading = true;
+        this._welcomed = false;
+        this._setState('reconnecting', { reason: 'moving to a WebSocket', delay: 0 });
+        this._startTimer('connect', this._opts.connectTimeout, () => {
+          this._connectionLost(CloseCode.ABNORMAL, 'no welcome within connectTimeout');
+        });
+        this._adopt(probe, token, true);
+      },
+      frame: () => {},
+      closed: giveUp,
+    };
   }
 
   /** Everything that belongs to one connection ends with it; subscriptions wait for the next one. */
@@ -991,17 +1210,13 @@ export class NotifierClient {
    * @param {NotifierError | null} error
    */
   _stop(error) {
-    const ws = this._ws;
-    if (ws) {
-      this._detach(ws);
-      try {
-        ws.close(CloseCode.NORMAL);
-      } catch {
-        // already closing
-      }
-    }
+    this._dropTransport(CloseCode.NORMAL);
+    this._probe?.close(CloseCode.NORMAL);
+    this._probe = null;
     this._endConnection();
-    this._clearTimer('reconnect');
+    for (const name of ['reconnect', 'upgrade', 'probe']) this._clearTimer(name);
+    this._welcomed = false;
+    this._upgrading = false;
     if (typeof removeEventListener === 'function') removeEventListener('online', this._onOnline);
     this._forgetSession(); // closed with 1000 (or terminally): the server ends the session
     const rejection = error ?? new NotifierError('closed', 'the client was closed');
@@ -1015,7 +1230,8 @@ export class NotifierClient {
     }
     this._state = 'closed';
     if (error) this._emit('error', error);
-    this._emit('state', 'closed', error ? { error, code: error.closeCode } : {});
+    const transport = this._transportName;
+    this._emit('state', 'closed', error ? { error, code: error.closeCode, transport } : { transport });
   }
 
   // Session resume (docs/protocol.md, "Resuming a session"): the server keeps a dropped session for a while and
@@ -1218,5 +1434,558 @@ export class NotifierClient {
     this._resyncReason = null; // connect() again tells the page at its welcome
     this._persistSession();
     if (typeof removeEventListener === 'function') removeEventListener('pagehide', this._onPageHide);
+  }
+}
+
+// Transports: how frames travel. The client above speaks the protocol; a transport only carries its frames and
+// says how its link ended. Both end a link the same way, with a WebSocket close code: the HTTP stream's refusals
+// and `close` messages carry one (docs/protocol.md, "Browser side (HTTP stream)").
+
+/**
+ * @typedef {object} TransportLink  what a transport tells the client
+ * @property {() => void} opened  the link is up: a WebSocket waits for `auth`, the HTTP stream for its `welcome`
+ * @property {(frame: any) => void} frame  one server frame, parsed
+ * @property {(end: LinkEnd) => void} closed  the link ended by itself (not after `close()`); nothing follows
+ *
+ * @typedef {object} LinkEnd
+ * @property {number} code   the close code: the server's, or 1006 when the link failed without one
+ * @property {string} reason
+ * @property {boolean} opened  the link came up before it ended
+ * @property {string} [error]  an HTTP refusal's `error`
+ * @property {number} [retryAfter]  ms an HTTP refusal asked to wait
+ *
+ * @typedef {object} Transport
+ * @property {TransportName} name
+ * @property {(text: string) => void} send  one client frame, after the server's `welcome`
+ * @property {(code: number, reason?: string) => void} close  end the link; 1000 ends the session, any other code
+ *   leaves it parked for a resume
+ */
+
+/** @type {Set<number>} close codes only the server sends: a link that ends with one reached the service */
+const SERVER_CLOSE_CODES = new Set([
+  CloseCode.INVALID_UTF8,
+  CloseCode.MESSAGE_TOO_BIG,
+  CloseCode.SERVER_RESTART,
+  CloseCode.TRY_AGAIN_LATER,
+]);
+
+/**
+ * Whether a link that ended with `code` before its `welcome` reached the service (a refusal, a busy instance)
+ * rather than failing on the way (a proxy that blocks WebSockets, a server that is down).
+ * @param {number} code
+ */
+function answeredByServer(code) {
+  return SERVER_CLOSE_CODES.has(code) || (code >= 4000 && code <= 4999);
+}
+
+/** Upgrades whose WebSocket opened and died double the wait before the next one, at most this many times. */
+const MAX_UPGRADE_DOUBLINGS = 4;
+/** Resolves page-relative URLs where there is no page (Node), to check them in the constructor. */
+const PLACEHOLDER_BASE = 'http://page.invalid/';
+/** Longest line the HTTP stream reader buffers (a frame is one line): past it the stream counts as broken. */
+const MAX_STREAM_LINE_CHARS = 8 * 1024 * 1024;
+/** An unreachable instance behind a command's 503 is asked again this many times before the stream is redialed. */
+const COMMAND_RETRIES = 2;
+const MAX_COMMAND_RETRY_MS = 5000;
+
+/**
+ * The HTTP stream's URL: `httpUrl`, or else the WebSocket URL with http(s) for ws(s) and its last path segment
+ * `ws` replaced by `sse` (`wss://host/ws` → `https://host/sse`). Null when that segment is not `ws`.
+ * @param {string} url  the WebSocket URL
+ * @param {string | null} httpUrl
+ * @param {string} [base]  what relative URLs are resolved against (default: the page's location)
+ * @returns {string | null}
+ */
+function streamUrl(url, httpUrl, base = typeof location !== 'undefined' ? location.href : undefined) {
+  if (httpUrl !== null) {
+    const resolved = new URL(httpUrl, base);
+    if (resolved.protocol !== 'http:' && resolved.protocol !== 'https:') {
+      throw new TypeError(`NotifierClient: httpUrl must be http: or https:, got ${httpUrl}`);
+    }
+    return resolved.href;
+  }
+  const resolved = new URL(url, base);
+  if (!/(^|\/)ws$/.test(resolved.pathname)) return null;
+  resolved.pathname = resolved.pathname.replace(/ws$/, 'sse');
+  if (resolved.protocol === 'ws:') resolved.protocol = 'http:';
+  else if (resolved.protocol === 'wss:') resolved.protocol = 'https:';
+  return resolved.href;
+}
+
+/**
+ * `Retry-After` in ms (seconds or an HTTP date); undefined when absent or unreadable.
+ * @param {string | null} value
+ * @returns {number | undefined}
+ */
+function retryAfterMs(value) {
+  if (value === null || value.trim() === '') return undefined;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? undefined : Math.max(0, date - Date.now());
+}
+
+/**
+ * A `text/event-stream` reader (the HTML standard's parsing rules): feed it decoded text in chunks of any size;
+ * it calls `onMessage` once per message with its data lines joined, and keeps the last event id. Lines may end
+ * in CRLF, LF or CR, also when a chunk ends between CR and LF; comment lines are skipped.
+ */
+export class EventStreamParser {
+  /** @param {(message: {data: string, id: string, event: string}) => void} onMessage */
+  constructor(onMessage) {
+    this._onMessage = onMessage;
+    /** the id of the last message that had one (`id:` lines), as EventSource's `lastEventId` */
+    this.lastEventId = '';
+    this._buffer = '';
+    /** @type {string[]} */
+    this._data = [];
+    this._event = '';
+    /** the last chunk ended in CR: a LF that starts the next one ends the same line */
+    this._afterCR = false;
+  }
+
+  /** @param {string} text */
+  push(text) {
+    if (text === '') return;
+    if (this._afterCR) {
+      this._afterCR = false;
+      if (text.startsWith('\n')) text = text.slice(1);
+    }
+    const pending = this._buffer + text;
+    let lineStart = 0;
+    let cr = pending.indexOf('\r');
+    let lf = pending.indexOf('\n');
+    while (cr !== -1 || lf !== -1) {
+      let end;
+      if (cr === -1 || (lf !== -1 && lf < cr)) {
+        end = lf;
+      } else {
+        end = cr;
+        if (cr + 1 === pending.length) this._afterCR = true;
+        else if (pending[cr + 1] === '\n') lf = cr + 1; // CRLF: the LF ends the same line
+      }
+      this._line(pending.slice(lineStart, end));
+      lineStart = end === cr && lf === cr + 1 ? cr + 2 : end + 1;
+      if (cr !== -1 && cr < lineStart) cr = pending.indexOf('\r', lineStart);
+      if (lf !== -1 && lf < lineStart) lf = pending.indexOf('\n', lineStart);
+    }
+    this._buffer = pending.slice(lineStart);
+    if (this._buffer.length > MAX_STREAM_LINE_CHARS) {
+      throw new RangeError(`a stream line longer than ${MAX_STREAM_LINE_CHARS} characters`);
+    }
+  }
+
+  /** @param {string} line */
+  _line(line) {
+    if (line === '') {
+      this._dispatch();
+      return;
+    }
+    if (line.startsWith(':')) return; // a comment: the server's heartbeat
+    const colon = line.indexOf(':');
+    const field = colon === -1 ? line : line.slice(0, colon);
+    let value = colon === -1 ? '' : line.slice(colon + 1);
+    if (value.startsWith(' ')) value = value.slice(1);
+    if (field === 'data') this._data.push(value);
+    else if (field === 'id' && !value.includes('\0')) this.lastEventId = value;
+    else if (field === 'event') this._event = value;
+    // `retry` and unknown fields are ignored: the client keeps its own backoff
+  }
+
+  _dispatch() {
+    const event = this._event || 'message';
+    this._event = '';
+    if (this._data.length === 0) return;
+    const data = this._data.join('\n');
+    this._data = [];
+    this._onMessage({ data, id: this.lastEventId, event });
+  }
+}
+
+/** A WebSocket to `/ws`; the client sends `auth` once it opens. */
+class WebSocketTransport {
+  /**
+   * @param {typeof WebSocket} WebSocketImpl
+   * @param {string} url
+   * @param {TransportLink} link
+   */
+  constructor(WebSocketImpl, url, link) {
+    /** @type {TransportName} */
+    this.name = 'websocket';
+    this.link = link;
+    this._opened = false;
+    const ws = new WebSocketImpl(url);
+    this._ws = ws;
+    ws.onopen = () => {
+      this._opened = true;
+      this.link.opened();
+    };
+    ws.onmessage = (message) => {
+      /** @type {any} */
+      let frame;
+      try {
+        frame = JSON.parse(String(message.data));
+      } catch {
+        return; // the server sends JSON only; ignore anything else rather than fail the connection
+      }
+      if (frame && typeof frame === 'object') this.link.frame(frame);
+    };
+    ws.onclose = (closeEvent) => {
+      this._detach();
+      this.link.closed({ code: closeEvent.code, reason: closeEvent.reason, opened: this._opened });
+    };
+    ws.onerror = () => {
+      // Browsers follow with a close event that carries what can be known; some other implementations send
+      // none after a refused handshake, so one that never opened ends here, as the close would say: 1006.
+      if (this._opened) return;
+      this._detach();
+      this.link.closed({ code: CloseCode.ABNORMAL, reason: '', opened: false });
+    };
+  }
+
+  /** @param {string} text */
+  send(text) {
+    this._ws.send(text);
+  }
+
+  /**
+   * @param {number} code
+   * @param {string} [reason]
+   */
+  close(code, reason = '') {
+    this._detach();
+    try {
+      this._ws.close(code, reason.slice(0, 100));
+    } catch {
+      // already closing
+    }
+  }
+
+  _detach() {
+    const ws = this._ws;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    // Errors stay ignored: Node's `ws` emits an 'error' event without a listener (closing a socket that is still
+    // connecting emits one), which would end the process.
+    ws.onerror = () => {};
+  }
+}
+
+/**
+ * The HTTP stream of `/sse` (docs/protocol.md, "Browser side (HTTP stream)"), read with fetch: server frames
+ * arrive as one SSE message each; client frames are POSTed to `/sse/<stream>`, one at a time in order. A
+ * stream silent for twice the welcome's `heartbeat` is dead.
+ */
+class HttpStreamTransport {
+  /**
+   * @param {typeof fetch} fetchImpl
+   * @param {string} url
+   * @param {{token: string | null, resume: {session: string, received: number} | undefined,
+   *   credentials: RequestCredentials}} auth
+   * @param {TransportLink} link
+   */
+  constructor(fetchImpl, url, auth, link) {
+    /** @type {TransportName} */
+    this.name = 'sse';
+    this.link = link;
+    this._fetch = fetchImpl;
+    this._url = url;
+    this._credentials = auth.credentials;
+    this._abort = new AbortController();
+    this._opened = false;
+    this._ended = false;
+    /** @type {string | null} the key of this stream, from the welcome; commands go to `<url>/<key>` */
+    this._commandUrl = null;
+    /** @type {string[]} client frames not yet accepted, oldest first */
+    this._commands = [];
+    this._posting = false;
+    this._silenceLimit = 0;
+    this._heardAt = 0;
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    this._silenceTimer = null;
+    /** @type {(() => void) | null} ends the wait before a command is sent again */
+    this._wakeRetry = null;
+    // After the constructor returns: the client gives the transport its link first.
+    Promise.resolve().then(() => this._read(auth));
+  }
+
+  /** @param {string} text */
+  send(text) {
+    if (this._ended) return;
+    this._commands.push(text);
+    this._postCommands();
+  }
+
+  /**
+   * @param {number} code
+   * @param {string} [_reason]
+   */
+  close(code, _reason) {
+    if (this._ended) return;
+    this._finish();
+    const commandUrl = this._commandUrl;
+    if (code !== CloseCode.NORMAL || commandUrl === null) {
+      this._abort.abort(); // the server parks the session, as after a dropped WebSocket
+      return;
+    }
+    // The DELETE ends the session; a stream dropped first would only park it, so the stream waits for the answer.
+    const abort = () => this._abort.abort();
+    try {
+      const ended = this._fetch(commandUrl, { method: 'DELETE', credentials: this._credentials, keepalive: true });
+      Promise.resolve(ended).then(abort, abort);
+    } catch {
+      abort();
+    }
+  }
+
+  /**
+   * @param {{token: string | null, resume: {session: string, received: number} | undefined}} auth
+   */
+  async _read(auth) {
+    /** @type {Record<string, string>} */
+    const headers = { Accept: 'text/event-stream' };
+    if (auth.token) headers.Authorization = `Bearer ${auth.token}`;
+    if (auth.resume) headers['Last-Event-ID'] = `${auth.resume.session}:${auth.resume.received}`;
+    /** @type {Response} */
+    let response;
+    try {
+      response = await this._fetch(this._url, {
+        method: 'GET',
+        headers,
+        credentials: this._credentials,
+        cache: 'no-store',
+        signal: this._abort.signal,
+      });
+    } catch (error) {
+      this._lost(`the HTTP stream could not be opened: ${error instanceof Error ? error.message : error}`, false);
+      return;
+    }
+    if (this._ended) return;
+    if (response.status !== 200) {
+      await this._refused(response);
+      return;
+    }
+    const type = response.headers.get('Content-Type') ?? '';
+    if (!type.toLowerCase().startsWith('text/event-stream') || !response.body) {
+      this._abort.abort();
+      this._lost(`the HTTP stream answered 200 with ${type || 'no Content-Type'}, not text/event-stream`, false);
+      return;
+    }
+    this._opened = true;
+    this._heardAt = Date.now();
+    this.link.opened();
+    const parser = new EventStreamParser((message) => this._onMessage(message.data));
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (this._ended) return;
+        if (done) break;
+        this._heardAt = Date.now(); // data or a heartbeat comment: the stream is alive
+        parser.push(decoder.decode(value, { stream: true }));
+        if (this._ended) return; // a `close` message, or the client closed while a frame was handled
+      }
+      parser.push(decoder.decode());
+    } catch (error) {
+      if (this._ended) return;
+      this._abort.abort();
+      this._lost(`the HTTP stream broke: ${error instanceof Error ? error.message : error}`, true);
+      return;
+    }
+    if (!this._ended) this._lost('the HTTP stream ended without a close message', true);
+  }
+
+  /**
+   * A refusal before the stream started: the JSON body's `code` is the close code of the same refusal on a
+   * WebSocket. One without a code from the service itself (admission: 429, 503) is a busy server (1013).
+   * Anything else (a proxy's page, a server without `/sse`) is a failed link.
+   * @param {Response} response
+   */
+  async _refused(response) {
+    /** @type {any} */
+    let body = null;
+    try {
+      body = await response.json();
+    } catch {
+      // not the service's JSON: a proxy or another server answered
+    }
+    if (this._ended) return;
+    const error = typeof body?.error === 'string' ? body.error : undefined;
+    const message = typeof body?.message === 'string' ? body.message : `HTTP ${response.status}`;
+    /** @type {number} */
+    let code = CloseCode.ABNORMAL;
+    if (Number.isInteger(body?.code)) code = body.code;
+    else if (error && (response.status === 429 || response.status === 503)) code = CloseCode.TRY_AGAIN_LATER;
+    this._end({
+      code,
+      reason: error ? `${error}: ${message}` : `the HTTP stream was refused: ${message}`,
+      opened: false,
+      error,
+      retryAfter: retryAfterMs(response.headers.get('Retry-After')),
+    });
+  }
+
+  /** @param {string} data */
+  _onMessage(data) {
+    if (this._ended) return; // the rest of a chunk after a `close` message, or after the client closed
+    /** @type {any} */
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      return; // the server sends JSON only
+    }
+    if (!frame || typeof frame !== 'object') return;
+    if (frame.type === 'close') {
+      this._abort.abort();
+      const code = Number.isInteger(frame.code) ? frame.code : CloseCode.ABNORMAL;
+      this._end({ code, reason: typeof frame.reason === 'string' ? frame.reason : '', opened: true });
+      return;
+    }
+    if (frame.type === 'welcome' && this._commandUrl === null) this._onWelcome(frame);
+    this.link.frame(frame);
+  }
+
+  /** @param {any} frame */
+  _onWelcome(frame) {
+    if (typeof frame.stream === 'string' && frame.stream !== '') {
+      const url = new URL(this._url);
+      url.pathname = `${url.pathname.replace(/\/$/, '')}/${encodeURIComponent(frame.stream)}`;
+      url.search = '';
+      this._commandUrl = url.href;
+    }
+    if (typeof frame.heartbeat === 'number' && frame.heartbeat > 0) {
+      this._silenceLimit = 2 * frame.heartbeat * 1000;
+      this._watchSilence();
+    }
+    this._postCommands();
+  }
+
+  _watchSilence() {
+    const silent = Date.now() - this._heardAt;
+    if (silent >= this._silenceLimit) {
+      this._abort.abort();
+      this._lost(`the HTTP stream was silent for ${this._silenceLimit / 1000} s (twice its heartbeat)`, true);
+      return;
+    }
+    this._silenceTimer = setTimeout(() => {
+      this._silenceTimer = null;
+      if (!this._ended) this._watchSilence();
+    }, this._silenceLimit - silent);
+  }
+
+  /** Send the waiting commands one at a time, each after the previous one's answer: the server runs them in order. */
+  async _postCommands() {
+    if (this._posting || this._commandUrl === null) return;
+    this._posting = true;
+    try {
+      let retries = 0;
+      while (this._commands.length > 0 && !this._ended) {
+        const outcome = await this._post(this._commands[0]);
+        if (this._ended) return;
+        if (outcome === 'retry' && retries < COMMAND_RETRIES) {
+          retries += 1;
+          continue;
+        }
+        if (outcome !== 'done') {
+          this._abort.abort();
+          this._lost(outcome === 'retry' ? 'the instance holding the HTTP stream did not answer' : outcome, true);
+          return;
+        }
+        retries = 0;
+        this._commands.shift();
+      }
+    } finally {
+      this._posting = false;
+    }
+  }
+
+  /**
+   * POST one client frame. 'done' when it is settled (accepted, or answered as its frame), 'retry' after a 503,
+   * otherwise why the stream cannot go on.
+   * @param {string} text
+   * @returns {Promise<string>}
+   */
+  async _post(text) {
+    /** @type {Response} */
+    let response;
+    try {
+      response = await this._fetch(/** @type {string} */ (this._commandUrl), {
+        method: 'POST',
+        headers: { 'Content-Type': 'text/plain;charset=UTF-8' }, // a simple request: no CORS preflight
+        body: text,
+        credentials: this._credentials,
+        cache: 'no-store',
+      });
+    } catch (error) {
+      return `a command could not be sent: ${error instanceof Error ? error.message : error}`;
+    }
+    if (response.ok) {
+      await response.text().catch(() => ''); // read to its end, so the connection can serve the next command
+      return 'done';
+    }
+    /** @type {any} */
+    const body = await response.json().catch(() => null);
+    const message = typeof body?.message === 'string' ? body.message : `HTTP ${response.status}`;
+    if (response.status === 413) {
+      // The frame never reached the session and the stream goes on: its request fails as an error frame would.
+      this.link.frame({ type: 'error', id: frameId(text), code: 'frame_too_big', message });
+      return 'done';
+    }
+    if (response.status === 429) {
+      // The server closes the stream with 4004 (a `close` message follows); what waits would only be refused too.
+      this._commands.splice(1);
+      return 'done';
+    }
+    if (response.status === 503) {
+      const wait = Math.min(retryAfterMs(response.headers.get('Retry-After')) ?? 1000, MAX_COMMAND_RETRY_MS);
+      await new Promise((resolve) => {
+        const timer = setTimeout(resolve, wait);
+        this._wakeRetry = () => {
+          clearTimeout(timer);
+          resolve(undefined);
+        };
+      });
+      this._wakeRetry = null;
+      return 'retry';
+    }
+    return `a command was answered ${response.status} (${typeof body?.error === 'string' ? body.error : message})`;
+  }
+
+  /**
+   * The link failed without a close code of the server's: 1006, as a dropped WebSocket.
+   * @param {string} reason
+   * @param {boolean} opened
+   */
+  _lost(reason, opened) {
+    this._end({ code: CloseCode.ABNORMAL, reason, opened: opened && this._opened });
+  }
+
+  /** @param {LinkEnd} end */
+  _end(end) {
+    if (this._ended) return;
+    this._finish();
+    this.link.closed(end);
+  }
+
+  _finish() {
+    this._ended = true;
+    this._commands.length = 0;
+    if (this._silenceTimer !== null) clearTimeout(this._silenceTimer);
+    this._silenceTimer = null;
+    this._wakeRetry?.();
+  }
+}
+
+/**
+ * The `id` of a client frame's JSON text, to answer it when it could not be sent.
+ * @param {string} text
+ * @returns {unknown}
+ */
+function frameId(text) {
+  try {
+    return JSON.parse(text).id ?? null;
+  } catch {
+    return null;
   }
 }

@@ -34,7 +34,7 @@ PAGE = """<!doctype html>
 <ul id="feed"></ul>
 <script type="module">
   import { NotifierClient } from '%(notifier)s/static/notifier.js';
-  const client = new NotifierClient({ url: '%(ws)s/ws', connectProxy: true });
+  const client = new NotifierClient({ url: '%(ws)s/ws', connectProxy: true, %(options)s });
   const state = document.getElementById('state');
   client.on('state', (value) => { state.dataset.state = value; state.textContent = value; });
   client.on('welcome', ({ user }) => { document.getElementById('who').textContent = user; });
@@ -60,6 +60,8 @@ class CookieApplication:
 
     def __init__(self) -> None:
         self.notifier_url = ""
+        self.client_options = ""
+        """More NotifierClient options for the page, as JavaScript."""
         self.auth_bodies: list[dict[str, Any]] = []
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -76,7 +78,7 @@ class CookieApplication:
             await self._answer(send, 302, b"", headers)
         elif scope["path"] == "/":
             ws = self.notifier_url.replace("http://", "ws://")
-            page = PAGE % {"notifier": self.notifier_url, "ws": ws}
+            page = PAGE % {"notifier": self.notifier_url, "ws": ws, "options": self.client_options}
             await self._answer(send, 200, page.encode(), [(b"content-type", b"text/html; charset=utf-8")])
         elif scope["path"] == "/auth" and scope["method"] == "POST":
             request = orjson.loads(body)
@@ -187,3 +189,23 @@ async def test_a_page_without_a_session_is_refused_by_the_application_and_stops(
     await expect(page.locator("#error")).to_have_text("refused_by_application")
     await expect(page.locator("#state")).to_have_attribute("data-state", "closed")
     assert app.auth_bodies and "cookie" not in app.auth_bodies[0]["headers"]
+
+
+async def test_a_page_signed_in_by_its_cookie_connects_over_the_http_stream_from_another_origin(
+    application: tuple[CookieApplication, str], service: NotifierProcess, backend: Backend, page: Page
+) -> None:
+    """The same page on the HTTP stream only: its cross-origin requests carry the cookie (credentials), the
+    stream's answers are readable by the page (CORS), and a subscribe goes out as a command."""
+    app, app_url = application
+    app.client_options = "transports: ['sse']"
+    await page.goto(f"{app_url}/login?user=42")
+    await expect(page.locator("#state")).to_have_attribute("data-state", "open")
+    await expect(page.locator("#who")).to_have_text("42")
+    assert await page.evaluate("window.notifierClient.transport") == "sse"
+    (asked,) = app.auth_bodies
+    assert asked["headers"]["cookie"] == "session=42", "the stream request carried the application's cookie"
+    assert asked["origin"] == app_url
+
+    await page.evaluate("window.notifierClient.subscribe('news.sport')")
+    sport = await backend.publish("news.sport", {"score": [2, 1]})
+    await expect(page.locator(f'#feed .note[data-id="{sport}"]')).to_have_attribute("data-topic", "news.sport")

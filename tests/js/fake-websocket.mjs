@@ -60,6 +60,13 @@ export class FakeSocket {
     this.receive({ type: 'welcome', user, topics: [`user.${user}`], expires });
   }
 
+  /** The handshake failed: an error event, and (as browsers do) the close event after it unless `closeEvent` is false. */
+  failHandshake({ closeEvent = true } = {}) {
+    this.readyState = 3;
+    this.onerror?.({});
+    if (closeEvent) this.onclose?.({ code: 1006, reason: '' });
+  }
+
   serverClose(code, reason = '') {
     this.readyState = 3;
     this.onclose?.({ code, reason });
@@ -100,6 +107,7 @@ export async function connectedClient(t, options = {}) {
     token: 'tok',
     WebSocket: server.WebSocket,
     pingInterval: 1e9, // keep-alive tests opt in; elsewhere unanswered pings would end the connection
+    transports: ['websocket'], // the fallback's tests (transports.test.mjs) opt in
     ...options,
   });
   const states = [];

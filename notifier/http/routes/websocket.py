@@ -1,4 +1,5 @@
-"""The client endpoint `/ws`, served as plain ASGI in front of the FastAPI app.
+"""The client endpoint `/ws`, served as plain ASGI in front of the FastAPI app (and `GET /sse`, the HTTP stream,
+the same way: notifier/http/routes/stream.py).
 
 A WebSocket's ASGI call lasts as long as the connection, and everything on its call stack lives that long too:
 FastAPI's middleware, router and dependency layers would keep a dozen coroutine frames, three exit stacks and
@@ -14,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from notifier.connection.senders import RAW_SEND_SCOPE_KEY
+from notifier.http.routes.stream import STREAM_PATH
 from notifier.instance.node import Node
 
 WEBSOCKET_PATH = "/ws"
@@ -40,15 +42,23 @@ def websocket_endpoint(node: Node) -> ASGIApp:
 
 
 class NotifierApp(FastAPI):
-    """The FastAPI app, with `/ws` WebSockets handed straight to `websocket_entry` (see the module docstring)."""
+    """The FastAPI app, with `/ws` WebSockets handed straight to `websocket_entry` and `GET /sse` HTTP streams to
+    `stream_entry` (see the module docstring)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.websocket_entry: ASGIApp | None = None
+        self.stream_entry: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        entry = self.websocket_entry
-        if entry is not None and scope["type"] == "websocket" and route_path(scope) == WEBSOCKET_PATH:
+        kind = scope["type"]
+        if kind == "websocket":
+            entry = self.websocket_entry
+            path = WEBSOCKET_PATH
+        else:
+            entry = self.stream_entry if kind == "http" and scope["method"] == "GET" else None
+            path = STREAM_PATH
+        if entry is not None and route_path(scope) == path:
             await entry(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
