@@ -19,6 +19,8 @@ import jwt
 import orjson
 from picows import WSCloseCode, WSListener, WSMsgType, WSTransport, ws_connect
 
+from bench.sse_clients import SseClient, dial_sse
+
 # Every system's events carry the publisher's JSON data, so the stamp is found the same way in all of them
 # (socket.io re-encodes it with the standard library, hence the optional space).
 _STAMP = re.compile(rb'"t": ?(\d+)')
@@ -198,6 +200,11 @@ class Client(WSListener):
         if not self.gone.done():
             self.gone.set_result(None)
 
+    def drop(self) -> None:
+        """Drop the connection, as a closed tab does."""
+        if not self.transport.is_disconnected:
+            self.transport.disconnect()
+
 
 class Worker:
     """All the clients of one process, and the counters the orchestrator reads."""
@@ -212,7 +219,8 @@ class Worker:
         else:
             self.protocol = NotifierProtocol()
         self.event_prefix = self.protocol.event_prefix
-        self.clients: list[Client] = []
+        self.stamp = _STAMP
+        self.clients: list[Client | SseClient] = []
         self.first_ns = 0
         self.last_ns = 0
         self.timing = False
@@ -227,7 +235,7 @@ class Worker:
         tokens = [mint(secret, item["user"]) for item in plan]
         started = time.perf_counter()
 
-        slots: list[Client | None] = [None] * len(plan)
+        slots: list[Client | SseClient | None] = [None] * len(plan)
 
         async def one(number: int, item: dict[str, Any], token: str) -> None:
             async with gate:
@@ -251,9 +259,13 @@ class Worker:
             "seconds": time.perf_counter() - started,
         }
 
-    async def dial(self, user: str, token: str, topics: list[str], personal: str) -> tuple[Client | None, str, str]:
+    async def dial(
+        self, user: str, token: str, topics: list[str], personal: str
+    ) -> tuple[Client | SseClient | None, str, str]:
         """One connect attempt: the client once it is welcomed (and subscribed), or why it was not (a close code
         or the error's type) and the error itself."""
+        if self.spec["protocol"] == "sse":
+            return await dial_sse(self, user, token, topics, personal, self.spec["url"])
         client: Client | None = None
 
         def factory() -> Client:
@@ -288,10 +300,10 @@ class Worker:
         refusals: dict[str, int] = {}
         dropped_at: list[float] = []
         welcomed_at: list[float] = []
-        slots: list[Client | None] = [None] * len(held)
+        slots: list[Client | SseClient | None] = [None] * len(held)
         failures: list[str] = []  # the first few errors other than a refused connect, as the client saw them
 
-        async def one(number: int, old: Client) -> None:
+        async def one(number: int, old: Client | SseClient) -> None:
             nonlocal attempts
             try:
                 await asyncio.wait_for(asyncio.shield(old.gone), max(0.0, deadline - time.monotonic()))
@@ -349,8 +361,7 @@ class Worker:
 
     async def close(self) -> None:
         for client in self.clients:
-            if not client.transport.is_disconnected:
-                client.transport.disconnect()
+            client.drop()
         self.clients = []
         await asyncio.sleep(0.2)
 

@@ -116,6 +116,7 @@ async def run_phase(name: str, resume: bool, args: argparse.Namespace, workdir: 
             result["steps"].append(
                 {
                     "instance": leaving.name,
+                    "sigterm_at": round(sigterm_at, 3),
                     "surge_ready_s": round(sigterm_at - step_started - HEARD_S, 2),
                     "exit_s": _round(exit_s, 2),
                     "exit_code": leaving.exit_code,

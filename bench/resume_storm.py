@@ -179,6 +179,7 @@ class Feed:
         self.rate = rate
         self.confirmed: dict[str, list[int]] = {user: [] for user in users}
         self.published = 0
+        self.sent_at: list[float] = []  # each event's publish time (monotonic), by sequence number
         self.failed = 0
         self.errors: Counter[str] = Counter()  # why publishes were not confirmed (a nack, a timeout, ...)
         self.seconds = 0.0
@@ -195,6 +196,7 @@ class Feed:
             while not self.stop.is_set():
                 due = int((loop.time() - started) * self.rate)
                 while self.published < due:
+                    self.sent_at.append(time.monotonic())
                     task = asyncio.create_task(self._one(exchange, self.published))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
@@ -522,12 +524,17 @@ def summarize(
     }
 
 
-def delivery_counts(users: list[dict[str, Any]], feed: Feed) -> dict[str, int]:
+MISSING_SAMPLE = 20
+
+
+def delivery_counts(users: list[dict[str, Any]], feed: Feed) -> dict[str, Any]:
     """What reached each user against what the feed had confirmed for it: events missing (and of those, for
     users whose resume said `recovered: true`), delivered twice, users whose events came out of order, and ids
-    that were never published."""
+    that were never published. For the first few users missing any: which events, when they were published and
+    when the user was off the air (monotonic seconds), to find where they went."""
     missing = doubled = out_of_order = users_missing = foreign = missing_recovered = 0
     published = set(range(feed.published))
+    sample: list[dict[str, Any]] = []
     for user in users:
         ids = user["ids"]
         seen = set(ids)
@@ -540,7 +547,18 @@ def delivery_counts(users: list[dict[str, Any]], feed: Feed) -> dict[str, int]:
         missing_recovered += lost if user["recovered"] is True else 0
         users_missing += 1 if lost else 0
         foreign += len(seen - expected - published)
+        if lost and len(sample) < MISSING_SAMPLE:
+            gone = sorted(expected - seen)
+            sample.append(
+                {
+                    "user": user["user"],
+                    "missing": [[seq, round(feed.sent_at[seq], 3)] for seq in gone if seq < len(feed.sent_at)],
+                    "received": ids,
+                    "gaps": user.get("gaps", []),
+                }
+            )
     return {
+        "missing_sample": sample,
         "events_received": sum(len(user["ids"]) for user in users),
         "missing": missing,
         "users_missing": users_missing,

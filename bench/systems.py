@@ -23,7 +23,7 @@ WEB_STOMP_MAX_CLIENTS = 500
 class System:
     name: str
     label: str
-    protocol: str  # client protocol: "notifier", "socketio" or "stomp"
+    protocol: str  # client protocol: "notifier" (WebSocket), "sse" (notifier's HTTP stream), "socketio" or "stomp"
     publish_format: str = "topic"  # "topic" (routing key = topic) or "socketio" (emit envelope, fanout)
     module: str | None = None  # python -m <module>; None for systems we do not start (Web-STOMP)
     env: dict[str, str] = field(default_factory=dict)
@@ -41,6 +41,13 @@ def all_systems() -> list[System]:
             "notifier",
             module="notifier",
             note="python -m notifier serve (uvicorn, websockets-sansio)",
+        ),
+        System(
+            "notifier-sse",
+            "notifier, HTTP stream (SSE)",
+            "sse",
+            module="notifier",
+            note="the same server; clients on GET /sse (Server-Sent Events), subscribing with POST /sse/<key>",
         ),
         System(
             "notifier-quorum",
@@ -147,7 +154,12 @@ class Running:
             self.url = f"ws://127.0.0.1:{WEB_STOMP_PORT}/ws"
             return
         self.port = port or free_port()
-        self.url = f"ws://127.0.0.1:{self.port}/ws" if system.protocol == "notifier" else f"ws://127.0.0.1:{self.port}"
+        if system.protocol == "notifier":
+            self.url = f"ws://127.0.0.1:{self.port}/ws"
+        elif system.protocol == "sse":
+            self.url = f"http://127.0.0.1:{self.port}/sse"
+        else:
+            self.url = f"ws://127.0.0.1:{self.port}"
         env = dict(os.environ)
         env.update(
             {
