@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,6 +51,7 @@ class SseStream:
     raw: bytearray = field(default_factory=bytearray)  # every body byte so far
     _events: bytearray = field(default_factory=bytearray)
     ended: bool = False  # the response ended (its last chunk arrived)
+    _inflate: Any = None  # for a gzip body
 
     @classmethod
     async def open(
@@ -61,8 +63,10 @@ class SseStream:
         last_event_id: str | None = None,
         query: str = "",
         headers: dict[str, str] | None = None,
+        accept_gzip: bool = False,
     ) -> SseStream:
-        """GET /sse; raises StreamRefused for any answer but a 200 stream."""
+        """GET /sse; raises StreamRefused for any answer but a 200 stream. With `accept_gzip`, a compressed stream
+        is inflated as it comes."""
         parts = urlsplit(base_url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
         request_headers = {"Host": f"{host}:{port}", "Accept": "text/event-stream"} | (headers or {})
@@ -73,6 +77,8 @@ class SseStream:
             request_headers["Authorization"] = f"Bearer {token}"
         if last_event_id is not None:
             request_headers["Last-Event-ID"] = last_event_id
+        if accept_gzip:
+            request_headers["Accept-Encoding"] = "gzip"
         target = "/sse" + ("?" + "&".join(params) if params else "")
         head = f"GET {target} HTTP/1.1\r\n" + "".join(f"{name}: {value}\r\n" for name, value in request_headers.items())
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), RECEIVE_TIMEOUT_S)
@@ -83,7 +89,10 @@ class SseStream:
             body = await asyncio.wait_for(reader.readexactly(length), RECEIVE_TIMEOUT_S)
             writer.close()
             raise StreamRefused(status, response_headers, body)
-        return cls(reader, writer, status, response_headers)
+        stream = cls(reader, writer, status, response_headers)
+        if response_headers.get("content-encoding") == "gzip":
+            stream._inflate = zlib.decompressobj(wbits=31)
+        return stream
 
     async def next_message(self, timeout: float = RECEIVE_TIMEOUT_S, *, comments: bool = False) -> Message:
         """The next message (comments only if asked for); EOFError once the response has ended."""
@@ -143,6 +152,8 @@ class SseStream:
             return
         data = await self.reader.readexactly(size)
         await self.reader.readexactly(2)
+        if self._inflate is not None:
+            data = self._inflate.decompress(data)
         self.raw += data
         self._events += data
 

@@ -1,6 +1,6 @@
 """The app under ASGI servers other than `notifier serve`, built by the zero-argument factory from NOTIFIER_*
-variables as each server's documentation has it: a fast reader gets a 500-event burst whole, and SIGTERM
-drains with 1012 where the server lets the app hear of the stop."""
+variables as each server's documentation has it: a fast reader, on a WebSocket or an HTTP stream, gets a
+500-event burst whole, and SIGTERM drains with 1012 where the server lets the app hear of the stop."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import websockets
 
 from tests.processes import StartNotifier, notifier_env
 from tests.support import Client, Publisher, free_port, token_for
+from tests.support_sse import SseStream
+from tests.support_sse import command as stream_command
 
 BURST = 500
 BIN = Path(sys.executable).parent
@@ -69,3 +71,42 @@ async def test_a_fast_reader_gets_a_whole_burst_and_sigterm_drains(
         await client.expect_close(1012, timeout=10)
         await process.wait(15)
         assert "Traceback" not in process.logs(), process.logs()
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("server", SERVERS)
+async def test_an_http_stream_gets_a_whole_burst_and_its_commands_answers(
+    server: str, exchange: str, publisher: Publisher, start_notifier: StartNotifier
+) -> None:
+    """Under another server a stream's messages go out through ASGI sends, by its writer task. On SIGTERM uvicorn
+    (on uvloop, where the app cannot hear the stop) waits for open streams: only past its graceful timeout does
+    it drop them, without a close message (the client resumes)."""
+    port = free_port()
+    launch = command(server, port) + (["--timeout-graceful-shutdown", "2"] if server == "uvicorn" else [])
+    process = await start_notifier(env=notifier_env(None, exchange), port=port, command=launch)
+    url = f"http://127.0.0.1:{port}"
+    stream = await SseStream.open(url, token=token_for("alice"))
+    welcome = await stream.expect("welcome")
+    assert welcome.data is not None
+    session = welcome.data["session"]
+    assert (await stream_command(url, welcome.data["stream"], {"type": "ping", "id": "p"})).status_code == 202
+    assert (await stream.expect("pong")).data == {"type": "pong", "id": "p"}
+    channel = await publisher.connection.channel(publisher_confirms=False)
+    burst_exchange = await channel.get_exchange(exchange)
+    for n in range(BURST):
+        message = aio_pika.Message(orjson.dumps({"n": n}), message_id=f"b{n}")
+        await burst_exchange.publish(message, routing_key="user.alice")
+    events = [await stream.expect("event", timeout=10) for _ in range(BURST)]
+    assert [event.data["data"]["n"] for event in events] == list(range(BURST))  # type: ignore[index]
+    assert [event.id for event in events] == [f"{session}:{n}" for n in range(1, BURST + 1)]
+
+    if server == "hypercorn":
+        process.send_signal(signal.SIGTERM)
+        _, close = await stream.until("close", timeout=10)
+        assert close.data == {"type": "close", "code": 1012, "reason": "server restarting"}
+        await process.wait(15)
+        assert "Traceback" not in process.logs(), process.logs()
+    elif server == "uvicorn":
+        process.send_signal(signal.SIGTERM)
+        assert await stream.read_to_end(timeout=10) == []
+        await process.wait(15)

@@ -177,9 +177,19 @@ def test_compose_load_balancer_proxies_websockets_to_every_replica() -> None:
     assert "map $http_upgrade $connection_upgrade {" in directives
     assert "default upgrade" in directives
     for timeout in ("proxy_read_timeout", "proxy_send_timeout"):
-        (value,) = [line.split()[1] for line in directives if line.startswith(timeout + " ")]
-        assert int(value.removesuffix("s")) > SERVER_PING_INTERVAL_S, f"{timeout} must outlast the ping interval"
+        values = [line.split()[1] for line in directives if line.startswith(timeout + " ")]
+        assert values, f"no {timeout}"
+        for value in values:
+            assert int(value.removesuffix("s")) > SERVER_PING_INTERVAL_S, f"{timeout} must outlast the ping interval"
     assert not any(word in text for word in ("ip_hash", "sticky", "hash ")), "no stickiness is needed"
+    # The HTTP stream: nothing buffered, and a read timeout well past two heartbeats (NOTIFIER_SSE_HEARTBEAT_S).
+    stream = text.split("location /sse {", 1)[1].split("}", 1)[0]
+    stream_directives = {" ".join(line.split()).rstrip(";") for line in stream.splitlines() if line.strip()}
+    assert {"proxy_pass $notifier_upstream", "proxy_buffering off", "proxy_set_header Host $http_host"} <= (
+        stream_directives
+    )
+    (read_timeout,) = [line.split()[1] for line in stream_directives if line.startswith("proxy_read_timeout ")]
+    assert int(read_timeout.removesuffix("s")) >= 10 * Settings.model_fields["sse_heartbeat_s"].default
 
 
 # Kubernetes.

@@ -82,8 +82,12 @@ async def wait_metric(process: NotifierProcess, name: str, expected: float, time
 # The stream.
 
 
-async def test_a_stream_gets_its_welcome_then_events_numbered_for_resume(serve: Serve, publisher: Publisher) -> None:
-    server = await serve()
+@pytest.mark.parametrize("path", ["auto", "asgi"])
+async def test_a_stream_gets_its_welcome_then_events_numbered_for_resume(
+    serve: Serve, publisher: Publisher, path: str
+) -> None:
+    """NOTIFIER_WRITE_PATH: written at once while the connection takes it (auto), or by the writer task (asgi)."""
+    server = await serve(write_path=path)
     stream = await SseStream.open(server.http_url, token=token_for("alice"))
     assert stream.headers["content-type"] == "text/event-stream; charset=utf-8"
     assert stream.headers["cache-control"] == "no-cache, no-transform"

@@ -115,6 +115,7 @@ class Stream:
         heartbeat_s: int,
         stall_timeout_s: float,
         headers: Headers,
+        direct: bool = True,
     ) -> None:
         self.key = key
         self._receive = receive
@@ -124,7 +125,8 @@ class Stream:
         self._stall_timeout_s = stall_timeout_s
         self._headers = headers  # the CORS headers of an allowed cross-origin page
         self._abort_connection: Callable[[], object] | None = scope.get(ABORT_CONNECTION_SCOPE_KEY)
-        self._direct: DirectSend | None = scope.get(DIRECT_SEND_SCOPE_KEY)
+        # `direct` False (NOTIFIER_WRITE_PATH=asgi): every message through the writer task, as for a WebSocket.
+        self._direct: DirectSend | None = scope.get(DIRECT_SEND_SCOPE_KEY) if direct else None
         task = asyncio.current_task()
         assert task is not None
         self._cancel = task.cancel

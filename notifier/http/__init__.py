@@ -1,5 +1,6 @@
-"""The HTTP surface: the routes (WebSocket endpoint, publish, server API, health, metrics, docs and the dev demo),
-the event publisher behind them, the server API's commands, and the JSON error answers.
+"""The HTTP surface: the routes (WebSocket endpoint, HTTP stream and its commands, publish, server API, health,
+metrics, docs and the dev demo), the event publisher behind them, the server API's and the streams' commands, and
+the JSON error answers.
 
 May import: notifier.observability and everything below it.
 """

@@ -268,6 +268,7 @@ class Node:
             heartbeat_s=self.settings.sse_heartbeat_s,
             stall_timeout_s=self.settings.write_stall_timeout_s,
             headers=headers,
+            direct=self.settings.write_path == "auto",
         )
         if not self._accepting:
             with contextlib.suppress(SenderClosed):

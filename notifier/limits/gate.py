@@ -118,13 +118,14 @@ class AdmissionGate:
         finally:
             self.leave(address)
 
-    def admit(self, address: str, *, signs_in_at_once: bool) -> Refusal | None:
+    def admit(self, address: str, *, signs_in_at_once: bool, transport: str = "websocket") -> Refusal | None:
         """Count a new connection from `address`, or say why it is refused (then nothing is counted, and the
         refusal is logged). A connection that `signs_in_at_once` (its token came with the request) takes no
         slot of the connections not signed in yet. Each admitted connection is paired with one `leave`."""
         refusal = (None if signs_in_at_once else self._check_unauthenticated()) or self._limits.open(address)
         if refusal is not None:
-            log.info("connection_refused", client=address, status=refusal.status, error=refusal.error)
+            extra = {"transport": transport} if transport != "websocket" else {}
+            log.info("connection_refused", client=address, status=refusal.status, error=refusal.error, **extra)
             return refusal
         self.open += 1
         return None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -175,7 +176,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._cancel_handshake_timer()
         super().on_headers_complete()
         cycle = self.cycle
-        if cycle is not None and cycle.scope is self.scope:  # a request to answer (not a WebSocket upgrade)
+        # A GET to answer (an HTTP stream is one; not a WebSocket upgrade).
+        if cycle is not None and cycle.scope is self.scope and self.scope["method"] == "GET":
             scope: dict[str, Any] = self.scope  # type: ignore[assignment]
             # An HTTP stream that must be dropped (its client stopped reading) drops its connection through this.
             scope[ABORT_CONNECTION_SCOPE_KEY] = self.transport.abort
@@ -219,17 +221,21 @@ class DirectSend:
     __slots__ = ("_cycle", "_flow")
 
     def __init__(self, cycle: RequestResponseCycle) -> None:
-        self._cycle = cycle
+        # Weakly: the cycle holds the scope that holds this (the request's task holds the cycle while it runs).
+        self._cycle = weakref.ref(cycle)
         self._flow = cycle.flow
 
     @property
     def ready(self) -> bool:
         """The message would be written without waiting (and the client is still there)."""
-        return not self._flow.write_paused and not self._cycle.disconnected
+        cycle = self._cycle()
+        return cycle is not None and not self._flow.write_paused and not cycle.disconnected
 
     def __call__(self, message: Any) -> None:
         """Send `message` now; only when `ready`."""
-        step = self._cycle.send(message)
+        cycle = self._cycle()
+        assert cycle is not None
+        step = cycle.send(message)
         try:
             step.send(None)
         except StopIteration:

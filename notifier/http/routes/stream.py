@@ -90,7 +90,7 @@ def stream_endpoint(node: Node, gate: AdmissionGate) -> ASGIApp:
         if token is None:
             token = query.get("token")
         address = client_address(scope)
-        refusal = gate.admit(address, signs_in_at_once=token is not None)
+        refusal = gate.admit(address, signs_in_at_once=token is not None, transport="sse")
         if refusal is not None:
             retry = (b"retry-after", str(sse.RETRY_AFTER_S).encode())
             await send_json(send, refusal.status, {"error": refusal.error, "message": refusal.message}, [*cors, retry])
