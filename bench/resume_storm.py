@@ -96,6 +96,10 @@ class Instance:
             NOTIFIER_INSTANCE_ID=self.instance_id,
             NOTIFIER_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "warning"),
         )
+        # A setting to try on the servers of a run: BENCH_NOTIFIER_X=value sets NOTIFIER_X.
+        env.update(
+            {key[len("BENCH_") :]: value for key, value in os.environ.items() if key.startswith("BENCH_NOTIFIER_")}
+        )
         if not resume:
             env["NOTIFIER_RESUME_WINDOW_S"] = "0"
         with self.log_path.open("ab") as out:
@@ -535,6 +539,7 @@ def delivery_counts(users: list[dict[str, Any]], feed: Feed) -> dict[str, Any]:
     missing = doubled = out_of_order = users_missing = foreign = missing_recovered = 0
     published = set(range(feed.published))
     sample: list[dict[str, Any]] = []
+    doubled_sample: list[dict[str, Any]] = []
     for user in users:
         ids = user["ids"]
         seen = set(ids)
@@ -547,6 +552,9 @@ def delivery_counts(users: list[dict[str, Any]], feed: Feed) -> dict[str, Any]:
         missing_recovered += lost if user["recovered"] is True else 0
         users_missing += 1 if lost else 0
         foreign += len(seen - expected - published)
+        if len(ids) > len(seen) and len(doubled_sample) < MISSING_SAMPLE:
+            twice = sorted(seq for seq, count in Counter(ids).items() if count > 1)
+            doubled_sample.append({"user": user["user"], "twice": twice, "received": ids, "gaps": user.get("gaps", [])})
         if lost and len(sample) < MISSING_SAMPLE:
             gone = sorted(expected - seen)
             sample.append(
@@ -559,6 +567,7 @@ def delivery_counts(users: list[dict[str, Any]], feed: Feed) -> dict[str, Any]:
             )
     return {
         "missing_sample": sample,
+        "doubled_sample": doubled_sample,
         "events_received": sum(len(user["ids"]) for user in users),
         "missing": missing,
         "users_missing": users_missing,

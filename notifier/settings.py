@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     client_frames_per_s: float = Field(default=20.0, gt=0)
     client_frames_burst: int = Field(default=40, ge=1)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
+    # Connections a graceful stop closes per second while another instance can take them, so that they arrive
+    # there at a pace it can serve; raised as needed to close them all within half of the shutdown timeout.
+    # 0: all at once.
+    drain_close_rate: int = Field(default=1000, ge=0)
     handshake_timeout_s: float = Field(default=10.0, gt=0)
     write_stall_timeout_s: float = Field(default=10.0, gt=0)
     # The HTTP stream transport (`GET /sse`, for networks that block WebSockets): on or off, the period of the

@@ -41,6 +41,7 @@ class Stats:
         "loop_lag",
         "proxy_requests",
         "publish_results",
+        "resumes",
         "resyncs_sent",
         "sse_closes_by_code",
         "stream_commands",
@@ -61,4 +62,6 @@ class Stats:
         self.proxy_requests: Counter[tuple[str, str]] = Counter()
         self.latency = LatencyHistogram()  # hub
         self.loop_lag = LatencyHistogram()  # notifier/looplag.py
+        # Sign-ins that asked to resume a session, by outcome: recovered, not_recovered (session)
+        self.resumes: Counter[str] = Counter()
         self.resyncs_sent = 0  # `resync` frames sent after a gap in routing (node)

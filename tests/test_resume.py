@@ -14,6 +14,7 @@ import websockets
 
 from notifier.formats import closecodes
 from tests.processes import StartNotifier, notifier_env
+from tests.support_sse import metric
 from tests.support import (
     Client,
     ConnectClient,
@@ -38,12 +39,14 @@ class CountingClient:
         self.received = 0
         self.data: list[Any] = []
 
-    async def sign_in(self, client: Client, user: str, topics: list[str] | None = None) -> dict[str, Any]:
+    async def sign_in(
+        self, client: Client, user: str, topics: list[str] | None = None, timeout: float = 5.0
+    ) -> dict[str, Any]:
         auth: dict[str, Any] = {"type": "auth", "token": token_for(user, topics)}
         if self.session is not None:
             auth["resume"] = {"session": self.session, "received": self.received}
         await client.send(auth)
-        welcome = await client.receive()
+        welcome = await client.receive(timeout)
         assert welcome["type"] == "welcome", welcome
         if not welcome["recovered"]:
             self.received = 0
@@ -284,6 +287,8 @@ async def test_a_crashed_holder_answers_recovered_false_quickly(
     assert answer["recovered"] is False
     assert time.monotonic() - started < 2.0
     await assert_nothing_before_sentinel(client.receive, publisher.publish, "user.frank")
+    assert await metric(survivor.http_url, "notifier_resumes_total", outcome="not_recovered") == 1
+    assert await metric(survivor.http_url, "notifier_resumes_total", outcome="recovered") == 0
 
 
 async def test_past_the_window_a_session_is_not_recovered(
@@ -404,3 +409,57 @@ async def test_an_instance_started_after_the_holder_left_finds_the_peer_that_ado
     assert await late.next_event(back) == "while away"
     await assert_nothing_before_sentinel(back.receive, publisher.publish, "user.tardy")
     assert adopter.node.directory.parked_count == 0
+
+
+async def drain_events(client: Client) -> None:
+    """Read and drop everything the server sends this client (a busy user whose events are not looked at)."""
+    with contextlib.suppress(websockets.ConnectionClosed):
+        while True:
+            await client.ws.recv()
+
+
+@pytest.mark.slow  # both queues seconds behind on purpose: about fifteen seconds
+async def test_a_hand_over_between_instances_behind_their_queues_loses_nothing_and_repeats_nothing(
+    start_server: StartServer, connect: ConnectClient, publisher: Publisher
+) -> None:
+    """What a fleet rollout under load showed: an instance is seconds behind its queue while it hands a session
+    over. The holder answered before it had consumed events routed to it before the new instance's bind (they
+    reached a session it had already let go of: lost), and the new instance merged before it had consumed
+    events routed to it after its bind (they arrived after the replay that already held them: sent twice).
+    Here both queues fall seconds behind (a burst for other users, taken one message at a time) while a client
+    resumes on a steady feed: it gets every event once, in order."""
+    slow = {"prefetch": 1, "resume_timeout_s": 25}
+    holder, asker = await start_server(**slow), await start_server(**slow)
+    busy = [await connect(holder, "busy-h"), await connect(asker, "busy-a")]
+    draining = [asyncio.create_task(drain_events(client)) for client in busy]
+    alice = CountingClient()
+    socket = await connect(holder)
+    await alice.sign_in(socket, "alice")
+    await publisher.publish("user.alice", 0)
+    assert await alice.next_event(socket) == 0
+    await lose_connection(holder, socket)
+
+    await asyncio.gather(
+        *(publisher.publish("user.busy-h", n) for n in range(300)),
+        *(publisher.publish("user.busy-a", n) for n in range(600)),
+    )
+    total = 400
+
+    async def feed() -> None:  # as fast as RabbitMQ confirms: events on both sides of every step of the move
+        for n in range(1, total):
+            await publisher.publish("user.alice", n)
+
+    feeding = asyncio.create_task(feed())
+    await asyncio.sleep(0.05)  # some of the feed is behind the burst in the holder's queue only
+    assert holder.node.stats.events_in < 300, "the holder is not behind its queue: the test proves nothing"
+    back = await connect(asker)
+    welcome = await alice.sign_in(back, "alice", timeout=25)  # once both instances caught up
+    assert welcome["recovered"] is True
+    await feeding
+    while len(alice.data) < total:
+        await alice.next_event(back, timeout=15)
+    await assert_nothing_before_sentinel(back.receive, publisher.publish, "user.alice")
+    assert alice.data == list(range(total))
+    assert await metric(asker.http_url, "notifier_resumes_total", outcome="recovered") == 1
+    for task in draining:
+        task.cancel()

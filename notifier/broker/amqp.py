@@ -40,6 +40,7 @@ from notifier.broker.aiormq_internals import (
 from notifier.broker.base import BROKER_ERRORS as _BROKER_ERRORS
 from notifier.broker.base import BrokerUnavailable, EventHandler, PublishNotSent, RoutingGapHandler
 from notifier.broker.bindings import Bindings, ChannelSource
+from notifier.broker.catch_up import CatchUp
 from notifier.broker.event_message import event_message
 from notifier.broker.failover import NodeAddresses, connect_to_any
 from notifier.formats.events import UnusableMessage, event_from_message, publish_time_ms
@@ -69,6 +70,9 @@ FRAMES_PER_MESSAGE = 3
 # The header that tells an operator reading the dead-letter queue why notifier refused a message.
 ERROR_HEADER = "x-notifier-error"
 ERROR_HEADER_MAX_CHARS = 500
+
+# The type of the markers an instance sends through its own queue to know it caught up (notifier/broker/catch_up.py).
+CATCH_UP_MARKER = "notifier.catch-up"
 
 # How often a restore of routing that failed (no node reachable, the queue's node not yet answering) tries again.
 ROUTING_RETRY_S = 1.0
@@ -116,6 +120,8 @@ class AmqpBroker:
         self._exchange_name = settings.exchange
         self._publish_exchange: AbstractExchange | None = None
         self._dead_letter_exchange: AbstractExchange | None = None
+        self._own_queue_exchange: AbstractExchange | None = None  # the default exchange: straight to a queue
+        self.catch_up = CatchUp(self._send_marker)
         # Dead letters being republished: while any is, no `multiple` ack may cover it before it is confirmed.
         self._dead_lettering = 0
         self._consume_channel: AbstractRobustChannel | None = None
@@ -197,6 +203,7 @@ class AmqpBroker:
         publish_channel = await connection.channel(publisher_confirms=True)
         self._publish_exchange = await publish_channel.get_exchange(settings.exchange, ensure=False)
         self._dead_letter_exchange = await publish_channel.get_exchange(settings.dead_letter_exchange, ensure=False)
+        self._own_queue_exchange = publish_channel.default_exchange
         self._consume_channel = channel
         # The robust channel calls this when it is reopened (after a reconnect): routing is restored then.
         channel.reopen_callbacks.add(self._consume_again)
@@ -292,6 +299,7 @@ class AmqpBroker:
 
     def _routing_lost(self, reason: str) -> None:
         self._routing_ok = False
+        self.catch_up.fail_all(f"routing lost: {reason}")
         if self._stopped_consuming or self._consume_channel is None:
             return
         if self._recovering is None or self._recovering.done():
@@ -362,6 +370,7 @@ class AmqpBroker:
 
     async def stop_consuming(self) -> None:
         self._stopped_consuming = True
+        self.catch_up.fail_all("stopped consuming")
         if self._recovering is not None:
             self._recovering.cancel()
         await self._cancel_consumer()
@@ -415,6 +424,19 @@ class AmqpBroker:
         self._queue_delete_sent = True
         log.info("broker_queue_delete_sent", queue=self.queue_name)
 
+    async def caught_up(self, timeout_s: float) -> None:
+        if not self.ready or self._stopped_consuming:
+            raise BrokerUnavailable("not consuming from RabbitMQ")
+        await self.catch_up.wait(timeout_s)
+
+    async def _send_marker(self, token: str) -> None:
+        exchange = self._own_queue_exchange
+        if exchange is None or not self.connected:
+            raise BrokerUnavailable("not connected to RabbitMQ")
+        timeout_s = self._settings.broker_timeout_s
+        marker = aio_pika.Message(b"", message_id=token, type=CATCH_UP_MARKER)
+        await within(exchange.publish(marker, routing_key=self.queue_name, timeout=timeout_s), timeout_s)
+
     async def bind(self, topic: str) -> None:
         if not self.ready:
             raise BrokerUnavailable("not connected to RabbitMQ")
@@ -452,12 +474,16 @@ class AmqpBroker:
         delivery: aiormq.spec.Basic.Deliver = message.delivery  # type: ignore[assignment]  # what a consumer gets
         channel = message.channel
         tag: int = delivery.delivery_tag  # type: ignore[assignment]  # always set on a delivery
+        properties = message.header.properties
+        if not delivery.exchange and properties.message_type == CATCH_UP_MARKER:
+            self.catch_up.seen(properties.message_id)  # ours, or one sent before a restart: never an event
+            self._ack_after_burst(channel, tag)
+            return
         on_event = self._on_event
         if on_event is None:  # stopping: leave it for this queue's next consumer
             self._settle_soon(self._settle(channel.basic_nack(tag, requeue=True)))
             return
         topic = delivery.routing_key or ""
-        properties = message.header.properties
         timestamp = properties.timestamp
         try:
             event = event_from_message(

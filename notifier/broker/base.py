@@ -66,6 +66,10 @@ class Broker(Protocol):
     async def delete_queue(self) -> None:
         """Delete this instance's queue, and with it all its bindings; once consuming has stopped."""
 
+    async def caught_up(self, timeout_s: float) -> None:
+        """Return once every event routed to this instance before the call has been handed to the event
+        handler; BrokerUnavailable if that is not known within `timeout_s` (or events are not being consumed)."""
+
     async def bind(self, topic: str) -> None:
         """Route `topic` to this instance; returns once the broker confirmed it."""
 

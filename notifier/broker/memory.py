@@ -47,6 +47,12 @@ class MemoryBroker:
         self._connected = False
         self._on_event = None
 
+    async def caught_up(self, timeout_s: float) -> None:
+        """Always: a publish is delivered before it returns."""
+        self._require_connection()
+        if self._on_event is None:
+            raise BrokerUnavailable("memory broker stopped consuming")
+
     async def bind(self, topic: str) -> None:
         self._require_connection()
         self._bound.add(topic)

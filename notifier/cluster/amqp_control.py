@@ -77,6 +77,13 @@ class _Collector:
         if self.expected <= self.replies.keys():
             self.complete.set()
 
+    def gone(self, instance_id: str) -> None:
+        """`instance_id` left without answering: no answer is awaited from it any more."""
+        if instance_id in self.expected and instance_id not in self.replies:
+            self.expected.discard(instance_id)
+            if self.expected <= self.replies.keys():
+                self.complete.set()
+
 
 class AmqpControlPlane:
     """The control plane over RabbitMQ, on the broker's own robust connection (it reconnects with it)."""
@@ -97,6 +104,7 @@ class AmqpControlPlane:
         self._collectors: dict[str, _Collector] = {}
         self._peers: dict[str, float] = {}  # instance id -> when it was last heard from (monotonic)
         self._peer_kinds: dict[str, frozenset[str]] = {}  # instance id -> the command kinds it announced
+        self._first_heard: dict[str, float] = {}  # instance id -> when it was first heard from (monotonic)
         self._tasks: set[asyncio.Task[None]] = set()
         self._background: asyncio.Task[None] | None = None
         self._declared = False
@@ -117,6 +125,9 @@ class AmqpControlPlane:
             return kind in self._runner.kinds
         return kind in self._peer_kinds.get(instance_id, ())
 
+    def first_heard(self, instance_id: str) -> float | None:
+        return self._first_heard.get(instance_id)
+
     def live_instances(self) -> set[str]:
         """This instance and the peers heard from within the last few heartbeats."""
         horizon = time.monotonic() - PEER_HEARTBEATS_TO_EXPIRE * self._settings.control_heartbeat_s
@@ -124,6 +135,7 @@ class AmqpControlPlane:
             if seen < horizon:
                 del self._peers[peer]
                 self._peer_kinds.pop(peer, None)
+                self._first_heard.pop(peer, None)
         return {self.instance_id, *self._peers}
 
     # Start and stop.
@@ -302,12 +314,15 @@ class AmqpControlPlane:
                 if message.type == "bye":
                     self._peers.pop(sender, None)
                     self._peer_kinds.pop(sender, None)
+                    self._first_heard.pop(sender, None)
+                    self._stop_waiting_for(sender)
                 else:
                     known = sender in self._peers
                     if not known and len(self._peers) >= MAX_PEERS:
                         self.live_instances()  # forget the quiet ones to make room
                     if known or len(self._peers) < MAX_PEERS:
                         self._peers[sender] = time.monotonic()
+                        self._first_heard.setdefault(sender, self._peers[sender])
                         if message.type == "hello":
                             self._peer_kinds[sender] = _announced_kinds(message.headers)
                     if message.type == "hello" and not known:
@@ -345,6 +360,12 @@ class AmqpControlPlane:
             await self._reply_exchange.publish(reply, routing_key=reply_to, timeout=self._settings.broker_timeout_s)
         except BROKER_ERRORS as error:
             log.info("control_reply_failed", command=command.id, error=repr(error))
+
+    def _stop_waiting_for(self, leaving: str) -> None:
+        """A request to an instance that said goodbye ends now, not at its timeout: the asker can go elsewhere
+        (a stopping instance's sessions are with the peer that adopted them)."""
+        for collector in self._collectors.values():
+            collector.gone(leaving)
 
     def _on_reply(self, message: AbstractIncomingMessage) -> None:
         collector = self._collectors.get(str(message.correlation_id))

@@ -63,6 +63,9 @@ BATCHES_IN_FLIGHT = 4
 MAX_REQUESTS_IN_FLIGHT = 200
 
 
+CaughtUp = Callable[[float], Awaitable[None]]
+"""Returns once every event routed to this instance before the call reached its sessions (Hub.caught_up)."""
+
 Adopt = Callable[[list[tuple[str, str]]], Awaitable[int]]
 """Adopt (session id, user) pairs from their stopping holder; returns how many were adopted."""
 
@@ -111,9 +114,12 @@ class HeldSession(Protocol):
 class SessionHandOver:
     """Both sides of a hand-over: asking another instance for a session, and answering for our own."""
 
-    def __init__(self, control: ControlPlane, directory: SessionDirectory, *, timeout_s: float) -> None:
+    def __init__(
+        self, control: ControlPlane, directory: SessionDirectory, caught_up: CaughtUp, *, timeout_s: float
+    ) -> None:
         self._control = control
         self._directory = directory
+        self._caught_up = caught_up
         self._timeout_s = timeout_s
         self._in_flight = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
         self._outboxes: dict[tuple[str, str], _Outbox] = {}
@@ -201,6 +207,15 @@ class SessionHandOver:
         if holder is None or not self._alive(holder):
             return holder, None
         reply = await self._ask(holder, kind, batch_kind, args)
+        if reply is None and not self._alive(holder):
+            # It left while it was asked (its goodbye ends the wait): its sessions are with the peer that adopted
+            # them, which its `session.moved` named, or which is asked for now.
+            if holder not in self._moved:
+                await self._find_adopter(holder)
+            adopter = self.holder(session_id)
+            if adopter is None or adopter == holder or not self._alive(adopter):
+                return holder, None
+            holder, reply = adopter, await self._ask(adopter, kind, batch_kind, args)
         moved = reply.get("moved") if isinstance(reply, dict) and not reply.get("found") else None
         if not isinstance(moved, str) or moved in (holder, self._directory.instance_id) or not self._alive(moved):
             return holder, reply
@@ -308,10 +323,11 @@ class SessionHandOver:
     # A stopping instance's parked sessions, adopted by a peer.
 
     def adopter(self) -> str | None:
-        """A live peer that adopts sessions (one of an earlier release does not), or None."""
+        """The live peer that adopts sessions (one of an earlier release does not): the one heard of last, or None."""
         live = self._control.live_instances() or set()
-        peers = sorted(peer for peer in live - {self._directory.instance_id} if self._control.runs(peer, ADOPT_BATCH))
-        return peers[0] if peers else None
+        peers = [peer for peer in live - {self._directory.instance_id} if self._control.runs(peer, ADOPT_BATCH)]
+        # The newest: in a rolling update the others are the old release, each about to stop in its turn.
+        return max(peers, key=lambda peer: (self._control.first_heard(peer) or 0.0, peer), default=None)
 
     async def push_parked(self, peer: str, sessions: list[tuple[str, str]], deadline: float) -> None:
         """Ask `peer` to adopt these parked (session id, user) pairs; it takes each over as a resume would, so
@@ -390,6 +406,8 @@ class SessionHandOver:
         return self._describe_one(args)
 
     async def _hand_over(self, args: dict[str, Any]) -> CommandResult:
+        if not await self._caught_up_for([args]):
+            return {"found": False}
         result, _ = self._hand_over_one(args, MAX_HANDOVER_BYTES)
         return result
 
@@ -399,15 +417,31 @@ class SessionHandOver:
     async def _hand_over_batch(self, args: dict[str, Any]) -> CommandResult:
         """Hand every session of the batch over, within one reply's size bound: the ones past it stay here,
         answered `deferred` (the asker asks again)."""
+        items = _batch_items(args)
+        if not await self._caught_up_for(items):
+            return {"results": [{"found": False} for _ in items]}
         results: list[dict[str, Any]] = []
         room = MAX_HANDOVER_BYTES
-        for item in _batch_items(args):
+        for item in items:
             result, size = self._hand_over_one(item, room)
             results.append(result)
             room -= size
         handed = sum(1 for result in results if result.get("found"))
         log.info("handover_batch_answered", sessions=handed, asked=len(results))
         return {"results": results}
+
+    async def _caught_up_for(self, items: list[dict[str, Any]]) -> bool:
+        """Before sessions held here are handed over: wait until every event routed here before the asker's
+        binds reached them (an event still in this instance's queue would reach a session already let go of,
+        and be lost). False if that is not known in time: the sessions are not handed over then."""
+        if not any(self._held(item) for item in items):
+            return True
+        try:
+            await self._caught_up(self._timeout_s)
+        except BrokerUnavailable as error:
+            log.warning("handover_not_caught_up", sessions=len(items), error=str(error))
+            return False
+        return True
 
     def _not_here(self, args: dict[str, Any]) -> dict[str, Any]:
         """The answer for a session not held here: with the peer it was given to, if this stopping instance

@@ -137,7 +137,7 @@ class AdoptedSession:
             await self.release_slot_and_topics()
             return False
         handed = await remote.take(self.session_id or "", self._user, None)
-        if handed is None or handed.sent is None or not self._held:
+        if handed is None or handed.sent is None or not self._held or not await self._caught_up():
             await self.release_slot_and_topics()
             return False
         collected = self.history.after(0) or []  # what reached this instance since its binds
@@ -150,6 +150,15 @@ class AdoptedSession:
                 history.record(frame)
         self.history = history
         return True
+
+    async def _caught_up(self) -> bool:
+        """Every event routed here before now reached this session (as a resume from another instance waits)."""
+        try:
+            await self._context.hub.caught_up(self._context.settings.resume_timeout_s)
+        except BrokerUnavailable as error:
+            self.log.warning("adoption_not_caught_up", error=str(error))
+            return False
+        return self._held
 
 
 async def adopt_sessions(context: SessionContext, remote: RemoteSessions, sessions: list[tuple[str, str]]) -> int:

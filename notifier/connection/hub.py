@@ -71,6 +71,11 @@ class Hub:
                 raise
             self._bound.add(topic)
 
+    async def caught_up(self, timeout_s: float) -> None:
+        """Return once every event routed to this instance before the call has reached its subscribers;
+        BrokerUnavailable if that is not known within `timeout_s`."""
+        await self._broker.caught_up(timeout_s)
+
     def transfer(self, old: Subscriber, new: Subscriber, topic: str) -> None:
         """Hand `old`'s subscription to `topic` to `new`, at once and without touching the binding: no event is
         routed to neither, none to both."""

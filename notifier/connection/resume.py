@@ -237,6 +237,8 @@ async def resume_from_another_instance(
     if not session.awaiting_auth:
         return
     handed = await remote.take(resume.session, identity.user, resume.received) if held is not None else None
+    if handed is not None and not await _caught_up(context, session):
+        handed = None  # what reached this instance may lack events the holder handed over: they could repeat
     if not session.awaiting_auth:
         return
     collected = session.history.after(0)  # what reached this session since its binds
@@ -272,6 +274,18 @@ async def start_fresh_after_failed_resume(
     for frame in collected:
         if frame.topic == personal:
             session.offer(frame)
+
+
+async def _caught_up(context: SessionContext, session: ResumableSession) -> bool:
+    """Wait until every event routed here before now reached the session: one the holder handed over may also
+    be on its way here, and must be among what is merged, not arrive after it. False if that is not known in
+    time."""
+    try:
+        await context.hub.caught_up(context.settings.resume_timeout_s)
+    except BrokerUnavailable as error:
+        session.log.warning("resume_not_caught_up", error=str(error))
+        return False
+    return True
 
 
 def _history(context: SessionContext, *, sent: int = 0) -> History:

@@ -99,6 +99,7 @@ class Session:
 
     __slots__ = (
         "__weakref__",
+        "_asked_to_resume",
         "_client_close_code",
         "_close_reason",
         "_command_task",
@@ -144,6 +145,7 @@ class Session:
         self.history = History.from_settings(settings)
         self._holds_user_slot = False
         self._sent_when_parked = 0
+        self._asked_to_resume = False  # its sign-in named a session to resume (counted by outcome)
         self._close_reason: CloseReason | None = None
         self._client_close_code: int | None = None
         self._outbox = Outbox(sender, settings.send_queue_size, self._on_outbox_overflow)
@@ -483,6 +485,7 @@ class Session:
             return
         # A resume that cannot be tried (no such session here or elsewhere) signs in as a fresh session.
         ask = self.allowed_by_application if context.proxies is not None else None
+        self._asked_to_resume = resume is not None
         if resume is not None and await resume_session(self, context, identity, resume, ask):
             return
         if not self.admit(identity):
@@ -564,6 +567,8 @@ class Session:
         self.state = State.OPEN
         self._schedule_expiry(identity.expires_at)
         self.log.info("connection_authenticated", recovered=recovered)
+        if self._asked_to_resume:
+            self._context.stats.resumes["recovered" if recovered else "not_recovered"] += 1
         # The count of events the client has: a resumed session's history starts from it.
         self._sender.session_opened(self.session_id, self.history.sent if recovered else 0)
         welcome = messages.welcome(

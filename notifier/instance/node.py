@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Awaitable
 
@@ -39,6 +40,10 @@ from notifier.stats import Stats
 log = structlog.get_logger("notifier.node")
 
 BROKER_RETRY_MAX_S = 10.0
+# A paced close (see `_close_connections`) ends within this share of NOTIFIER_SHUTDOWN_TIMEOUT_S, and closes a
+# slice of the connections this often.
+CLOSE_WITHIN = 0.5
+CLOSE_TICK_S = 0.05
 
 
 class Node:
@@ -138,9 +143,15 @@ class Node:
         if not hand_over:
             self.directory.parking = False  # no one could resume them: sessions end with their connection
             await self._within_deadline(self.broker.stop_consuming(), "stop_consuming")
-        log.info("draining", connections=len(self.sessions), hand_over=hand_over, code=closecodes.SHUTDOWN.code)
-        for session in tuple(self.sessions):
-            session.close(closecodes.SHUTDOWN)
+        paced = self._hand_over is not None and self._hand_over.others_alive()
+        log.info(
+            "draining",
+            connections=len(self.sessions),
+            hand_over=hand_over,
+            code=closecodes.SHUTDOWN.code,
+            close_rate=self._close_rate(len(self.sessions)) if paced else None,
+        )
+        await self._close_connections(paced)
         # Keep a moment of the budget for closing the broker connection.
         flush_deadline = self._stop_deadline - min(1.0, self.settings.shutdown_timeout_s / 4)
         while self.sessions and time.monotonic() < flush_deadline:
@@ -159,6 +170,25 @@ class Node:
         # Last: RabbitMQ spends seconds removing thousands of bindings, and the clients are closed sooner without
         # it competing for the CPU; it finishes after this process has left.
         await self._delete_queue()
+
+    def _close_rate(self, connections: int) -> float:
+        """Connections closed per second: NOTIFIER_DRAIN_CLOSE_RATE, or faster when that would not close them
+        all within CLOSE_WITHIN of the shutdown timeout."""
+        rate = self.settings.drain_close_rate
+        return max(rate, connections / (self.settings.shutdown_timeout_s * CLOSE_WITHIN)) if rate else math.inf
+
+    async def _close_connections(self, paced: bool) -> None:
+        """Close every connection with 1012. `paced` (another instance takes them): a slice every CLOSE_TICK_S
+        at the close rate, since clients reconnect at once, and a peer given thousands of handshakes in the
+        same second overflows its listen queue and keeps them waiting for seconds."""
+        sessions = list(self.sessions)
+        rate = self._close_rate(len(sessions)) if paced else math.inf
+        per_tick = max(1, len(sessions) if math.isinf(rate) else math.ceil(rate * CLOSE_TICK_S))
+        for start in range(0, len(sessions), per_tick):
+            if start:
+                await asyncio.sleep(CLOSE_TICK_S)
+            for session in sessions[start : start + per_tick]:
+                session.close(closecodes.SHUTDOWN)
 
     async def _push_parked_sessions(self, deadline: float) -> str | None:
         """Ask a live peer to adopt every session still parked here, so that clients that come back after this
@@ -191,7 +221,9 @@ class Node:
 
     def attach_control(self, control: ControlPlane) -> None:
         """Resume sessions held by other instances, and hand ours over, through `control`."""
-        self._hand_over = SessionHandOver(control, self.directory, timeout_s=self.settings.resume_timeout_s)
+        self._hand_over = SessionHandOver(
+            control, self.directory, self.hub.caught_up, timeout_s=self.settings.resume_timeout_s
+        )
         remote = self._hand_over
         self._hand_over.adopt = lambda sessions: adopt_sessions(self._session_context, remote, sessions)
         self._session_context = dataclasses.replace(self._session_context, remote_sessions=self._hand_over)

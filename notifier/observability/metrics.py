@@ -97,6 +97,15 @@ class NodeCollector(Collector):
         for result in STREAM_COMMAND_RESULTS:  # each from zero, so a rate over them is there from the start
             commands.add_metric([result], stats.stream_commands[result])
         yield commands
+        resumes = CounterMetricFamily(
+            "notifier_resumes",
+            "Sign-ins that asked to resume a session, by outcome: recovered (every missed event follows the "
+            "welcome) or not_recovered (a fresh session: the client resyncs)",
+            labels=["outcome"],
+        )
+        for outcome in ("recovered", "not_recovered"):
+            resumes.add_metric([outcome], stats.resumes[outcome])
+        yield resumes
         published = CounterMetricFamily(
             "notifier_publish_requests", "POST /api/publish answers, by HTTP status", labels=["status"]
         )
