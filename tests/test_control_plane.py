@@ -3,6 +3,7 @@ waits, and commands that run once per id."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -75,3 +76,27 @@ async def test_a_stopped_instance_says_bye_and_is_not_waited_for(
     gathered = await control_of(first).gather("presence", {"user": "alice"}, timeout=1)
     assert time.monotonic() - started < 0.5  # every instance still alive answered: no waiting for the bound
     assert gathered.replies == {"cp-first": {"connections": 0}}
+
+
+async def test_a_request_to_an_instance_that_says_bye_ends_at_once(
+    pair: tuple[RunningServer, RunningServer],
+) -> None:
+    """An instance that stops while a request to it waits (it will never answer) ends that wait with its
+    goodbye, not at the request's bound: a resume can then go to where its sessions went."""
+    first, second = pair
+    hold = asyncio.Event()
+
+    async def never(_: dict[str, Any]) -> dict[str, Any]:
+        await hold.wait()
+        return {"late": True}
+
+    control_of(second).on("slow", never)
+    asking = asyncio.create_task(control_of(first).ask("cp-second", "slow", {}, timeout=20))
+    await asyncio.sleep(0.3)
+    assert not asking.done()
+    started = time.monotonic()
+    stopping = asyncio.create_task(second.stop())
+    assert await asyncio.wait_for(asking, 10) is None
+    assert time.monotonic() - started < 10  # its goodbye ended the wait, not the 20 s bound
+    hold.set()
+    await stopping

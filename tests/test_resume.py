@@ -424,8 +424,8 @@ async def test_a_hand_over_between_instances_behind_their_queues_loses_nothing_a
 ) -> None:
     """What a fleet rollout under load showed: an instance is seconds behind its queue while it hands a session
     over. The holder answered before it had consumed events routed to it before the new instance's bind (they
-    reached a session it had already let go of: lost), and the new instance merged before it had consumed
-    events routed to it after its bind (they arrived after the replay that already held them: sent twice).
+    reached a session it had already let go of: lost), and the new instance sent events of the replay again when
+    they reached it later through its own queue (routed there after its bind, consumed after the merge).
     Here both queues fall seconds behind (a burst for other users, taken one message at a time) while a client
     resumes on a steady feed: it gets every event once, in order."""
     slow = {"prefetch": 1, "resume_timeout_s": 25}
@@ -453,7 +453,7 @@ async def test_a_hand_over_between_instances_behind_their_queues_loses_nothing_a
     await asyncio.sleep(0.05)  # some of the feed is behind the burst in the holder's queue only
     assert holder.node.stats.events_in < 300, "the holder is not behind its queue: the test proves nothing"
     back = await connect(asker)
-    welcome = await alice.sign_in(back, "alice", timeout=25)  # once both instances caught up
+    welcome = await alice.sign_in(back, "alice", timeout=25)  # once the holder caught up
     assert welcome["recovered"] is True
     await feeding
     while len(alice.data) < total:
@@ -463,3 +463,36 @@ async def test_a_hand_over_between_instances_behind_their_queues_loses_nothing_a
     assert await metric(asker.http_url, "notifier_resumes_total", outcome="recovered") == 1
     for task in draining:
         task.cancel()
+
+
+async def test_a_session_adopted_by_an_instance_that_stops_in_turn_is_passed_on_and_still_resumes(
+    start_server: StartServer, connect: ConnectClient, publisher: Publisher
+) -> None:
+    """A rolling update can make an old instance adopt sessions just before its own turn: it passes them on to
+    a live peer like its own, and the client, back after both have gone, resumes with every event."""
+    first = await start_server(shutdown_timeout_s=4)
+    second, third = await start_server(shutdown_timeout_s=4), await start_server()
+    await wait_until(lambda: all(peer.node.ready for peer in (second, third)), 5)
+    late = CountingClient()
+    socket = await connect(first)
+    await late.sign_in(socket, "twice")
+    await publisher.publish("user.twice", "before")
+    assert await late.next_event(socket) == "before"
+    await lose_connection(first, socket)
+    await first.stop()
+    await wait_until(lambda: second.node.directory.parked_count + third.node.directory.parked_count == 1, 5)
+    await publisher.publish("user.twice", "after the first stop")
+    adopter, other = (second, third) if second.node.directory.parked_count == 1 else (third, second)
+    await wait_until(lambda: adopter.node.stats.events_in >= 1, 5)
+    await adopter.stop()  # the adopter's turn: it passes the session on to the one peer left
+    await wait_until(lambda: other.node.directory.parked_count == 1, 5)
+    await publisher.publish("user.twice", "after the second stop")
+    newcomer = await start_server()
+    await wait_until(lambda: newcomer.node.ready, 5)
+
+    back = await connect(newcomer)
+    welcome = await late.sign_in(back, "twice")
+    assert welcome["recovered"] is True
+    assert [await late.next_event(back) for _ in range(2)] == ["after the first stop", "after the second stop"]
+    await assert_nothing_before_sentinel(back.receive, publisher.publish, "user.twice")
+    assert other.node.directory.parked_count == 0

@@ -71,6 +71,9 @@ FRAMES_PER_MESSAGE = 3
 ERROR_HEADER = "x-notifier-error"
 ERROR_HEADER_MAX_CHARS = 500
 
+# Before the queue is deleted, how long the bind and unbind requests already sent may take to be answered.
+QUIET_BINDINGS_WAIT_S = 0.5
+
 # The type of the markers an instance sends through its own queue to know it caught up (notifier/broker/catch_up.py).
 CATCH_UP_MARKER = "notifier.catch-up"
 
@@ -203,8 +206,10 @@ class AmqpBroker:
         publish_channel = await connection.channel(publisher_confirms=True)
         self._publish_exchange = await publish_channel.get_exchange(settings.exchange, ensure=False)
         self._dead_letter_exchange = await publish_channel.get_exchange(settings.dead_letter_exchange, ensure=False)
-        self._own_queue_exchange = publish_channel.default_exchange
         self._consume_channel = channel
+        # Markers go without a confirm: one that is lost is a wait that times out, and none is left waiting on a
+        # connection that closes.
+        self._own_queue_exchange = channel.default_exchange
         # The robust channel calls this when it is reopened (after a reconnect): routing is restored then.
         channel.reopen_callbacks.add(self._consume_again)
         await self._consume(await channel.get_underlay_channel())
@@ -415,6 +420,7 @@ class AmqpBroker:
         NOTIFIER_QUEUE_EXPIRES_S, and its bindings with it."""
         if self._connection is None or not self.connected:
             return
+        await self.bindings.stop_sending(QUIET_BINDINGS_WAIT_S)
         try:
             channel = await (await self._connection.channel()).get_underlay_channel()
             await channel.queue_delete(self.queue_name, nowait=True)

@@ -107,6 +107,9 @@ class Bindings:
         self._unbind_work = asyncio.Event()
         self._unbinding: str | None = None  # the topic whose unbind is in flight: its bind must wait for it
         self._tasks: list[asyncio.Task[None]] = []
+        # Set once the queue is about to be deleted with every binding: nothing more is sent.
+        self._quiet = asyncio.Event()
+        self._requests_in_flight = 0
         self.binds_sent = 0
         self.unbinds_sent = 0
         self.binds_refused = 0
@@ -199,6 +202,21 @@ class Bindings:
             self._lingering[topic] = time.monotonic() + self._linger_s
         else:
             self._queue_unbind(topic)
+
+    async def stop_sending(self, timeout_s: float) -> None:
+        """Send nothing more: the queue is about to be deleted, and its bindings with it. Waits (at most
+        `timeout_s`) for the requests already sent, so that none is cancelled half-way when the instance
+        stops: aio-pika closes the channel of a cancelled request, and with RabbitMQ busy deleting thousands
+        of bindings that close can hold the process for seconds."""
+        self._quiet.set()
+        deadline = time.monotonic() + timeout_s
+        while self._requests_in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(ALL_BOUND_POLL_S)
+
+    async def _sending(self) -> None:
+        """Before each request: once sending has stopped, wait here until the senders are cancelled."""
+        if self._quiet.is_set():
+            await asyncio.Future()  # never done: a sender rests here, with nothing in flight, until stopped
 
     @property
     def queue(self) -> str:
@@ -302,8 +320,10 @@ class Bindings:
             if self._unbinding == pattern:  # the unbind of an earlier cover is in flight: bind after it
                 await asyncio.sleep(0.01)
                 continue
+            await self._sending()
             self._maybe_bound.add(pattern)
             queue = self._queue
+            self._requests_in_flight += 1
             try:
                 channel = await self._cover_channel()
                 await channel.queue_bind(queue, self._exchange, routing_key=pattern)
@@ -313,6 +333,8 @@ class Bindings:
                 log.warning("broker_bind_failed", topics=1, error=repr(error))
                 await asyncio.sleep(RETRY_S)
                 continue
+            finally:
+                self._requests_in_flight -= 1
             self.covers_bound += 1
             self._confirmed.add(pattern)
             if not cover.done():
@@ -365,11 +387,13 @@ class Bindings:
             if not batch:  # only a topic whose unbind is in flight: its end sets the event again
                 self._bind_work.clear()
                 continue
+            await self._sending()
             for topic in batch:
                 del self._to_bind[topic]
             self._maybe_bound.update(batch)
             sent_at = time.monotonic()
             queue = self._queue
+            self._requests_in_flight += 1
             try:
                 channel = await channel_source()
                 if len(batch) > 1:
@@ -387,6 +411,8 @@ class Bindings:
                         self._queue_unbind(topic)
                 await asyncio.sleep(RETRY_S)
                 continue
+            finally:
+                self._requests_in_flight -= 1
             self.binds_sent += len(batch)
             log.debug("binds_confirmed", topics=len(batch), seconds=round(time.monotonic() - sent_at, 3))
             for topic in batch:
@@ -405,12 +431,14 @@ class Bindings:
             if not self._to_unbind:
                 self._unbind_work.clear()
                 continue
+            await self._sending()
             topic = next(iter(self._to_unbind))
             del self._to_unbind[topic]
             if topic in self._wanted or topic in self._to_bind:
                 continue  # wanted again meanwhile
             self._confirmed.discard(topic)
             self._unbinding = topic
+            self._requests_in_flight += 1
             try:
                 channel = await channel_source()
                 await channel.queue_unbind(self._queue, self._exchange, routing_key=topic)
@@ -421,6 +449,7 @@ class Bindings:
                 await asyncio.sleep(RETRY_S)
                 continue
             finally:
+                self._requests_in_flight -= 1
                 self._unbinding = None
                 if self._to_bind:
                     self._bind_work.set()

@@ -2,10 +2,10 @@
 
 A hand-over splits a session's events between two queues at the moment the new instance's bind was confirmed:
 what was routed before it is only in the old instance's queue, what was routed after is in both. Either
-instance may be seconds behind its queue when it is busy, so each waits until it has caught up before its side
-of the hand-over counts: the holder before it answers (an event still in its queue would reach a session it
-already let go of: lost), the asker before it merges (an event still in its queue, also in the answer, would be
-sent again: doubled).
+instance may be seconds behind its queue when it is busy. So the holder waits until it has caught up before
+it answers (an event still in its queue would reach a session it already let go of: lost), and the asker, which
+merges at once, drops the events of the answer that reach it later, until it has caught up (they would be sent
+again: doubled).
 
 Catching up is a marker sent to the instance's own queue through the default exchange: a queue is first in,
 first out, so once the marker is delivered, every event enqueued before it was too. Callers that arrive in the
@@ -65,6 +65,8 @@ class CatchUp:
         self._out.clear()
         for arrived in pending:
             _fail(arrived, reason)
+        for sending in self._sending:
+            sending.cancel()
 
     def _send_next(self) -> None:
         arrived, self._next = self._next, None

@@ -104,7 +104,6 @@ class AmqpControlPlane:
         self._collectors: dict[str, _Collector] = {}
         self._peers: dict[str, float] = {}  # instance id -> when it was last heard from (monotonic)
         self._peer_kinds: dict[str, frozenset[str]] = {}  # instance id -> the command kinds it announced
-        self._first_heard: dict[str, float] = {}  # instance id -> when it was first heard from (monotonic)
         self._tasks: set[asyncio.Task[None]] = set()
         self._background: asyncio.Task[None] | None = None
         self._declared = False
@@ -125,9 +124,6 @@ class AmqpControlPlane:
             return kind in self._runner.kinds
         return kind in self._peer_kinds.get(instance_id, ())
 
-    def first_heard(self, instance_id: str) -> float | None:
-        return self._first_heard.get(instance_id)
-
     def live_instances(self) -> set[str]:
         """This instance and the peers heard from within the last few heartbeats."""
         horizon = time.monotonic() - PEER_HEARTBEATS_TO_EXPIRE * self._settings.control_heartbeat_s
@@ -135,7 +131,6 @@ class AmqpControlPlane:
             if seen < horizon:
                 del self._peers[peer]
                 self._peer_kinds.pop(peer, None)
-                self._first_heard.pop(peer, None)
         return {self.instance_id, *self._peers}
 
     # Start and stop.
@@ -314,7 +309,6 @@ class AmqpControlPlane:
                 if message.type == "bye":
                     self._peers.pop(sender, None)
                     self._peer_kinds.pop(sender, None)
-                    self._first_heard.pop(sender, None)
                     self._stop_waiting_for(sender)
                 else:
                     known = sender in self._peers
@@ -322,7 +316,6 @@ class AmqpControlPlane:
                         self.live_instances()  # forget the quiet ones to make room
                     if known or len(self._peers) < MAX_PEERS:
                         self._peers[sender] = time.monotonic()
-                        self._first_heard.setdefault(sender, self._peers[sender])
                         if message.type == "hello":
                             self._peer_kinds[sender] = _announced_kinds(message.headers)
                     if message.type == "hello" and not known:

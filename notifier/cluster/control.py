@@ -37,10 +37,6 @@ class ControlPlane(Protocol):
         """This instance and the others heard from lately; None when this control plane cannot tell (then every
         instance counts as alive until it fails to answer)."""
 
-    def first_heard(self, instance_id: str) -> float | None:
-        """When this instance first heard from `instance_id` since it last appeared (monotonic seconds): a later
-        one started later. None if it is not known."""
-
     def runs(self, instance_id: str, kind: str) -> bool:
         """Whether `instance_id` runs commands of `kind` (instances announce theirs; an instance of an earlier
         release announces none, so a caller keeps to the kinds every release has)."""

@@ -21,6 +21,7 @@ every instance which one adopted them (`session.where`) the first time a client 
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -30,6 +31,7 @@ import structlog
 from notifier.broker import BrokerUnavailable
 from notifier.cluster.codec import BadControlMessage, CommandResult
 from notifier.cluster.control import ControlPlane
+from notifier.connection.adopted import AdoptedSession
 from notifier.connection.directory import SessionDirectory
 from notifier.connection.resume import Handed
 from notifier.formats.wire import Frame
@@ -46,6 +48,8 @@ WHERE = "session.where"
 
 # Stopped instances whose sessions a peer adopted, remembered for the resume window, at most this many.
 MAX_MOVED = 1024
+# Adopters followed from the instance that named a session to the one holding it now.
+MAX_HOPS = 4
 # How long the outcome of a search for a stopped instance's adopter (`session.where`) stands.
 SEARCH_STANDS_S = 2.0
 
@@ -125,11 +129,12 @@ class SessionHandOver:
         self._outboxes: dict[tuple[str, str], _Outbox] = {}
         self._senders: set[asyncio.Task[None]] = set()
         self.batches_sent = 0
-        self._moved: dict[str, str] = {}  # stopped instance -> the peer that adopted its sessions
+        # Stopped instance -> the peers that adopted its sessions, each session by adopter_of.
+        self._moved: dict[str, tuple[str, ...]] = {}
         # Stopping: the parked sessions given to a peer to adopt (session id -> peer); as many as were parked.
         self._given_to: dict[str, str] = {}
         # Stopped instances whose parked sessions were adopted here (insertion-ordered, at most MAX_MOVED).
-        self._adopted_from: dict[str, None] = {}
+        self._adopted_from: dict[str, tuple[str, ...]] = {}  # -> the peers that adopted its sessions
         self._finding: dict[str, asyncio.Future[None]] = {}  # gone holder -> the search for its adopter
         self.adopt: Adopt | None = None
         """Adopts sessions of a stopping instance here; set by the node (it needs the session context)."""
@@ -144,10 +149,21 @@ class SessionHandOver:
     def holder(self, session_id: str) -> str | None:
         """The other instance that holds `session_id`, or None when it names this one (or none). The sessions of
         an instance that stopped are with the peer that adopted them."""
-        holder = self._directory.holder_of(session_id)
-        holder = self._moved.get(holder, holder)
+        holder = self._where_held(session_id)
         if not holder or holder == self._directory.instance_id:
             return None
+        return holder
+
+    def _where_held(self, session_id: str) -> str:
+        """The instance that holds `session_id` as far as this one knows: the one that named it, or, if that one
+        stopped, its adopter, or the adopter's adopter if that one stopped in turn (a rolling update can make
+        an old instance adopt sessions just before its own turn comes)."""
+        holder = self._directory.holder_of(session_id)
+        for _ in range(MAX_HOPS):
+            adopters = self._moved.get(holder)
+            if not adopters:
+                break
+            holder = adopter_of(session_id, adopters)
         return holder
 
     def others_alive(self) -> bool:
@@ -200,19 +216,14 @@ class SessionHandOver:
     ) -> tuple[str | None, CommandResult]:
         """The session's holder and its answer. A stopping holder that already gave its parked sessions to a
         peer says so (`moved`) until every instance has heard it: the request then goes once more, to that peer."""
-        holder = self.holder(session_id)
-        if holder is not None and not self._alive(holder):
-            await self._find_adopter(holder)
-            holder = self.holder(session_id)
+        holder = await self._live_holder(session_id)
         if holder is None or not self._alive(holder):
             return holder, None
         reply = await self._ask(holder, kind, batch_kind, args)
         if reply is None and not self._alive(holder):
-            # It left while it was asked (its goodbye ends the wait): its sessions are with the peer that adopted
-            # them, which its `session.moved` named, or which is asked for now.
-            if holder not in self._moved:
-                await self._find_adopter(holder)
-            adopter = self.holder(session_id)
+            # It left while it was asked (its goodbye ends the wait): its sessions are with the peers that adopted
+            # them, which its `session.moved` named, or which are searched for now.
+            adopter = await self._live_holder(session_id)
             if adopter is None or adopter == holder or not self._alive(adopter):
                 return holder, None
             holder, reply = adopter, await self._ask(adopter, kind, batch_kind, args)
@@ -220,6 +231,20 @@ class SessionHandOver:
         if not isinstance(moved, str) or moved in (holder, self._directory.instance_id) or not self._alive(moved):
             return holder, reply
         return moved, await self._ask(moved, kind, batch_kind, args)
+
+    async def _live_holder(self, session_id: str) -> str | None:
+        """The session's holder; when the one this instance knows of is gone, the adopter its peers know of,
+        followed for as long as that one is gone too (at most MAX_HOPS searches)."""
+        holder = self.holder(session_id)
+        for _ in range(MAX_HOPS):
+            if holder is None or self._alive(holder):
+                break
+            await self._find_adopter(holder)
+            found = self.holder(session_id)
+            if found == holder:
+                break
+            holder = found
+        return holder
 
     async def _find_adopter(self, gone: str) -> None:
         """Learn which peer adopted the sessions of `gone`, an instance that stopped before this one heard its
@@ -239,13 +264,11 @@ class SessionHandOver:
         except BrokerUnavailable as error:
             log.info("handover_request_not_sent", holder="all", kind=WHERE, error=str(error))
             return
-        adopters = sorted(
-            reply["adopted_by"]
-            for reply in gathered.replies.values()
-            if isinstance(reply, dict) and isinstance(reply.get("adopted_by"), str)
-        )
-        if adopters:
-            self._remember_moved(gone, adopters[0])
+        for reply in gathered.replies.values():
+            adopters = _peers(reply.get("adopters")) if isinstance(reply, dict) else None
+            if adopters:
+                self._remember_moved(gone, adopters)
+                return
 
     async def _ask(self, holder: str, kind: str, batch_kind: str, args: dict[str, Any]) -> CommandResult:
         """The holder's answer for one session, or None when there is none within NOTIFIER_RESUME_TIMEOUT_S,
@@ -322,34 +345,51 @@ class SessionHandOver:
 
     # A stopping instance's parked sessions, adopted by a peer.
 
-    def adopter(self) -> str | None:
-        """The live peer that adopts sessions (one of an earlier release does not): the one heard of last, or None."""
+    def adopters(self) -> tuple[str, ...]:
+        """The live peers that adopt sessions (one of an earlier release does not), in one order every instance
+        shares: a stopping instance's parked sessions are spread over them by `adopter_of`."""
         live = self._control.live_instances() or set()
-        peers = [peer for peer in live - {self._directory.instance_id} if self._control.runs(peer, ADOPT_BATCH)]
-        # The newest: in a rolling update the others are the old release, each about to stop in its turn.
-        return max(peers, key=lambda peer: (self._control.first_heard(peer) or 0.0, peer), default=None)
+        return tuple(
+            sorted(peer for peer in live - {self._directory.instance_id} if self._control.runs(peer, ADOPT_BATCH))
+        )
 
-    async def push_parked(self, peer: str, sessions: list[tuple[str, str]], deadline: float) -> None:
-        """Ask `peer` to adopt these parked (session id, user) pairs; it takes each over as a resume would, so
-        they leave this instance as it gets them. Bounded by `deadline` (the loop's clock)."""
+    async def push_parked(self, adopters: tuple[str, ...], sessions: list[tuple[str, str]], deadline: float) -> None:
+        """Ask each of `adopters` to adopt its share of these parked (session id, user) pairs; it takes each over
+        as a resume would, so they leave this instance as it gets them. Bounded by `deadline` (the loop's
+        clock)."""
         loop = asyncio.get_running_loop()
-        # From now on a request for one of these that is no longer here is sent on to `peer`.
-        self._given_to.update((session_id, peer) for session_id, _user in sessions)
+        shares: dict[str, list[tuple[str, str]]] = {}
+        for session_id, user in sessions:
+            peer = adopter_of(session_id, adopters)
+            shares.setdefault(peer, []).append((session_id, user))
+            # From now on a request for it that finds it no longer here is sent on to its adopter.
+            self._given_to[session_id] = peer
 
-        async def push(batch: list[tuple[str, str]]) -> None:
-            args = {"holder": self._directory.instance_id, "sessions": [{"session": s, "user": u} for s, u in batch]}
+        async def push(peer: str, batch: list[tuple[str, str]]) -> None:
+            args = {
+                "holder": self._directory.instance_id,
+                "adopters": list(adopters),
+                "sessions": [{"session": s, "user": u} for s, u in batch],
+            }
             try:
                 await self._control.ask(peer, ADOPT_BATCH, args, timeout=max(0.0, deadline - loop.time()))
             except BrokerUnavailable as error:
                 log.info("handover_request_not_sent", holder=peer, kind=ADOPT_BATCH, error=str(error))
 
-        batches = [sessions[index : index + MAX_BATCH] for index in range(0, len(sessions), MAX_BATCH)]
-        await asyncio.gather(*(push(batch) for batch in batches))
+        await asyncio.gather(
+            *(
+                push(peer, share[index : index + MAX_BATCH])
+                for peer, share in shares.items()
+                for index in range(0, len(share), MAX_BATCH)
+            )
+        )
 
-    async def announce_moved(self, peer: str) -> None:
-        """Tell every instance that a client of ours resumes with `peer` from now on."""
+    async def announce_moved(self, adopters: tuple[str, ...]) -> None:
+        """Tell every instance that a client of ours resumes with its session's adopter from now on."""
+        # `to` for instances of an earlier release, which know one adopter only.
+        args = {"from": self._directory.instance_id, "to": adopters[0], "adopters": list(adopters)}
         try:
-            await self._control.broadcast(MOVED, {"from": self._directory.instance_id, "to": peer})
+            await self._control.broadcast(MOVED, args)
         except BrokerUnavailable as error:
             log.info("handover_request_not_sent", holder="all", kind=MOVED, error=str(error))
 
@@ -363,9 +403,9 @@ class SessionHandOver:
             for item in items
             if isinstance(item.get("session"), str)
             and isinstance(item.get("user"), str)
-            and self._directory.holder_of(item["session"]) == holder
+            and self._where_held(item["session"]) == holder  # its own, or one it adopted
         ]
-        self._adopted_from[holder] = None
+        self._adopted_from[holder] = _peers(args.get("adopters")) or (self._directory.instance_id,)
         if len(self._adopted_from) > MAX_MOVED:
             self._adopted_from.pop(next(iter(self._adopted_from)))
         adopted = await self.adopt(pairs)
@@ -373,23 +413,28 @@ class SessionHandOver:
         return {"adopted": adopted}
 
     async def _on_moved(self, args: dict[str, Any]) -> CommandResult:
-        moved_from, moved_to = args.get("from"), args.get("to")
-        if isinstance(moved_from, str) and isinstance(moved_to, str):
-            self._remember_moved(moved_from, moved_to)
+        moved_from = args.get("from")
+        adopters = _peers(args.get("adopters")) or _peers([args.get("to")])
+        if isinstance(moved_from, str) and adopters:
+            self._remember_moved(moved_from, adopters)
         return None
 
     async def _where(self, args: dict[str, Any]) -> CommandResult:
         holder = args.get("holder")
-        if isinstance(holder, str) and holder in self._adopted_from:
-            return {"adopted_by": self._directory.instance_id}
+        if not isinstance(holder, str):
+            return None
+        if holder in self._adopted_from:
+            return {"adopted_by": self._directory.instance_id, "adopters": list(self._adopted_from[holder])}
+        if holder in self._moved:  # heard from it as it stopped: an answer for those that started later
+            return {"adopters": list(self._moved[holder])}
         return None
 
-    def _remember_moved(self, moved_from: str, moved_to: str) -> None:
-        if moved_from == moved_to or moved_from == self._directory.instance_id:
+    def _remember_moved(self, moved_from: str, adopters: tuple[str, ...]) -> None:
+        if moved_from == self._directory.instance_id or moved_from in adopters:
             return
         if moved_from not in self._moved and len(self._moved) >= MAX_MOVED:
             self._moved.pop(next(iter(self._moved)))
-        self._moved[moved_from] = moved_to
+        self._moved[moved_from] = adopters
 
     # The holding side.
 
@@ -400,24 +445,31 @@ class SessionHandOver:
         session = self._directory.find(session_id)
         if session is None or getattr(session, "user", None) != user:
             return None  # unknown here, or another user's: the same answer, so nothing leaks
+        if isinstance(session, AdoptedSession) and not session.adopted.done():
+            return None  # its adoption is not over in time: not all of it is here
         return session  # type: ignore[return-value]
 
     async def _describe(self, args: dict[str, Any]) -> CommandResult:
+        await self._adoptions_settled([args])
         return self._describe_one(args)
 
     async def _hand_over(self, args: dict[str, Any]) -> CommandResult:
+        await self._adoptions_settled([args])
         if not await self._caught_up_for([args]):
             return {"found": False}
         result, _ = self._hand_over_one(args, MAX_HANDOVER_BYTES)
         return result
 
     async def _describe_batch(self, args: dict[str, Any]) -> CommandResult:
-        return {"results": [self._describe_one(item) for item in _batch_items(args)]}
+        items = _batch_items(args)
+        await self._adoptions_settled(items)
+        return {"results": [self._describe_one(item) for item in items]}
 
     async def _hand_over_batch(self, args: dict[str, Any]) -> CommandResult:
         """Hand every session of the batch over, within one reply's size bound: the ones past it stay here,
         answered `deferred` (the asker asks again)."""
         items = _batch_items(args)
+        await self._adoptions_settled(items)
         if not await self._caught_up_for(items):
             return {"results": [{"found": False} for _ in items]}
         results: list[dict[str, Any]] = []
@@ -429,6 +481,19 @@ class SessionHandOver:
         handed = sum(1 for result in results if result.get("found"))
         log.info("handover_batch_answered", sessions=handed, asked=len(results))
         return {"results": results}
+
+    async def _adoptions_settled(self, items: list[dict[str, Any]]) -> None:
+        """Wait (within NOTIFIER_RESUME_TIMEOUT_S) for the adoptions under way of the sessions asked for: until
+        one is over, its topics and events are not all here yet, and describing or handing it over then would
+        give the asker a part of it. One whose adoption failed is gone by then (not found)."""
+        adopting = [
+            session.adopted
+            for item in items
+            if isinstance(session := self._directory.find(str(item.get("session"))), AdoptedSession)
+            and not session.adopted.done()
+        ]
+        if adopting:
+            await asyncio.wait(adopting, timeout=self._timeout_s)
 
     async def _caught_up_for(self, items: list[dict[str, Any]]) -> bool:
         """Before sessions held here are handed over: wait until every event routed here before the asker's
@@ -495,3 +560,17 @@ def _batch_items(args: dict[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(sessions, list) or len(sessions) > MAX_BATCH:
         raise BadControlMessage(f"a batch is a list of at most {MAX_BATCH} sessions")
     return [item if isinstance(item, dict) else {} for item in sessions]
+
+
+def adopter_of(session_id: str, adopters: tuple[str, ...]) -> str:
+    """Which of a stopped instance's adopters has `session_id`: the same answer on every instance."""
+    return adopters[zlib.crc32(session_id.encode()) % len(adopters)]
+
+
+def _peers(value: object) -> tuple[str, ...]:
+    """A list of instance ids from a message, or () when it is not one (bounded as the instances remembered)."""
+    if not isinstance(value, list) or not value or len(value) > MAX_MOVED:
+        return ()
+    if not all(isinstance(peer, str) and peer for peer in value):
+        return ()
+    return tuple(value)

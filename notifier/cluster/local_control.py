@@ -28,9 +28,6 @@ class LocalControlPlane:
     def runs(self, instance_id: str, kind: str) -> bool:
         return instance_id == self.instance_id and kind in self._runner.kinds
 
-    def first_heard(self, instance_id: str) -> float | None:
-        return None  # no other instance
-
     def live_instances(self) -> set[str]:
         """Only this one: no other instance shares an in-memory broker."""
         return {self.instance_id}

@@ -106,6 +106,9 @@ class AdoptedSession:
     ) -> None:
         raise RuntimeError("an adopted session has no connection to go live on")
 
+    def skip_late_repeats(self, event_ids: frozenset[str] | None) -> None:
+        """It drops the events it was handed by itself, for as long as it is held."""
+
     async def adopt(self, remote: RemoteSessions) -> bool:
         """Take the session over from its holder: bind its topics here, then take every event it holds and
         merge those that reached this instance since. False if it could not be had whole."""
@@ -137,7 +140,7 @@ class AdoptedSession:
             await self.release_slot_and_topics()
             return False
         handed = await remote.take(self.session_id or "", self._user, None)
-        if handed is None or handed.sent is None or not self._held or not await self._caught_up():
+        if handed is None or handed.sent is None or not self._held:
             await self.release_slot_and_topics()
             return False
         collected = self.history.after(0) or []  # what reached this instance since its binds
@@ -150,15 +153,6 @@ class AdoptedSession:
                 history.record(frame)
         self.history = history
         return True
-
-    async def _caught_up(self) -> bool:
-        """Every event routed here before now reached this session (as a resume from another instance waits)."""
-        try:
-            await self._context.hub.caught_up(self._context.settings.resume_timeout_s)
-        except BrokerUnavailable as error:
-            self.log.warning("adoption_not_caught_up", error=str(error))
-            return False
-        return self._held
 
 
 async def adopt_sessions(context: SessionContext, remote: RemoteSessions, sessions: list[tuple[str, str]]) -> int:

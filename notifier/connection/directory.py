@@ -142,6 +142,17 @@ class SessionDirectory:
         """The sessions parked now, oldest first."""
         return [self._by_id[session_id] for session_id in self._parked if session_id in self._by_id]
 
+    def parked_since(self, before: float) -> list[Resumable]:
+        """The sessions parked at or before `before` (the loop's clock) and parked still, oldest first."""
+        found = []
+        for session_id, timer in self._parked.items():
+            if timer.when() - self.window_s > before:
+                break  # parked in order: the rest are newer
+            session = self._by_id.get(session_id)
+            if session is not None:
+                found.append(session)
+        return found
+
     def end_all_parked(self) -> None:
         """End every parked session now (the instance is stopping)."""
         for session_id in tuple(self._parked):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 import structlog
 
-from notifier.broker import Broker
+from notifier.broker import Broker, BrokerUnavailable
 from notifier.formats import messages
 from notifier.formats.events import Event, now_ms
 from notifier.formats.wire import Frame
@@ -43,6 +43,7 @@ class Hub:
         self._subscribers: dict[str, set[Subscriber]] = {}
         self._bound: set[str] = set()
         self._guards: dict[str, _TopicGuard] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def bound_topics(self) -> frozenset[str]:
@@ -75,6 +76,21 @@ class Hub:
         """Return once every event routed to this instance before the call has reached its subscribers;
         BrokerUnavailable if that is not known within `timeout_s`."""
         await self._broker.caught_up(timeout_s)
+
+    def when_caught_up(self, then: Callable[[], None], timeout_s: float) -> None:
+        """Call `then` once every event routed here before now has reached the subscribers, or after
+        `timeout_s` if that is not known sooner; without waiting for it here."""
+        task = asyncio.ensure_future(self._call_when_caught_up(then, timeout_s))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _call_when_caught_up(self, then: Callable[[], None], timeout_s: float) -> None:
+        try:
+            await self._broker.caught_up(timeout_s)
+        except BrokerUnavailable:
+            await asyncio.sleep(timeout_s)  # not known: an event still on its way has had that long
+        finally:
+            then()
 
     def transfer(self, old: Subscriber, new: Subscriber, topic: str) -> None:
         """Hand `old`'s subscription to `topic` to `new`, at once and without touching the binding: no event is

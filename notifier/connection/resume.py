@@ -98,6 +98,9 @@ class ResumableSession(Protocol):
     ) -> None:
         """Give it a session id, open it and send the welcome."""
 
+    def skip_late_repeats(self, event_ids: frozenset[str] | None) -> None:
+        """Drop these events if they reach it from now on (None: stop dropping)."""
+
     async def release_slot_and_topics(self) -> None:
         """Give back the user's connection slot, then every topic it still holds."""
 
@@ -237,8 +240,6 @@ async def resume_from_another_instance(
     if not session.awaiting_auth:
         return
     handed = await remote.take(resume.session, identity.user, resume.received) if held is not None else None
-    if handed is not None and not await _caught_up(context, session):
-        handed = None  # what reached this instance may lack events the holder handed over: they could repeat
     if not session.awaiting_auth:
         return
     collected = session.history.after(0)  # what reached this session since its binds
@@ -256,6 +257,10 @@ async def resume_from_another_instance(
     for frame in collected:
         if frame.event_id not in already:
             session.offer(frame)
+    # An event of the replay may also be on its way through this instance's queue, behind others (a busy
+    # instance is seconds behind it): it is dropped when it comes, until this instance has caught up.
+    session.skip_late_repeats(frozenset(event_id for event_id in already if event_id))
+    context.hub.when_caught_up(lambda: session.skip_late_repeats(None), context.settings.resume_timeout_s)
     session.log.info("session_resumed_from_another_instance", replayed=len(handed.frames), received=resume.received)
 
 
@@ -274,18 +279,6 @@ async def start_fresh_after_failed_resume(
     for frame in collected:
         if frame.topic == personal:
             session.offer(frame)
-
-
-async def _caught_up(context: SessionContext, session: ResumableSession) -> bool:
-    """Wait until every event routed here before now reached the session: one the holder handed over may also
-    be on its way here, and must be among what is merged, not arrive after it. False if that is not known in
-    time."""
-    try:
-        await context.hub.caught_up(context.settings.resume_timeout_s)
-    except BrokerUnavailable as error:
-        session.log.warning("resume_not_caught_up", error=str(error))
-        return False
-    return True
 
 
 def _history(context: SessionContext, *, sent: int = 0) -> History:

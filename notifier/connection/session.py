@@ -106,6 +106,7 @@ class Session:
         "_commands",
         "_context",
         "_holds_user_slot",
+        "_late_repeats",
         "_outbox",
         "_rate",
         "_receive",
@@ -146,6 +147,9 @@ class Session:
         self._holds_user_slot = False
         self._sent_when_parked = 0
         self._asked_to_resume = False  # its sign-in named a session to resume (counted by outcome)
+        # Resumed from another instance: the ids of the events it got in the replay, which may still arrive here
+        # through this instance's queue; dropped once this instance has caught up with its queue.
+        self._late_repeats: frozenset[str] | None = None
         self._close_reason: CloseReason | None = None
         self._client_close_code: int | None = None
         self._outbox = Outbox(sender, settings.send_queue_size, self._on_outbox_overflow)
@@ -196,6 +200,9 @@ class Session:
     def offer(self, frame: Frame) -> None:
         """Take one event frame from the hub: send it now if the socket takes it, else queue it (a client too slow
         to take it is closed); keep it for a resume; while parked, only keep it."""
+        repeats = self._late_repeats
+        if repeats is not None and frame.event_id in repeats:
+            return  # it had this one in the replay of its resume
         state = self.state
         if state is State.OPEN:
             history = self.history
@@ -210,6 +217,10 @@ class Session:
                 self._context.directory.end(self)  # it missed more than it can hold: never recoverable
             else:
                 self.history.record(frame)
+
+    def skip_late_repeats(self, event_ids: frozenset[str] | None) -> None:
+        """Drop these events if they reach the session from now on (None: stop dropping)."""
+        self._late_repeats = event_ids or None
 
     def reply(self, payload: bytes) -> None:
         """Send one of this connection's own messages (welcome, answers, errors)."""

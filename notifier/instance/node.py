@@ -18,7 +18,7 @@ from starlette.websockets import WebSocket
 from notifier.broker import Broker, BrokerUnreachable, create_broker
 from notifier.cluster.control import ControlPlane
 from notifier.cluster.handover import SessionHandOver
-from notifier.connection.adopted import adopt_sessions
+from notifier.connection.adopted import AdoptedSession, adopt_sessions
 from notifier.connection.auth import TokenVerifier
 from notifier.connection.directory import SessionDirectory
 from notifier.connection.hub import Hub
@@ -42,8 +42,12 @@ log = structlog.get_logger("notifier.node")
 BROKER_RETRY_MAX_S = 10.0
 # A paced close (see `_close_connections`) ends within this share of NOTIFIER_SHUTDOWN_TIMEOUT_S, and closes a
 # slice of the connections this often.
-CLOSE_WITHIN = 0.5
+CLOSE_WITHIN = 0.3
 CLOSE_TICK_S = 0.05
+# While a stopping instance closes its connections, a session parked this long (its client did not come back
+# at once) is pushed to the adopting peer; the parked ones are looked at this often.
+PUSH_AFTER_S = 1.5
+PUSH_EVERY_S = 0.25
 
 
 class Node:
@@ -93,7 +97,6 @@ class Node:
         self._connect_task: asyncio.Task[None] | None = None
         self._lag_task: asyncio.Task[None] | None = None
         self._stop_deadline = 0.0
-        self._pushing: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -151,21 +154,26 @@ class Node:
             code=closecodes.SHUTDOWN.code,
             close_rate=self._close_rate(len(self.sessions)) if paced else None,
         )
-        await self._close_connections(paced)
         # Keep a moment of the budget for closing the broker connection.
         flush_deadline = self._stop_deadline - min(1.0, self.settings.shutdown_timeout_s / 4)
+        all_closed = asyncio.Event()
+        adopters = self._hand_over.adopters() if hand_over and self._hand_over is not None else ()
+        pusher = (
+            asyncio.create_task(self._push_parked_sessions(adopters, all_closed, flush_deadline)) if adopters else None
+        )
+        await self._close_connections(paced)
         while self.sessions and time.monotonic() < flush_deadline:
             await asyncio.sleep(0.05)
         if self.sessions:
             log.warning("drain_timeout", connections=len(self.sessions))
+        all_closed.set()
         if hand_over:
-            parked = self.directory.parked_count
-            peer = await self._push_parked_sessions(flush_deadline)
+            pushed = await pusher if pusher is not None else 0
             while self.directory.parked_count and time.monotonic() < flush_deadline:
                 await asyncio.sleep(0.05)
-            log.info("sessions_handed_over", parked=parked, left=self.directory.parked_count, adopted_by=peer)
-            if peer is not None:
-                await self._within_deadline(self._announce_moved(peer), "announce_moved")
+            log.info("sessions_handed_over", pushed=pushed, left=self.directory.parked_count, adopters=list(adopters))
+            if adopters:
+                await self._within_deadline(self._announce_moved(adopters), "announce_moved")
             await self._within_deadline(self.broker.stop_consuming(), "stop_consuming")
         # Last: RabbitMQ spends seconds removing thousands of bindings, and the clients are closed sooner without
         # it competing for the CPU; it finishes after this process has left.
@@ -190,27 +198,44 @@ class Node:
             for session in sessions[start : start + per_tick]:
                 session.close(closecodes.SHUTDOWN)
 
-    async def _push_parked_sessions(self, deadline: float) -> str | None:
-        """Ask a live peer to adopt every session still parked here, so that clients that come back after this
-        instance is gone still resume; returns the peer, or None when there is none to ask."""
+    async def _push_parked_sessions(self, adopters: tuple[str, ...], all_closed: asyncio.Event, deadline: float) -> int:
+        """Ask `adopters` (the live peers) to adopt the sessions parked here, each its share, so that clients that
+        come back after this instance is gone still resume: while connections are being closed, each one parked
+        for PUSH_AFTER_S (its client did not come back at once: the peers' work is spread over the drain rather
+        than left to its end), then, once all are closed, every one left. Returns how many were pushed."""
         assert self._hand_over is not None
-        peer = self._hand_over.adopter()
-        parked = [
-            (session.session_id, session.user)
-            for session in self.directory.parked_sessions()
-            if isinstance(session, Session) and session.session_id is not None and session.user is not None
-        ]
-        if peer is None or not parked:
-            return None
-        log.info("sessions_pushed", peer=peer, sessions=len(parked))
         loop = asyncio.get_running_loop()
-        pushing = self._hand_over.push_parked(peer, parked, loop.time() + max(0.0, deadline - time.monotonic()))
-        self._pushing = asyncio.create_task(pushing)
-        return peer
+        pushed: set[str] = set()
+        pushes: set[asyncio.Task[None]] = set()
+        while True:
+            final = all_closed.is_set()
+            parked_before = loop.time() - (0.0 if final else PUSH_AFTER_S)
+            sessions = [
+                (session.session_id, session.user)
+                for session in self.directory.parked_since(parked_before)
+                if isinstance(session, Session | AdoptedSession)  # one it adopted goes on to a live peer
+                and session.session_id is not None
+                and session.user is not None
+                and session.session_id not in pushed
+            ]
+            if sessions:
+                pushed.update(session_id for session_id, _user in sessions)
+                log.info("sessions_pushed", sessions=len(sessions), last=final)
+                until = loop.time() + max(0.0, deadline - time.monotonic())
+                push = asyncio.create_task(self._hand_over.push_parked(adopters, sessions, until))
+                pushes.add(push)
+                push.add_done_callback(pushes.discard)
+            if final:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(all_closed.wait(), PUSH_EVERY_S)
+        if pushes:
+            await asyncio.wait(pushes)
+        return len(pushed)
 
-    async def _announce_moved(self, peer: str) -> None:
+    async def _announce_moved(self, adopters: tuple[str, ...]) -> None:
         assert self._hand_over is not None
-        await self._hand_over.announce_moved(peer)
+        await self._hand_over.announce_moved(adopters)
 
     async def _delete_queue(self) -> None:
         """With resume on, what is left in the queue once consuming stopped was for sessions that moved or
