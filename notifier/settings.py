@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     client_frames_burst: int = Field(default=40, ge=1)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     # Connections a graceful stop closes per second while another instance can take them, so that they arrive
-    # there at a pace it can serve; raised as needed to close them all within half of the shutdown timeout.
+    # there at a pace it can serve; raised as needed to close them all within 30 % of the shutdown timeout.
     # 0: all at once.
     drain_close_rate: int = Field(default=1000, ge=0)
     handshake_timeout_s: float = Field(default=10.0, gt=0)

@@ -46,17 +46,17 @@ async def test_with_a_peer_alive_the_closes_are_spread_at_the_close_rate(
     assert times[CLIENTS // 2] - times[0] >= 0.35  # spread, not a burst at either end
 
 
-async def test_the_rate_is_raised_to_close_everyone_within_half_the_shutdown_timeout(
+async def test_the_rate_is_raised_to_close_everyone_within_a_third_of_the_shutdown_timeout(
     start_server: StartServer, connect: ConnectClient
 ) -> None:
-    leaving = await start_server(drain_close_rate=10, shutdown_timeout_s=2)
+    leaving = await start_server(drain_close_rate=10, shutdown_timeout_s=3)
     peer = await start_server()
     await wait_until(lambda: peer.node.ready and leaving.node._hand_over.others_alive(), 5)  # type: ignore[union-attr]
     clients = await clients_of(leaving, connect)
     stopping = asyncio.create_task(leaving.stop())
     times = await close_times(clients)
     await stopping
-    # At 10 a second they would take 10 s; all are closed within half of the 2 s timeout (plus the last slice).
+    # At 10 a second they would take 10 s; all are closed within 30 % of the 3 s timeout (plus the last slice).
     assert 0.5 <= times[-1] - times[0] < 1.5, times[-1] - times[0]
 
 

@@ -14,7 +14,6 @@ import websockets
 
 from notifier.formats import closecodes
 from tests.processes import StartNotifier, notifier_env
-from tests.support_sse import metric
 from tests.support import (
     Client,
     ConnectClient,
@@ -27,6 +26,7 @@ from tests.support import (
     token_for,
     wait_until,
 )
+from tests.support_sse import metric
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -360,15 +360,15 @@ async def test_a_client_that_asks_the_stopping_holder_after_its_sessions_were_ad
     assert hand_over is not None
     real_announce = hand_over.announce_moved
 
-    async def announce_late(peer: str) -> None:
+    async def announce_late(adopters: tuple[str, ...]) -> None:
         await announce.wait()
-        await real_announce(peer)
+        await real_announce(adopters)
 
     monkeypatch.setattr(hand_over, "announce_moved", announce_late)
     stopping = asyncio.create_task(leaving.stop())
     with contextlib.suppress(AssertionError, websockets.ConnectionClosed):
         await client_state.next_event(socket, timeout=5)  # the 1012 of the drain
-    # Either peer may be the one asked to adopt (the first live one by id); the client comes back to the other.
+    # Either peer may be the one to adopt it (by a hash of its id); the client comes back to the other.
     await wait_until(lambda: any(peer.node.directory.parked_count == 1 for peer in (second, third)), 8)
     adopter, other = (second, third) if second.node.directory.parked_count == 1 else (third, second)
     await publisher.publish("user.late", "while away")

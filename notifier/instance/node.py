@@ -47,6 +47,9 @@ CLOSE_TICK_S = 0.05
 # While a stopping instance closes its connections, a session parked this long (its client did not come back
 # at once) is pushed to the adopting peer; the parked ones are looked at this often.
 PUSH_AFTER_S = 1.5
+# Of NOTIFIER_SHUTDOWN_TIMEOUT_S (at most a quarter of it), what is kept for stopping consuming, deleting the
+# queue, closing the broker connection and the server once the sessions have been handed over.
+STOP_RESERVE_S = 1.5
 PUSH_EVERY_S = 0.25
 
 
@@ -155,13 +158,16 @@ class Node:
             close_rate=self._close_rate(len(self.sessions)) if paced else None,
         )
         # Keep a moment of the budget for closing the broker connection.
-        flush_deadline = self._stop_deadline - min(1.0, self.settings.shutdown_timeout_s / 4)
-        all_closed = asyncio.Event()
+        flush_deadline = self._stop_deadline - min(STOP_RESERVE_S, self.settings.shutdown_timeout_s / 4)
+        closes_sent, all_closed = asyncio.Event(), asyncio.Event()
         adopters = self._hand_over.adopters() if hand_over and self._hand_over is not None else ()
         pusher = (
-            asyncio.create_task(self._push_parked_sessions(adopters, all_closed, flush_deadline)) if adopters else None
+            asyncio.create_task(self._push_parked_sessions(adopters, closes_sent, all_closed, flush_deadline))
+            if adopters
+            else None
         )
         await self._close_connections(paced)
+        closes_sent.set()
         while self.sessions and time.monotonic() < flush_deadline:
             await asyncio.sleep(0.05)
         if self.sessions:
@@ -198,18 +204,25 @@ class Node:
             for session in sessions[start : start + per_tick]:
                 session.close(closecodes.SHUTDOWN)
 
-    async def _push_parked_sessions(self, adopters: tuple[str, ...], all_closed: asyncio.Event, deadline: float) -> int:
+    async def _push_parked_sessions(
+        self, adopters: tuple[str, ...], closes_sent: asyncio.Event, all_closed: asyncio.Event, deadline: float
+    ) -> int:
         """Ask `adopters` (the live peers) to adopt the sessions parked here, each its share, so that clients that
-        come back after this instance is gone still resume: while connections are being closed, each one parked
-        for PUSH_AFTER_S (its client did not come back at once: the peers' work is spread over the drain rather
-        than left to its end), then, once all are closed, every one left. Returns how many were pushed."""
+        come back after this instance is gone still resume. While connections are being closed, each session
+        parked for PUSH_AFTER_S (its client did not come back at once: the peers' work is spread over the drain
+        rather than left to its end); from PUSH_AFTER_S after the last close was sent, every one as soon as it
+        is parked; once every connection is gone, every one left. Returns how many were pushed."""
         assert self._hand_over is not None
         loop = asyncio.get_running_loop()
         pushed: set[str] = set()
         pushes: set[asyncio.Task[None]] = set()
+        last_close_sent: float | None = None
         while True:
             final = all_closed.is_set()
-            parked_before = loop.time() - (0.0 if final else PUSH_AFTER_S)
+            if last_close_sent is None and closes_sent.is_set():
+                last_close_sent = loop.time()
+            waited = last_close_sent is not None and loop.time() - last_close_sent >= PUSH_AFTER_S
+            parked_before = loop.time() - (0.0 if final or waited else PUSH_AFTER_S)
             sessions = [
                 (session.session_id, session.user)
                 for session in self.directory.parked_since(parked_before)
