@@ -50,8 +50,6 @@ PUSH_AFTER_S = 1.5
 # Of NOTIFIER_SHUTDOWN_TIMEOUT_S (at most a quarter of it), what is kept for stopping consuming, deleting the
 # queue, closing the broker connection and the server once the sessions have been handed over.
 STOP_RESERVE_S = 1.5
-# Of NOTIFIER_SHUTDOWN_TIMEOUT_S (at most a tenth of it), what is kept for the process to end after the stop.
-PROCESS_END_S = 0.5
 PUSH_EVERY_S = 0.25
 
 
@@ -142,9 +140,7 @@ class Node:
         if not self._accepting:
             return
         self._accepting = False
-        # The process still has to close the server and end once this is over: that much is kept for it.
-        timeout_s = self.settings.shutdown_timeout_s
-        self._stop_deadline = time.monotonic() + timeout_s - min(PROCESS_END_S, timeout_s / 10)
+        self._stop_deadline = time.monotonic() + self.settings.shutdown_timeout_s
         if self._connect_task is not None:
             self._connect_task.cancel()
         # With other instances to hand sessions to, keep taking events while clients reconnect elsewhere: their
