@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     # 0: all at once.
     drain_close_rate: int = Field(default=1000, ge=0)
     handshake_timeout_s: float = Field(default=10.0, gt=0)
+    # The kernel's queue of connections not yet accepted (the OS caps it at net.core.somaxconn): when it
+    # overflows in a reconnect storm, a client's handshake is reset and it backs off for seconds.
+    listen_backlog: int = Field(default=4096, ge=1, le=65535)
     write_stall_timeout_s: float = Field(default=10.0, gt=0)
     # The HTTP stream transport (`GET /sse`, for networks that block WebSockets): on or off, the period of the
     # heartbeat comment on a stream with no other output, and how long a command for a stream that another

@@ -82,6 +82,7 @@ def build_server(settings: Settings, *, dev: bool = False, metrics_dir: Path | N
         lifespan="on",
         # Our drain has closed every WebSocket by the time uvicorn waits; this bounds stray HTTP requests.
         timeout_graceful_shutdown=1,
+        backlog=settings.listen_backlog,
     )
     return NotifierServer(config, app.state.node)
 

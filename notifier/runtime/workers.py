@@ -46,7 +46,6 @@ RESTART_LIMIT = 5
 RESTART_WINDOW_S = 60.0
 # Beyond the drain (NOTIFIER_SHUTDOWN_TIMEOUT_S): uvicorn's own close and the broker connection's close.
 EXIT_MARGIN_S = 5.0
-LISTEN_BACKLOG = 2048
 
 _PR_SET_PDEATHSIG = 1
 
@@ -96,7 +95,7 @@ def serve_workers(settings: Settings) -> None:
         raise SystemExit(code)
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, backlog: int) -> socket.socket:
     """Bind and listen once, in the parent, so every worker accepts on the same socket."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -106,7 +105,7 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError:
         sock.close()
         raise
-    sock.listen(LISTEN_BACKLOG)
+    sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
 
@@ -137,7 +136,7 @@ class Supervisor:
         """Start the workers, keep them running until a signal, stop them; the exit code."""
         settings = self.settings
         try:
-            self._sock = listen(settings.host, settings.port)
+            self._sock = listen(settings.host, settings.port, settings.listen_backlog)
         except OSError as error:
             log.error("listen_failed", host=settings.host, port=settings.port, error=str(error))
             return 1
