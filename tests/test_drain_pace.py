@@ -31,16 +31,22 @@ async def clients_of(running: RunningServer, connect: ConnectClient) -> list[Cli
     return [await connect(running, f"pace{n}") for n in range(CLIENTS)]
 
 
-async def test_with_a_peer_alive_the_closes_are_spread_at_the_close_rate(
-    start_server: StartServer, connect: ConnectClient
-) -> None:
-    leaving = await start_server(drain_close_rate=100, shutdown_timeout_s=8)
+async def stop_beside_a_peer(start_server: StartServer, connect: ConnectClient, **settings: float) -> list[float]:
+    """Stop an instance with these settings, holding CLIENTS clients, while a peer is alive; the close times."""
+    leaving = await start_server(**settings)
     peer = await start_server()
     await wait_until(lambda: peer.node.ready and leaving.node._hand_over.others_alive(), 5)  # type: ignore[union-attr]
     clients = await clients_of(leaving, connect)
     stopping = asyncio.create_task(leaving.stop())
     times = await close_times(clients)
     await stopping
+    return times
+
+
+async def test_with_a_peer_alive_the_closes_are_spread_at_the_close_rate(
+    start_server: StartServer, connect: ConnectClient
+) -> None:
+    times = await stop_beside_a_peer(start_server, connect, drain_close_rate=100, shutdown_timeout_s=8)
     # 100 at 100 a second: about one second from the first close to the last, in slices every 50 ms.
     assert times[-1] - times[0] >= 0.8, times[-1] - times[0]
     assert times[CLIENTS // 2] - times[0] >= 0.35  # spread, not a burst at either end
@@ -49,13 +55,7 @@ async def test_with_a_peer_alive_the_closes_are_spread_at_the_close_rate(
 async def test_the_rate_is_raised_to_close_everyone_within_a_third_of_the_shutdown_timeout(
     start_server: StartServer, connect: ConnectClient
 ) -> None:
-    leaving = await start_server(drain_close_rate=10, shutdown_timeout_s=3)
-    peer = await start_server()
-    await wait_until(lambda: peer.node.ready and leaving.node._hand_over.others_alive(), 5)  # type: ignore[union-attr]
-    clients = await clients_of(leaving, connect)
-    stopping = asyncio.create_task(leaving.stop())
-    times = await close_times(clients)
-    await stopping
+    times = await stop_beside_a_peer(start_server, connect, drain_close_rate=10, shutdown_timeout_s=3)
     # At 10 a second they would take 10 s; all are closed within 30 % of the 3 s timeout (plus the last slice).
     assert 0.5 <= times[-1] - times[0] < 1.5, times[-1] - times[0]
 

@@ -32,7 +32,6 @@ class CatchUp:
         self._next: asyncio.Future[None] | None = None  # the marker callers join until it is sent
         self._out: dict[str, asyncio.Future[None]] = {}  # token -> its callers' future, oldest first
         self._sending: set[asyncio.Task[None]] = set()
-        self.markers_sent = 0
 
     async def wait(self, timeout_s: float) -> None:
         """Return once every event routed here before the call has been handed on; BrokerUnavailable if that
@@ -47,14 +46,11 @@ class CatchUp:
         except TimeoutError:
             raise BrokerUnavailable(f"this instance's queue did not catch up within {timeout_s} s") from None
 
-    def seen(self, token: str | None) -> bool:
-        """A marker came back through the queue; False when `token` names none of ours."""
+    def seen(self, token: str | None) -> None:
+        """A marker came back through the queue (one that names none of ours is ignored)."""
         arrived = self._out.pop(token, None) if token else None
-        if arrived is None:
-            return False
-        if not arrived.done():
+        if arrived is not None and not arrived.done():
             arrived.set_result(None)
-        return True
 
     def fail_all(self, reason: str) -> None:
         """No marker out will come back (consuming stopped, or the queue was replaced)."""
@@ -86,8 +82,6 @@ class CatchUp:
         except (*BROKER_ERRORS, BrokerUnavailable) as error:
             self._out.pop(token, None)
             _fail(arrived, f"marker not sent: {error!r}")
-            return
-        self.markers_sent += 1
 
 
 def _fail(arrived: asyncio.Future[None], reason: str) -> None:

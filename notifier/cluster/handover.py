@@ -454,8 +454,7 @@ class SessionHandOver:
         return self._describe_one(args)
 
     async def _hand_over(self, args: dict[str, Any]) -> CommandResult:
-        await self._adoptions_settled([args])
-        if not await self._caught_up_for([args]):
+        if not await self._ready_to_hand_over([args]):
             return {"found": False}
         result, _ = self._hand_over_one(args, MAX_HANDOVER_BYTES)
         return result
@@ -469,8 +468,7 @@ class SessionHandOver:
         """Hand every session of the batch over, within one reply's size bound: the ones past it stay here,
         answered `deferred` (the asker asks again)."""
         items = _batch_items(args)
-        await self._adoptions_settled(items)
-        if not await self._caught_up_for(items):
+        if not await self._ready_to_hand_over(items):
             return {"results": [{"found": False} for _ in items]}
         results: list[dict[str, Any]] = []
         room = MAX_HANDOVER_BYTES
@@ -495,10 +493,12 @@ class SessionHandOver:
         if adopting:
             await asyncio.wait(adopting, timeout=self._timeout_s)
 
-    async def _caught_up_for(self, items: list[dict[str, Any]]) -> bool:
-        """Before sessions held here are handed over: wait until every event routed here before the asker's
-        binds reached them (an event still in this instance's queue would reach a session already let go of,
-        and be lost). False if that is not known in time: the sessions are not handed over then."""
+    async def _ready_to_hand_over(self, items: list[dict[str, Any]]) -> bool:
+        """Before sessions held here are handed over: wait for their adoptions under way, then until every event
+        routed here before the asker's binds reached them (an event still in this instance's queue would reach
+        a session already let go of, and be lost). False if that is not known in time: the sessions are not
+        handed over then."""
+        await self._adoptions_settled(items)
         if not any(self._held(item) for item in items):
             return True
         try:

@@ -47,10 +47,10 @@ CLOSE_TICK_S = 0.05
 # While a stopping instance closes its connections, a session parked this long (its client did not come back
 # at once) is pushed to the adopting peer; the parked ones are looked at this often.
 PUSH_AFTER_S = 1.5
+PUSH_EVERY_S = 0.25
 # Of NOTIFIER_SHUTDOWN_TIMEOUT_S (at most a quarter of it), what is kept for stopping consuming, deleting the
 # queue, closing the broker connection and the server once the sessions have been handed over.
 STOP_RESERVE_S = 1.5
-PUSH_EVERY_S = 0.25
 
 
 class Node:
@@ -145,17 +145,17 @@ class Node:
             self._connect_task.cancel()
         # With other instances to hand sessions to, keep taking events while clients reconnect elsewhere: their
         # parked sessions collect them and are handed over. Otherwise take no more events from the start.
-        hand_over = self._hand_over is not None and self.settings.resume_window_s > 0 and self._hand_over.others_alive()
+        others_alive = self._hand_over is not None and self._hand_over.others_alive()
+        hand_over = others_alive and self.settings.resume_window_s > 0
         if not hand_over:
             self.directory.parking = False  # no one could resume them: sessions end with their connection
             await self._within_deadline(self.broker.stop_consuming(), "stop_consuming")
-        paced = self._hand_over is not None and self._hand_over.others_alive()
         log.info(
             "draining",
             connections=len(self.sessions),
             hand_over=hand_over,
             code=closecodes.SHUTDOWN.code,
-            close_rate=self._close_rate(len(self.sessions)) if paced else None,
+            close_rate=self._close_rate(len(self.sessions)) if others_alive else None,
         )
         # Keep a moment of the budget for closing the broker connection.
         flush_deadline = self._stop_deadline - min(STOP_RESERVE_S, self.settings.shutdown_timeout_s / 4)
@@ -166,7 +166,7 @@ class Node:
             if adopters
             else None
         )
-        await self._close_connections(paced)
+        await self._close_connections(paced=others_alive)
         closes_sent.set()
         while self.sessions and time.monotonic() < flush_deadline:
             await asyncio.sleep(0.05)
