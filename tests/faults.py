@@ -9,19 +9,14 @@ import contextlib
 from tests.support import amqp_host, amqp_port, amqp_vhost, rabbitmqctl, rabbitmqctl_rows
 
 
-class CuttableProxy:
-    """Forwards 127.0.0.1:<port> to RabbitMQ (or to `target`); `cut()` drops every connection and refuses new
-    ones until `restore()`, which is what a network partition looks like.
-    `stall()` keeps every connection open but silent (bytes either way are swallowed), like a broker that
-    hangs or a firewall that drops packets without a reset."""
+class LoopbackProxy:
+    """A TCP proxy on 127.0.0.1:<port> (known once started) to `target`; what it does with a connection is its
+    subclass's `_accept`. `cut()` drops every connection it carries, as a network change does."""
 
-    def __init__(self, target: tuple[str, int] | None = None) -> None:
-        self._target = target or (amqp_host(), amqp_port())
+    def __init__(self, target: tuple[str, int]) -> None:
+        self._target = target
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._cut = False
-        self._stalled = False
-        self._delay_s = 0.0
         self.port = 0
 
     async def start(self) -> None:
@@ -35,10 +30,29 @@ class CuttableProxy:
             await self._server.wait_closed()
 
     def cut(self) -> None:
-        self._cut = True
         for writer in tuple(self._writers):
             writer.transport.abort()
         self._writers.clear()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class CuttableProxy(LoopbackProxy):
+    """Forwards 127.0.0.1:<port> to RabbitMQ (or to `target`); `cut()` drops every connection and refuses new
+    ones until `restore()`, which is what a network partition looks like.
+    `stall()` keeps every connection open but silent (bytes either way are swallowed), like a broker that
+    hangs or a firewall that drops packets without a reset."""
+
+    def __init__(self, target: tuple[str, int] | None = None) -> None:
+        super().__init__(target or (amqp_host(), amqp_port()))
+        self._cut = False
+        self._stalled = False
+        self._delay_s = 0.0
+
+    def cut(self) -> None:
+        self._cut = True
+        super().cut()
 
     def stall(self) -> None:
         self._stalled = True

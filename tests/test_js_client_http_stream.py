@@ -151,6 +151,15 @@ async def service(exchange: str, start_notifier: StartNotifier) -> NotifierProce
     return await start_notifier("serve", env=env, port=port)
 
 
+@pytest.fixture
+async def line(service: NotifierProcess) -> AsyncIterator[CuttableProxy]:
+    """A line to the service that the test can cut or stall."""
+    proxy = CuttableProxy(target=("127.0.0.1", service.port))
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
 async def publish_numbered(publisher: Publisher, topic: str, numbers: range) -> list[str]:
     """Publish one event per number, each with its own id; the ids in publishing order."""
     ids = []
@@ -195,58 +204,48 @@ async def test_node_client_on_the_http_stream_gets_every_event_in_order_and_clos
 
 
 async def test_node_client_resumes_the_stream_after_the_line_is_cut(
-    service: NotifierProcess, publisher: Publisher, node_clients: Callable[..., Awaitable[NodeClient]]
+    line: CuttableProxy, publisher: Publisher, node_clients: Callable[..., Awaitable[NodeClient]]
 ) -> None:
-    line = CuttableProxy(target=("127.0.0.1", service.port))
-    await line.start()
-    try:
-        url = f"ws://127.0.0.1:{line.port}/ws"
-        client = await node_clients(url=url, token=token_for("alice", ["news.#"]), transports=["sse"])
-        await client.until_state("open")
-        await client.subscribe("news.sport")
-        before = await publish_numbered(publisher, "news.sport", range(5))
-        await client.until(lambda: len(client.event_ids("news.sport")) == 5)
+    url = f"ws://127.0.0.1:{line.port}/ws"
+    client = await node_clients(url=url, token=token_for("alice", ["news.#"]), transports=["sse"])
+    await client.until_state("open")
+    await client.subscribe("news.sport")
+    before = await publish_numbered(publisher, "news.sport", range(5))
+    await client.until(lambda: len(client.event_ids("news.sport")) == 5)
 
-        line.cut()
-        await client.until_state("reconnecting")
-        missed = await publish_numbered(publisher, "news.sport", range(5, 15))
-        line.restore()
-        reopened = await client.until_state("open")
-        assert reopened["recovered"] is True, client.records
-        after = await publish_numbered(publisher, "news.sport", range(15, 20))
-        await client.until(lambda: len(client.event_ids("news.sport")) >= 20)
-        assert client.event_ids("news.sport") == before + missed + after, "each once, in order"
-        assert client.of("resync") == []
-    finally:
-        await line.stop()
+    line.cut()
+    await client.until_state("reconnecting")
+    missed = await publish_numbered(publisher, "news.sport", range(5, 15))
+    line.restore()
+    reopened = await client.until_state("open")
+    assert reopened["recovered"] is True, client.records
+    after = await publish_numbered(publisher, "news.sport", range(15, 20))
+    await client.until(lambda: len(client.event_ids("news.sport")) >= 20)
+    assert client.event_ids("news.sport") == before + missed + after, "each once, in order"
+    assert client.of("resync") == []
 
 
 async def test_node_client_drops_a_silent_stream_by_its_heartbeat_and_resumes(
-    service: NotifierProcess, publisher: Publisher, node_clients: Callable[..., Awaitable[NodeClient]]
+    line: CuttableProxy, publisher: Publisher, node_clients: Callable[..., Awaitable[NodeClient]]
 ) -> None:
-    line = CuttableProxy(target=("127.0.0.1", service.port))
-    await line.start()
-    try:
-        url = f"ws://127.0.0.1:{line.port}/ws"
-        # A request sent into the stalled line is never answered: connectTimeout ends it once the line is back.
-        options = {"transports": ["sse"], "connectTimeout": 3000}
-        client = await node_clients(url=url, token=token_for("alice", ["news.#"]), **options)
-        await client.until_state("open")
-        await client.subscribe("news.sport")
-        before = await publish_numbered(publisher, "news.sport", range(3))
-        await client.until(lambda: len(client.event_ids("news.sport")) == 3)
+    url = f"ws://127.0.0.1:{line.port}/ws"
+    # A request sent into the stalled line is never answered: connectTimeout ends it once the line is back.
+    options = {"transports": ["sse"], "connectTimeout": 3000}
+    client = await node_clients(url=url, token=token_for("alice", ["news.#"]), **options)
+    await client.until_state("open")
+    await client.subscribe("news.sport")
+    before = await publish_numbered(publisher, "news.sport", range(3))
+    await client.until(lambda: len(client.event_ids("news.sport")) == 3)
 
-        line.stall()  # the line stays up but nothing gets through: only the missing heartbeats tell
-        dropped = await client.until_state("reconnecting")
-        assert "silent" in dropped["reason"], dropped
-        missed = await publish_numbered(publisher, "news.sport", range(3, 8))
-        line.restore()
-        reopened = await client.until_state("open")
-        assert reopened["recovered"] is True, client.records
-        await client.until(lambda: len(client.event_ids("news.sport")) >= 8)
-        assert client.event_ids("news.sport") == before + missed
-    finally:
-        await line.stop()
+    line.stall()  # the line stays up but nothing gets through: only the missing heartbeats tell
+    dropped = await client.until_state("reconnecting")
+    assert "silent" in dropped["reason"], dropped
+    missed = await publish_numbered(publisher, "news.sport", range(3, 8))
+    line.restore()
+    reopened = await client.until_state("open")
+    assert reopened["recovered"] is True, client.records
+    await client.until(lambda: len(client.event_ids("news.sport")) >= 8)
+    assert client.event_ids("news.sport") == before + missed
 
 
 async def test_node_client_falls_back_from_refused_websockets_and_moves_back_without_losing_an_event(

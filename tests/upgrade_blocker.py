@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from tests.faults import LoopbackProxy
+
 HEAD_LIMIT = 64 * 1024
 REFUSAL = (
     b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 19\r\nConnection: close\r\n\r\n"
@@ -20,32 +22,14 @@ def asks_for_upgrade(head: bytes) -> bool:
     return any(line.split(b":", 1)[0].strip().lower() == b"upgrade" for line in lines)
 
 
-class UpgradeBlocker:
+class UpgradeBlocker(LoopbackProxy):
     """Forwards 127.0.0.1:<port> to `target`; refuses upgrades while `blocking` (see the module docstring).
     Only the first request of a connection is looked at: a browser or fetch opens a new one for a WebSocket."""
 
     def __init__(self, target: tuple[str, int], *, blocking: bool = True) -> None:
-        self._target = target
+        super().__init__(target)
         self.blocking = blocking
         self.refused = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    def cut(self) -> None:
-        for writer in tuple(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
