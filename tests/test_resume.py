@@ -496,3 +496,43 @@ async def test_a_session_adopted_by_an_instance_that_stops_in_turn_is_passed_on_
     assert [await late.next_event(back) for _ in range(2)] == ["after the first stop", "after the second stop"]
     await assert_nothing_before_sentinel(back.receive, publisher.publish, "user.twice")
     assert other.node.directory.parked_count == 0
+
+
+@pytest.mark.parametrize("release", ["current", "earlier"])
+async def test_an_adopted_session_keeps_every_topic_whether_or_not_its_holder_sends_them(
+    start_server: StartServer, connect: ConnectClient, publisher: Publisher, release: str
+) -> None:
+    """A stopping instance sends each parked session's topics with it, and the adopter binds them without asking.
+    A holder of an earlier release sends none: the adopter asks for them. Either way the client, back after the
+    holder is gone, has its subscriptions and every event published on them meanwhile, once each."""
+    leaving = await start_server(shutdown_timeout_s=4)
+    adopter = await start_server()
+    await wait_until(lambda: adopter.node.ready, 5)
+    if release == "earlier":
+        hand_over = leaving.node._hand_over
+        assert hand_over is not None
+        push = hand_over.push_parked
+
+        async def push_without_topics(adopters: tuple[str, ...], sessions: list[Any], deadline: float) -> None:
+            await push(adopters, [(session, user, None) for session, user, _topics in sessions], deadline)
+
+        hand_over.push_parked = push_without_topics  # type: ignore[method-assign]
+    reader = CountingClient()
+    socket = await connect(leaving)
+    await reader.sign_in(socket, "reader", ["news.eu"])
+    assert (await socket.subscribe("news.eu"))["type"] == "subscribed"
+    await publisher.publish("news.eu", "before")
+    assert await reader.next_event(socket) == "before"
+    await lose_connection(leaving, socket)
+    await leaving.stop()
+    await wait_until(lambda: adopter.node.directory.parked_count == 1, 5)
+    await publisher.publish("news.eu", "while away")
+    await publisher.publish("user.reader", "to the user")
+
+    back = await connect(adopter)
+    welcome = await reader.sign_in(back, "reader", ["news.eu"])
+    assert (welcome["recovered"], welcome["topics"]) == (True, ["user.reader", "news.eu"])
+    assert [await reader.next_event(back) for _ in range(2)] == ["while away", "to the user"]
+    await publisher.publish("news.eu", "live")
+    assert await reader.next_event(back) == "live"
+    await assert_nothing_before_sentinel(back.receive, publisher.publish, "news.eu")

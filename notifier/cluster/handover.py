@@ -70,8 +70,12 @@ MAX_REQUESTS_IN_FLIGHT = 200
 CaughtUp = Callable[[float], Awaitable[None]]
 """Returns once every event routed to this instance before the call reached its sessions (Hub.caught_up)."""
 
-Adopt = Callable[[list[tuple[str, str]]], Awaitable[int]]
-"""Adopt (session id, user) pairs from their stopping holder; returns how many were adopted."""
+ParkedSession = tuple[str, str, list[str] | None]
+"""A parked session given to a peer: its id, its user, and its topics (None from a holder of an earlier release,
+which does not send them: the adopter asks for them)."""
+
+Adopt = Callable[[list[ParkedSession]], Awaitable[int]]
+"""Adopt parked sessions from their stopping holder; returns how many were adopted."""
 
 
 class _Waiting:
@@ -353,23 +357,24 @@ class SessionHandOver:
             sorted(peer for peer in live - {self._directory.instance_id} if self._control.runs(peer, ADOPT_BATCH))
         )
 
-    async def push_parked(self, adopters: tuple[str, ...], sessions: list[tuple[str, str]], deadline: float) -> None:
-        """Ask each of `adopters` to adopt its share of these parked (session id, user) pairs; it takes each over
-        as a resume would, so they leave this instance as it gets them. Bounded by `deadline` (the loop's
-        clock)."""
+    async def push_parked(self, adopters: tuple[str, ...], sessions: list[ParkedSession], deadline: float) -> None:
+        """Ask each of `adopters` to adopt its share of these parked sessions; it takes each over as a resume
+        would, so they leave this instance as it gets them. Their topics go with them: a parked session has no
+        connection to change them, and the adopter binds them without asking first. Bounded by `deadline` (the
+        loop's clock)."""
         loop = asyncio.get_running_loop()
-        shares: dict[str, list[tuple[str, str]]] = {}
-        for session_id, user in sessions:
-            peer = adopter_of(session_id, adopters)
-            shares.setdefault(peer, []).append((session_id, user))
+        shares: dict[str, list[ParkedSession]] = {}
+        for parked in sessions:
+            peer = adopter_of(parked[0], adopters)
+            shares.setdefault(peer, []).append(parked)
             # From now on a request for it that finds it no longer here is sent on to its adopter.
-            self._given_to[session_id] = peer
+            self._given_to[parked[0]] = peer
 
-        async def push(peer: str, batch: list[tuple[str, str]]) -> None:
+        async def push(peer: str, batch: list[ParkedSession]) -> None:
             args = {
                 "holder": self._directory.instance_id,
                 "adopters": list(adopters),
-                "sessions": [{"session": s, "user": u} for s, u in batch],
+                "sessions": [{"session": s, "user": u, "topics": t} for s, u, t in batch],
             }
             try:
                 await self._control.ask(peer, ADOPT_BATCH, args, timeout=max(0.0, deadline - loop.time()))
@@ -398,8 +403,8 @@ class SessionHandOver:
         items = _batch_items(args)
         if not isinstance(holder, str) or self.adopt is None:
             return {"adopted": 0}
-        pairs = [
-            (item["session"], item["user"])
+        parked = [
+            (item["session"], item["user"], _topics(item.get("topics")))
             for item in items
             if isinstance(item.get("session"), str)
             and isinstance(item.get("user"), str)
@@ -408,7 +413,7 @@ class SessionHandOver:
         self._adopted_from[holder] = _peers(args.get("adopters")) or (self._directory.instance_id,)
         if len(self._adopted_from) > MAX_MOVED:
             self._adopted_from.pop(next(iter(self._adopted_from)))
-        adopted = await self.adopt(pairs)
+        adopted = await self.adopt(parked)
         log.info("sessions_adopted", holder=holder, adopted=adopted, asked=len(items))
         return {"adopted": adopted}
 
@@ -565,6 +570,14 @@ def _batch_items(args: dict[str, Any]) -> list[dict[str, Any]]:
 def adopter_of(session_id: str, adopters: tuple[str, ...]) -> str:
     """Which of a stopped instance's adopters has `session_id`: the same answer on every instance."""
     return adopters[zlib.crc32(session_id.encode()) % len(adopters)]
+
+
+def _topics(value: object) -> list[str] | None:
+    """The topics of a pushed session, or None when they are absent or not a list of strings (then they are
+    asked for, as from a holder of an earlier release)."""
+    if not isinstance(value, list) or not all(isinstance(topic, str) for topic in value):
+        return None
+    return value
 
 
 def _peers(value: object) -> tuple[str, ...]:

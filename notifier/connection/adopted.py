@@ -109,11 +109,12 @@ class AdoptedSession:
     def skip_late_repeats(self, event_ids: frozenset[str] | None) -> None:
         """It drops the events it was handed by itself, for as long as it is held."""
 
-    async def adopt(self, remote: RemoteSessions) -> bool:
-        """Take the session over from its holder: bind its topics here, then take every event it holds and
-        merge those that reached this instance since. False if it could not be had whole."""
+    async def adopt(self, remote: RemoteSessions, topics: list[str] | None = None) -> bool:
+        """Take the session over from its holder: bind its topics here (`topics` if the holder sent them, else
+        asked for), then take every event it holds and merge those that reached this instance since. False if
+        it could not be had whole."""
         try:
-            adopted = await self._take_from(remote)
+            adopted = await self._take_from(remote, topics)
         except BaseException:
             self.adopted.set_result(False)
             raise
@@ -123,9 +124,9 @@ class AdoptedSession:
     def held_frames(self) -> tuple[list[Frame], int] | None:
         return self.history.held()
 
-    async def _take_from(self, remote: RemoteSessions) -> bool:
+    async def _take_from(self, remote: RemoteSessions, topics: list[str] | None) -> bool:
         context = self._context
-        held = await remote.topics_of(self.session_id or "", self._user)
+        held = topics if topics is not None else await remote.topics_of(self.session_id or "", self._user)
         if held is None:
             return False
         personal = f"user.{self._user}"
@@ -155,21 +156,24 @@ class AdoptedSession:
         return True
 
 
-async def adopt_sessions(context: SessionContext, remote: RemoteSessions, sessions: list[tuple[str, str]]) -> int:
-    """Adopt each (session id, user) from its stopping holder, parked here under the same id; how many were."""
+async def adopt_sessions(
+    context: SessionContext, remote: RemoteSessions, sessions: list[tuple[str, str, list[str] | None]]
+) -> int:
+    """Adopt each (session id, user, topics or None) from its stopping holder, parked here under the same id; how
+    many were."""
     directory = context.directory
 
-    async def adopt_one(session_id: str, user: str) -> bool:
+    async def adopt_one(session_id: str, user: str, topics: list[str] | None) -> bool:
         if directory.find(session_id) is not None or session_id in directory.resuming:
             return False  # its client is back already, and resumes it itself
         adopted = AdoptedSession(session_id, user, context)
         directory.register(adopted)
-        if not await adopted.adopt(remote):
+        if not await adopted.adopt(remote, topics):
             directory.forget(adopted)
             return False
         if directory.find(session_id) is adopted:  # not resumed meanwhile
             directory.park(adopted)
         return True
 
-    results = await asyncio.gather(*(adopt_one(session_id, user) for session_id, user in sessions))
+    results = await asyncio.gather(*(adopt_one(*parked) for parked in sessions))
     return sum(results)

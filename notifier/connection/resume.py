@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, cast, runtime_checkable
 
 import structlog
 
@@ -167,13 +167,18 @@ def take_over_here(
     topics are kept if the grants allow them or they are in `also_allowed` (the subscribe proxy said yes).
 
     Runs without awaiting: no event can slip between the replay and the live ones that follow it."""
-    old = context.directory.find(resume.session)
-    if not isinstance(old, ResumableSession) or old is session or old.user != identity.user:
+    found = context.directory.find(resume.session)
+    if found is None:
+        return None  # unknown here: a fresh session
+    # The directory holds sessions and adopted sessions only, both resumable (an isinstance check against the
+    # protocol cost more than the rest of the take-over).
+    old = cast("ResumableSession", found)
+    if old is session or old.user != identity.user:
         return None  # unknown here, or someone else's: a fresh session, and nothing of theirs is shown
     replay = old.frames_after(resume.received)
     if replay is None:
         if old.parked:
-            context.directory.end(old)  # the client can never get it back whole
+            context.directory.end(found)  # the client can never get it back whole
         return None
     if old.parked:
         # A parked session holds no slot: a resume refused for the user's connection limit (4502) leaves it
