@@ -36,6 +36,7 @@ from typing import Any
 from bench.resume_storm import (
     RESULTS,
     SETTLE_MAX_S,
+    SHUTDOWN_TIMEOUT_NOTE,
     SHUTDOWN_TIMEOUT_S,
     Clients,
     Feed,
@@ -249,7 +250,7 @@ def render(report: dict[str, Any]) -> str:
         f"{info.get('cpu_model', '?')}, {info.get('cpus', '?')} CPUs, {info.get('memory_gib', '?')} GiB, "
         f"{info.get('python', '')}; RabbitMQ {report['rabbitmq']}. {report['clients']:,} clients in "
         f"{report['processes']} processes, a feed of {report['rate']:g} events/s over their personal topics, "
-        f"NOTIFIER_SHUTDOWN_TIMEOUT_S at its default ({SHUTDOWN_TIMEOUT_S:g} s). Both rollouts in one run.",
+        f"NOTIFIER_SHUTDOWN_TIMEOUT_S {SHUTDOWN_TIMEOUT_S:g} s ({SHUTDOWN_TIMEOUT_NOTE}). Both rollouts in one run.",
         "",
         "| | resume on | resume off (plain reconnect) |",
         "|---|---|---|",
