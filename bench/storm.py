@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 from bench.clients import BACKOFF_BASE_S, BACKOFF_CAP_S
 from bench.run import RESULTS_DIR, Clients, Scenario, cleanup_amqp, machine, merged_counts, started
 from bench.systems import AMQP_URL, Running, System, all_systems
+from notifier.settings import Settings
 
 # How long the mass-leave phase waits for the system's bindings at RabbitMQ to go: for notifier, the resume window
 # (60 s) and then the linger (30 s) of a client that left without a goodbye.
@@ -158,7 +159,8 @@ def run_restart(
     exchange = f"bench.restart.{system.name}.{secrets.token_hex(4)}"
     secret = secrets.token_urlsafe(32)
     is_notifier = system.module == "notifier"
-    shutdown_timeout_s = float(os.environ.get("NOTIFIER_SHUTDOWN_TIMEOUT_S", "10"))
+    default_timeout_s = Settings.model_fields["shutdown_timeout_s"].default
+    shutdown_timeout_s = float(os.environ.get("NOTIFIER_SHUTDOWN_TIMEOUT_S", default_timeout_s))
     results: dict[str, Any] = {}
     queues: list[str] = []
     scenario = Scenario(f"restart_{users}", "idle", users)

@@ -124,7 +124,9 @@ class Settings(BaseSettings):
     write_path: Literal["auto", "asgi"] = "auto"
     client_frames_per_s: float = Field(default=20.0, gt=0)
     client_frames_burst: int = Field(default=40, ge=1)
-    shutdown_timeout_s: float = Field(default=10.0, gt=0)
+    # 20 s: a stopping instance's sessions must be handed over within it, and at 10,000 clients on a busy 2-core
+    # machine 10 s was not enough. With the 5 s exit margin it fits Kubernetes' default grace period (30 s).
+    shutdown_timeout_s: float = Field(default=20.0, gt=0)
     # Connections a graceful stop closes per second while another instance can take them, so that they arrive
     # there at a pace it can serve; raised as needed to close them all within 30 % of the shutdown timeout.
     # 0: all at once.
