@@ -31,7 +31,7 @@ import structlog
 from notifier.broker import BrokerUnavailable
 from notifier.cluster.codec import BadControlMessage, CommandResult
 from notifier.cluster.control import ControlPlane
-from notifier.connection.adopted import AdoptedSession
+from notifier.connection.adopted import AdoptedSession, ParkedSession
 from notifier.connection.directory import SessionDirectory
 from notifier.connection.resume import Handed
 from notifier.formats.wire import Frame
@@ -69,10 +69,6 @@ MAX_REQUESTS_IN_FLIGHT = 200
 
 CaughtUp = Callable[[float], Awaitable[None]]
 """Returns once every event routed to this instance before the call reached its sessions (Hub.caught_up)."""
-
-ParkedSession = tuple[str, str, list[str] | None]
-"""A parked session given to a peer: its id, its user, and its topics (None from a holder of an earlier release,
-which does not send them: the adopter asks for them)."""
 
 Adopt = Callable[[list[ParkedSession]], Awaitable[int]]
 """Adopt parked sessions from their stopping holder; returns how many were adopted."""

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("notifier.session")
 
+ParkedSession = tuple[str, str, list[str] | None]
+"""A parked session given to a peer: its id, its user, and its topics (None from a holder of an earlier release,
+which does not send them: the adopter asks for them)."""
+
 
 class AdoptedSession:
     """A parked session taken over from a stopping instance: no connection, its topics held in this instance's
@@ -109,7 +113,7 @@ class AdoptedSession:
     def skip_late_repeats(self, event_ids: frozenset[str] | None) -> None:
         """It drops the events it was handed by itself, for as long as it is held."""
 
-    async def adopt(self, remote: RemoteSessions, topics: list[str] | None = None) -> bool:
+    async def adopt(self, remote: RemoteSessions, topics: list[str] | None) -> bool:
         """Take the session over from its holder: bind its topics here (`topics` if the holder sent them, else
         asked for), then take every event it holds and merge those that reached this instance since. False if
         it could not be had whole."""
@@ -156,9 +160,7 @@ class AdoptedSession:
         return True
 
 
-async def adopt_sessions(
-    context: SessionContext, remote: RemoteSessions, sessions: list[tuple[str, str, list[str] | None]]
-) -> int:
+async def adopt_sessions(context: SessionContext, remote: RemoteSessions, sessions: list[ParkedSession]) -> int:
     """Adopt each (session id, user, topics or None) from its stopping holder, parked here under the same id; how
     many were."""
     directory = context.directory

@@ -17,8 +17,8 @@ from starlette.websockets import WebSocket
 
 from notifier.broker import Broker, BrokerUnreachable, create_broker
 from notifier.cluster.control import ControlPlane
-from notifier.cluster.handover import ParkedSession, SessionHandOver
-from notifier.connection.adopted import AdoptedSession, adopt_sessions
+from notifier.cluster.handover import SessionHandOver
+from notifier.connection.adopted import AdoptedSession, ParkedSession, adopt_sessions
 from notifier.connection.auth import TokenVerifier
 from notifier.connection.directory import SessionDirectory
 from notifier.connection.hub import Hub
