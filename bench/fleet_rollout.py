@@ -179,7 +179,6 @@ def summarize(finished: list[dict[str, Any]], feed: Feed, rollout_s: float) -> d
         "refused_503": refusals.get("http 503", 0),
         "refusals": dict(refusals),
         "events_published": feed.published,
-        "events_confirmed": feed.published - feed.failed,
         "events_not_confirmed": feed.failed,
         "feed_errors": dict(feed.errors),
         "feed_rate_per_s": round(feed.published / feed.seconds, 1) if feed.seconds else None,
@@ -219,10 +218,7 @@ def goals(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
 
 
 def _confirmed(phase: dict[str, Any]) -> int | None:
-    """The feed's events RabbitMQ confirmed (what *missing* is counted against); from a report of an earlier
-    version, which kept only the published and the not confirmed."""
-    if "events_confirmed" in phase:
-        return int(phase["events_confirmed"])
+    """The feed's events RabbitMQ confirmed: what *missing* is counted against."""
     published, failed = phase.get("events_published"), phase.get("events_not_confirmed")
     return published - failed if isinstance(published, int) and isinstance(failed, int) else None
 

@@ -58,11 +58,10 @@ EXIT_WAIT_S = 60.0  # how long A may take to exit before it is killed (and the r
 SETTLE_MAX_S = 15.0
 # The default the bench keeps, unless a run sets it (BENCH_NOTIFIER_SHUTDOWN_TIMEOUT_S, to size it): the goal of
 # A's exit is read against the value the instances ran with.
-SHUTDOWN_TIMEOUT_SET = "BENCH_NOTIFIER_SHUTDOWN_TIMEOUT_S" in os.environ
 SHUTDOWN_TIMEOUT_S = float(
     os.environ.get("BENCH_NOTIFIER_SHUTDOWN_TIMEOUT_S", Settings.model_fields["shutdown_timeout_s"].default)
 )
-SHUTDOWN_TIMEOUT_NOTE = "set for this run" if SHUTDOWN_TIMEOUT_SET else "its default"
+SHUTDOWN_TIMEOUT_NOTE = "set for this run" if "BENCH_NOTIFIER_SHUTDOWN_TIMEOUT_S" in os.environ else "its default"
 RESUME_WINDOW_S = float(Settings.model_fields["resume_window_s"].default)
 # As bench/systems.py starts notifier for 10,000 clients, so its admission limits are not what is measured.
 LIMITS_ENV = {
