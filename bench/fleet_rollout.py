@@ -39,7 +39,7 @@ from bench.resume_storm import (
     SHUTDOWN_TIMEOUT_NOTE,
     SHUTDOWN_TIMEOUT_S,
     Clients,
-    Feed,
+    FeedProcess,
     Instance,
     _round,
     cleanup_amqp,
@@ -81,7 +81,7 @@ async def run_phase(name: str, resume: bool, args: argparse.Namespace, workdir: 
     old = [Instance(f"old{n + 1}", exchange, secret, resume, workdir) for n in range(FLEET)]
     new: list[Instance] = []
     clients: Clients | None = None
-    feed: Feed | None = None
+    feed: FeedProcess | None = None
     feed_task: asyncio.Task[None] | None = None
     result: dict[str, Any] = {"exchange": exchange, "resume": resume, "steps": []}
     try:
@@ -94,7 +94,7 @@ async def run_phase(name: str, resume: bool, args: argparse.Namespace, workdir: 
         result["connect_s"] = round(max(item["seconds"] for item in connects), 2)
         log(f"{name}: {connected:,} clients on {FLEET} instances")
         await asyncio.sleep(HEARD_S)
-        feed = Feed(exchange, users, args.rate)
+        feed = FeedProcess(exchange, users, args.rate)
         feed_task = asyncio.create_task(feed.run())
         await clients.ask("follow", 60)
         await asyncio.sleep(args.warm)
@@ -159,7 +159,7 @@ async def run_phase(name: str, resume: bool, args: argparse.Namespace, workdir: 
     return result
 
 
-def summarize(finished: list[dict[str, Any]], feed: Feed, rollout_s: float) -> dict[str, Any]:
+def summarize(finished: list[dict[str, Any]], feed: FeedProcess, rollout_s: float) -> dict[str, Any]:
     users = [user for item in finished for user in item["users"]]
     gaps = [back - ended for user in users for ended, back, _ in user["gaps"]]
     recovered = Counter(bool(was) for user in users for _, _, was in user["gaps"])
@@ -182,6 +182,7 @@ def summarize(finished: list[dict[str, Any]], feed: Feed, rollout_s: float) -> d
         "events_not_confirmed": feed.failed,
         "feed_errors": dict(feed.errors),
         "feed_rate_per_s": round(feed.published / feed.seconds, 1) if feed.seconds else None,
+        **{f"confirm_s_{key}": value for key, value in feed.confirm_s.items()},
         **delivery_counts(users, feed),
     }
 
@@ -236,6 +237,7 @@ def render(report: dict[str, Any]) -> str:
         ("events published", "events_published"),
         ("of them confirmed by RabbitMQ within 30 s (the ones checked)", "events_confirmed"),
         ("not confirmed (left out of missing), by reason", "feed_errors"),
+        ("publish to RabbitMQ's confirm p50 / p99 / max, s", None),
         ("events missing", "missing"),
         ("events delivered twice", "doubled"),
         ("users with events out of order", "users_out_of_order"),
@@ -254,6 +256,8 @@ def render(report: dict[str, Any]) -> str:
             return f"{phase.get('recovered_true')} / {phase.get('recovered_false')}" if phase.get("resume") else "-"
         if title.startswith("gap"):
             return f"{phase.get('gap_s_p50')} / {phase.get('gap_s_p99')} / {phase.get('gap_s_max')}"
+        if title.startswith("publish"):
+            return f"{phase.get('confirm_s_p50')} / {phase.get('confirm_s_p99')} / {phase.get('confirm_s_max')}"
         return ", ".join(str(step.get("exit_s")) for step in phase.get("steps", []))
 
     lines = [

@@ -56,6 +56,7 @@ BOTH_HEARD_S = 3.0  # after both are ready, before the SIGTERM: the instances he
 ALL_BACK_DEADLINE_S = 120.0
 EXIT_WAIT_S = 60.0  # how long A may take to exit before it is killed (and the report says so)
 SETTLE_MAX_S = 15.0
+FEED_CONFIRM_TIMEOUT_S = 30.0  # a publish not confirmed within this is counted as not confirmed
 # The default the bench keeps, unless a run sets it (BENCH_NOTIFIER_SHUTDOWN_TIMEOUT_S, to size it): the goal of
 # A's exit is read against the value the instances ran with.
 SHUTDOWN_TIMEOUT_S = float(
@@ -182,7 +183,8 @@ class Instance:
 
 class Feed:
     """One publisher (one connection, confirms) sending `rate` events/s to `user.<id>` round-robin; each event's
-    message_id is its sequence number. Keeps the confirmed sequence numbers of every user."""
+    message_id is its sequence number. Keeps the confirmed sequence numbers of every user. Runs in a process of
+    its own (`FeedProcess`)."""
 
     def __init__(self, exchange: str, users: list[str], rate: float) -> None:
         self.exchange = exchange
@@ -191,6 +193,7 @@ class Feed:
         self.confirmed: dict[str, list[int]] = {user: [] for user in users}
         self.published = 0
         self.sent_at: list[float] = []  # each event's publish time (monotonic), by sequence number
+        self.confirm_s: list[float] = []  # from each confirmed event's publish to RabbitMQ's confirm
         self.failed = 0
         self.errors: Counter[str] = Counter()  # why publishes were not confirmed (a nack, a timeout, ...)
         self.seconds = 0.0
@@ -220,12 +223,84 @@ class Feed:
         user = self.users[seq % len(self.users)]
         message = aio_pika.Message(orjson.dumps({"seq": seq}), message_id=str(seq), content_type="application/json")
         try:
-            await exchange.publish(message, routing_key=f"user.{user}", timeout=30)
+            await exchange.publish(message, routing_key=f"user.{user}", timeout=FEED_CONFIRM_TIMEOUT_S)
         except (aio_pika.exceptions.AMQPError, TimeoutError, OSError) as error:
             self.failed += 1
             self.errors[type(error).__name__] += 1
             return
         self.confirmed[user].append(seq)
+        self.confirm_s.append(time.monotonic() - self.sent_at[seq])
+
+    def outcome(self) -> dict[str, Any]:
+        return {
+            "confirmed": self.confirmed,
+            "published": self.published,
+            "sent_at": self.sent_at,
+            "failed": self.failed,
+            "errors": dict(self.errors),
+            "seconds": self.seconds,
+            "confirm_s_p50": _round(percentile(self.confirm_s, 0.50), 3),
+            "confirm_s_p99": _round(percentile(self.confirm_s, 0.99), 3),
+            "confirm_s_max": _round(max(self.confirm_s, default=None), 3),
+        }
+
+
+def _feed_main(exchange: str, users: list[str], rate: float, pipe: Any) -> None:
+    """The feed process: publish until the bench says "stop", then send back what was published and confirmed."""
+    feed = Feed(exchange, users, rate)
+
+    async def publish_until_stopped() -> None:
+        publishing = asyncio.create_task(feed.run())
+        await asyncio.to_thread(pipe.recv)
+        feed.stop.set()
+        await publishing
+
+    try:
+        asyncio.run(publish_until_stopped())
+    except Exception as error:  # noqa: BLE001 - the bench reports it instead of waiting for an answer
+        pipe.send({"error": repr(error)[:300]})
+        return
+    pipe.send(feed.outcome())
+
+
+class FeedProcess:
+    """The feed in a process of its own, as a backend publishes from its own. In the bench's process, which
+    steps the instances and talks to the client processes, it was starved of CPU during the storm and sent
+    thousands of events seconds late, which read as RabbitMQ confirming them late. Its results (the `Feed`
+    attributes the reports read) are here once `run` has returned."""
+
+    def __init__(self, exchange: str, users: list[str], rate: float) -> None:
+        self._args = (exchange, users, rate)
+        self.stop = asyncio.Event()
+        self.confirmed: dict[str, list[int]] = {}
+        self.published = 0
+        self.sent_at: list[float] = []
+        self.failed = 0
+        self.errors: Counter[str] = Counter()
+        self.seconds = 0.0
+        self.confirm_s: dict[str, float | None] = {}
+
+    async def run(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        process = context.Process(target=_feed_main, args=(*self._args, theirs), daemon=True)
+        process.start()
+        try:
+            await self.stop.wait()
+            ours.send("stop")
+            if not await asyncio.to_thread(ours.poll, FEED_CONFIRM_TIMEOUT_S + 30):
+                raise TimeoutError("the feed process did not report after it was stopped")
+            outcome = ours.recv()
+        finally:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+            ours.close()
+        if "error" in outcome:
+            raise RuntimeError(f"feed: {outcome['error']}")
+        self.confirmed, self.published, self.sent_at = outcome["confirmed"], outcome["published"], outcome["sent_at"]
+        self.failed, self.errors, self.seconds = outcome["failed"], Counter(outcome["errors"]), outcome["seconds"]
+        self.confirm_s = {key: outcome[f"confirm_s_{key}"] for key in ("p50", "p99", "max")}
 
 
 class Clients:
@@ -334,7 +409,7 @@ async def run_phase(
     first = Instance("A", exchange, secret, resume, workdir)
     second = Instance("B", exchange, secret, resume, workdir)
     clients: Clients | None = None
-    feed: Feed | None = None
+    feed: FeedProcess | None = None
     feed_task: asyncio.Task[None] | None = None
     tasks: list[asyncio.Task[bool]] = []
     result: dict[str, Any] = {
@@ -365,7 +440,7 @@ async def run_phase(
             result["connect"]["failures"] = [failure for item in connects for failure in item["failures"]][:5]
         await asyncio.sleep(max(0.0, both_ready + BOTH_HEARD_S - time.monotonic()))
 
-        feed = Feed(exchange, users, rate)
+        feed = FeedProcess(exchange, users, rate)
         feed_task = asyncio.create_task(feed.run())
         await clients.ask("follow", 60)
         await asyncio.sleep(args.warm)
@@ -483,7 +558,7 @@ def _per_client_ms(before: float | None, after: float | None, clients: int) -> f
 
 def summarize(
     finished: list[dict[str, Any]],
-    feed: Feed,
+    feed: FeedProcess,
     connected: int,
     sigterm_at: float,
     first: Instance,
@@ -528,6 +603,7 @@ def summarize(
         "events_not_confirmed": feed.failed,
         "feed_errors": dict(feed.errors),
         "feed_rate_per_s": round(feed.published / feed.seconds, 1) if feed.seconds else None,
+        **{f"confirm_s_{key}": value for key, value in feed.confirm_s.items()},
         **delivery,
         "a_exit_s": _round(a_exit_s, 2),
         "a_exit_code": first.exit_code,
@@ -544,7 +620,7 @@ def summarize(
 MISSING_SAMPLE = 20
 
 
-def delivery_counts(users: list[dict[str, Any]], feed: Feed) -> dict[str, Any]:
+def delivery_counts(users: list[dict[str, Any]], feed: FeedProcess) -> dict[str, Any]:
     """What reached each user against what the feed had confirmed for it: events missing (and of those, for
     users whose resume said `recovered: true`), delivered twice, users whose events came out of order, and ids
     that were never published. For the first few users missing any: which events, when they were published and
@@ -665,6 +741,9 @@ MEASURES = (
     ("events_confirmed", "events confirmed", "{:,}"),
     ("events_not_confirmed", "events not confirmed (excluded from missing)", "{:,}"),
     ("feed_errors", "why not confirmed", "{}"),
+    ("confirm_s_p50", "publish to RabbitMQ's confirm p50, s", "{:.3f}"),
+    ("confirm_s_p99", "publish to RabbitMQ's confirm p99, s", "{:.3f}"),
+    ("confirm_s_max", "publish to RabbitMQ's confirm max, s", "{:.3f}"),
     ("events_received", "events received", "{:,}"),
     ("missing", "events missing (confirmed, never received)", "{:,}"),
     ("users_missing", "users missing any", "{:,}"),
