@@ -56,10 +56,12 @@ class User:
 
     __slots__ = (
         "address",
+        "arrivals",
         "attempts",
         "back_at",
         "close_code",
         "closed_at",
+        "connections",
         "drops",
         "first_url",
         "gaps",
@@ -81,6 +83,9 @@ class User:
         self.session: str | None = None
         self.received = 0  # event frames of this session, over its resumes (repeats included)
         self.ids: list[int] = []  # every event id received, in order, over all connections
+        # For each of `ids`: the welcomed connection it came on (1 for the first) and when (monotonic).
+        self.arrivals: list[tuple[int, float]] = []
+        self.connections = 0
         self.listener: Listener | None = None
         self.closed_at: float | None = None  # the end of the connection held before the SIGTERM
         self.close_code: int | None = None
@@ -101,6 +106,7 @@ class Listener(WSListener):
         self.resume = resume  # ask to resume the user's session (the plain baseline may sign in fresh instead)
         self.transport: WSTransport | None = None
         self.welcomed = False
+        self.serial = 0  # which of the user's welcomed connections this is
         loop = asyncio.get_running_loop()
         self.welcome: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.gone: asyncio.Future[None] = loop.create_future()
@@ -124,6 +130,7 @@ class Listener(WSListener):
                 if payload.startswith(EVENT_PREFIX):
                     self.user.received += 1
                     self.user.ids.append(int(orjson.loads(payload)["id"]))
+                    self.user.arrivals.append((self.serial, round(time.monotonic(), 3)))
                 return
             message = orjson.loads(payload)
             if message.get("type") == "welcome":
@@ -131,6 +138,8 @@ class Listener(WSListener):
                 self.welcomed = True
                 self.welcomed_at = time.monotonic()
                 user = self.user
+                user.connections += 1
+                self.serial = user.connections
                 user.session = message["session"]
                 user.last_recovered = bool(message.get("recovered"))
                 if not user.last_recovered:
@@ -303,6 +312,7 @@ class Worker:
                 {
                     "user": user.name,
                     "ids": user.ids,
+                    "arrivals": user.arrivals,
                     "closed_at": user.closed_at,
                     "close_code": user.close_code,
                     "back_at": user.back_at,

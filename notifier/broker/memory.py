@@ -40,7 +40,7 @@ class MemoryBroker:
     async def stop_consuming(self) -> None:
         self._on_event = None
 
-    async def delete_queue(self) -> None:
+    async def delete_queue(self, unbind_until: float | None = None) -> None:
         self._bound.clear()
 
     async def close(self) -> None:
