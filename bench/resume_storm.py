@@ -661,7 +661,7 @@ def delivery_counts(users: list[dict[str, Any]], feed: FeedProcess) -> dict[str,
             twice = sorted(seq for seq, count in Counter(ids).items() if count > 1)
             arrivals = user.get("arrivals") or []
             # Each copy's connection and arrival: one connection twice, or two connections each once.
-            copies = {seq: [arrival for got, arrival in zip(ids, arrivals, strict=False) if got == seq] for seq in twice}
+            copies = {seq: [at for got, at in zip(ids, arrivals, strict=False) if got == seq] for seq in twice}
             doubled_sample.append(
                 {"user": user["user"], "twice": twice, "received": ids, "gaps": user.get("gaps", []), "copies": copies}
             )
