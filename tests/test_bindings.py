@@ -219,9 +219,9 @@ async def test_an_instance_handing_over_unbinds_its_topics_before_its_queue_goes
     assert len((await asyncio.to_thread(bindings_of, exchange))[leaving_queue]) == len(users)
 
     await leaving.stop()  # SIGTERM's drain: the sessions go to `staying`, then the queue is deleted
-    broker = leaving.node.broker  # type: ignore[attr-defined]
-    assert broker.bindings.maybe_bound == frozenset()  # every topic unbound before the delete: none left to it
-    assert broker.bindings.unbinds_sent >= len(users)  # (and a storm's cover, if the sign-ins raised one)
+    bindings = leaving.node.broker.bindings  # type: ignore[attr-defined]
+    assert bindings.maybe_bound == frozenset()  # every topic unbound before the delete: none left to it
+    assert bindings.unbinds_sent >= len(users)  # (and a storm's cover, if the sign-ins raised one)
 
     async def only_the_peer_is_bound() -> bool:
         bound = await asyncio.to_thread(bindings_of, exchange)

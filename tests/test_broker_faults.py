@@ -78,6 +78,26 @@ async def test_instance_queue_deleted_under_a_running_instance_is_declared_bound
     assert (await alice.expect_event("user.alice"))["data"] == "personal too"
 
 
+async def test_events_redelivered_after_a_lost_acknowledgement_reach_clients_once(
+    start_server: StartServer, connect: ConnectClient, publisher: Publisher, proxy: CuttableProxy
+) -> None:
+    running = await start_server(amqp_url=amqp_url_through(proxy.port), broker_heartbeat_s=20)
+    alice = await connect(running, "alice")
+    broker = running.node.broker
+    proxy.slow_down(3.0)  # what the instance sends RabbitMQ (its acknowledgements) is held on the way
+    published = [f"held-{n}" for n in range(20)]
+    for event_id in published:
+        await publisher.publish("user.alice", {"id": event_id}, message_id=event_id)
+    assert [(await alice.expect_event("user.alice"))["id"] for _ in published] == published
+    proxy.cut()  # the acknowledgements are lost with the connection: RabbitMQ delivers the 20 again
+    proxy.slow_down(0)
+    proxy.restore()
+    await wait_until(lambda: broker.reconnects == 1 and broker.ready, 20)
+    # Each was handed to alice already: the redelivered copies (ahead of the sentinel in the queue) are dropped.
+    await assert_nothing_before_sentinel(alice.receive, publisher.publish, "user.alice")
+    assert broker.redeliveries_dropped == len(published)
+
+
 @pytest.mark.slow  # a 30 s outage
 async def test_no_event_is_lost_across_an_outage(
     start_server: StartServer, connect: ConnectClient, publisher: Publisher, proxy: CuttableProxy

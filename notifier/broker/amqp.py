@@ -43,6 +43,7 @@ from notifier.broker.bindings import Bindings, ChannelSource
 from notifier.broker.catch_up import CatchUp
 from notifier.broker.event_message import event_message
 from notifier.broker.failover import NodeAddresses, connect_to_any
+from notifier.broker.redelivery import PREFETCHES_KEPT, RecentHandOffs
 from notifier.formats.events import UnusableMessage, event_from_message, publish_time_ms
 from notifier.settings import Settings
 
@@ -159,6 +160,8 @@ class AmqpBroker:
         self.reconnects = 0
         self.routing_gaps = 0
         self.dead_lettered = 0
+        self._handed_off = RecentHandOffs(PREFETCHES_KEPT * settings.prefetch)
+        self.redeliveries_dropped = 0
         self._pending_publishes = 0
 
     @property
@@ -514,7 +517,13 @@ class AmqpBroker:
             self._dead_lettering += 1
             self._settle_soon(self._dead_letter(message, tag, str(error)))
             return
+        if delivery.redelivered and event.id in self._handed_off:
+            # Handed off before the channel closed, with its acknowledgement still unsent: not twice.
+            self.redeliveries_dropped += 1
+            self._ack_after_burst(channel, tag)
+            return
         on_event(event)
+        self._handed_off.add(event.id)
         self._ack_after_burst(channel, tag)
 
     async def _dead_letter(self, message: DeliveredMessage, tag: int, reason: str) -> None:

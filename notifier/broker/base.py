@@ -48,6 +48,8 @@ class Broker(Protocol):
     """How many times routing was restored on a new queue, with events possibly lost in the gap."""
     dead_lettered: int
     """Messages refused as unusable (dead-lettered by RabbitMQ)."""
+    redeliveries_dropped: int
+    """Redelivered copies of events already handed off (their acknowledgement was lost with a channel)."""
 
     @property
     def ready(self) -> bool:

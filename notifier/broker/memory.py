@@ -24,6 +24,7 @@ class MemoryBroker:
         self.reconnects = 0
         self.routing_gaps = 0  # an in-process route has no gap
         self.dead_lettered = 0
+        self.redeliveries_dropped = 0  # nothing is redelivered in process
 
     @property
     def ready(self) -> bool:

@@ -73,6 +73,11 @@ class NodeCollector(Collector):
             value=stats.frames_dropped,
         )
         yield CounterMetricFamily(
+            "notifier_redeliveries_dropped",
+            "Events RabbitMQ delivered again after a channel closed that were already handed to clients",
+            value=node.broker.redeliveries_dropped,
+        )
+        yield CounterMetricFamily(
             "notifier_events_dead_lettered",
             "Broker messages rejected to the dead-letter queue",
             value=node.broker.dead_lettered,
