@@ -44,6 +44,7 @@ from notifier.broker.catch_up import CatchUp
 from notifier.broker.event_message import event_message
 from notifier.broker.failover import NodeAddresses, connect_to_any
 from notifier.broker.redelivery import PREFETCHES_KEPT, RecentHandOffs
+from notifier.broker.settlements import InOrderSettlements
 from notifier.formats.events import UnusableMessage, event_from_message, publish_time_ms
 from notifier.settings import Settings
 
@@ -146,7 +147,8 @@ class AmqpBroker:
         self._ack_tag = 0
         self._unacked = 0
         self._ack_timer: asyncio.TimerHandle | None = None
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Future[None]] = set()
+        self._in_order = InOrderSettlements(self._settle)
         self.bindings = Bindings(
             self.queue_name,
             self._exchange_name,
@@ -498,7 +500,8 @@ class AmqpBroker:
             return
         on_event = self._on_event
         if on_event is None:  # stopping: leave it for this queue's next consumer
-            self._settle_soon(self._settle(channel.basic_nack(tag, requeue=True)))
+            self._in_order.requeue(channel, tag)
+            self._wait_for_on_stop(self._in_order.sender)
             return
         topic = delivery.routing_key or ""
         timestamp = properties.timestamp
@@ -587,13 +590,17 @@ class AmqpBroker:
         self._unacked = 0
         if channel.is_closed:
             return  # its messages are redelivered on the reopened channel
-        self._settle_soon(self._settle(channel.basic_ack(self._ack_tag, multiple=True)))
+        self._in_order.ack_up_to(channel, self._ack_tag)
+        self._wait_for_on_stop(self._in_order.sender)
 
     def _settle_soon(self, step: Coroutine[Any, Any, None]) -> None:
-        """Run `step` (an ack, a nack, a dead letter) in a task that stopping waits for."""
-        task = asyncio.ensure_future(step)
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        """Run `step` (a dead letter) in a task that stopping waits for."""
+        self._wait_for_on_stop(asyncio.ensure_future(step))
+
+    def _wait_for_on_stop(self, task: asyncio.Future[None] | None) -> None:
+        if task is not None and task not in self._settling:
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
 
     async def _settle(self, settlement: Any) -> None:
         try:
