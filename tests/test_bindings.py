@@ -200,39 +200,3 @@ async def test_a_lone_instance_stops_at_once_and_takes_its_queue_and_every_bindi
         return queue not in queues and await asyncio.to_thread(bindings_of, exchange) == {}
 
     await wait_until(queue_and_bindings_gone, 10, interval=0.2)
-
-
-async def test_an_instance_handing_over_unbinds_its_topics_before_its_queue_goes_and_leaves_its_peers_bound(
-    start_server: StartServer, connect: ConnectClient, publisher: Publisher, exchange: str
-) -> None:
-    """RabbitMQ removes a deleted queue's bindings in the queue's own process, and every publisher whose events
-    route there waits for it meanwhile; unbinds do not hold publishers up, so the instance sends them first."""
-    leaving = await start_server(bind_linger_s=60, shutdown_timeout_s=20)
-    staying = await start_server(bind_linger_s=60)
-    await wait_until(lambda: staying.node.ready and leaving.node._hand_over.others_alive(), 5)  # type: ignore[union-attr]
-    users = [f"moving{n}" for n in range(100)]
-    moving = await asyncio.gather(*(open_authenticated(leaving, user) for user in users))
-    assert all(answer["type"] == "welcome" for _, answer in moving)
-    resident = await connect(staying, "resident")
-    leaving_queue = leaving.node.broker.queue_name  # type: ignore[attr-defined]
-    staying_queue = staying.node.broker.queue_name  # type: ignore[attr-defined]
-    assert len((await asyncio.to_thread(bindings_of, exchange))[leaving_queue]) == len(users)
-
-    await leaving.stop()  # SIGTERM's drain: the sessions go to `staying`, then the queue is deleted
-    bindings = leaving.node.broker.bindings  # type: ignore[attr-defined]
-    assert bindings.maybe_bound == frozenset()  # every topic unbound before the delete: none left to it
-    assert bindings.unbinds_sent >= len(users)  # (and a storm's cover, if the sign-ins raised one)
-
-    async def only_the_peer_is_bound() -> bool:
-        bound = await asyncio.to_thread(bindings_of, exchange)
-        # The peer adopted every parked session, and bound its topic, before the leaving queue was unbound.
-        return leaving_queue not in bound and bound.get(staying_queue) == {
-            "user.resident",
-            *map("user.{}".format, users),
-        }
-
-    await wait_until(only_the_peer_is_bound, 15, interval=0.3)
-    await publisher.publish("user.resident", "still routed")
-    assert (await resident.expect_event("user.resident"))["data"] == "still routed"
-    for client, _ in moving:
-        await client.close()

@@ -75,8 +75,6 @@ ERROR_HEADER_MAX_CHARS = 500
 
 # Before the queue is deleted, how long the bind and unbind requests already sent may take to be answered.
 QUIET_BINDINGS_WAIT_S = 0.5
-# Channels that unbind a stopping instance's topics before its queue is deleted, one request at a time each.
-UNBIND_ALL_CHANNELS = 4
 
 # The type of the markers an instance sends through its own queue to know it caught up (notifier/broker/catch_up.py).
 CATCH_UP_MARKER = "notifier.catch-up"
@@ -419,22 +417,16 @@ class AmqpBroker:
             except _BROKER_ERRORS as error:
                 log.warning("broker_close_failed", error=repr(error))
 
-    async def delete_queue(self, unbind_until: float | None = None) -> None:
-        """Until `unbind_until` (monotonic; None: not at all), unbind the queue's topics one by one, so that
-        publishers do not wait while RabbitMQ removes them with the queue (`Bindings.unbind_all`); then one
-        request removes the queue with whatever bindings are left. That request is sent without waiting for
-        its answer: RabbitMQ goes on deleting thousands of bindings for seconds, and once it has the request
-        it finishes the deletion whether or not this connection is still open. If it cannot be sent, the queue
-        expires after NOTIFIER_QUEUE_EXPIRES_S, and its bindings with it."""
+    async def delete_queue(self) -> None:
+        """One request removes the queue with all its bindings: unbinding 15,000 topics one by one would take
+        RabbitMQ longer than a graceful stop may last. The request is sent without waiting for its answer:
+        RabbitMQ goes on deleting 15,000 bindings for seconds, and once it has the request it finishes the
+        deletion whether or not this connection is still open. If it cannot be sent, the queue expires after
+        NOTIFIER_QUEUE_EXPIRES_S, and its bindings with it."""
         if self._connection is None or not self.connected:
             return
         await self.bindings.stop_sending(QUIET_BINDINGS_WAIT_S)
-        bindings = len(self.bindings.maybe_bound)
         try:
-            if unbind_until is not None and bindings and time.monotonic() < unbind_until:
-                channels = [AmqpBindChannel(await _plain_channel(self._connection)) for _ in range(UNBIND_ALL_CHANNELS)]
-                left = await self.bindings.unbind_all(channels, unbind_until)
-                log.info("broker_queue_unbound", queue=self.queue_name, unbound=bindings - left, left=left)
             channel = await (await self._connection.channel()).get_underlay_channel()
             await channel.queue_delete(self.queue_name, nowait=True)
         except _BROKER_ERRORS as error:

@@ -65,10 +65,8 @@ class Broker(Protocol):
     async def close(self) -> None:
         """Disconnect."""
 
-    async def delete_queue(self, unbind_until: float | None = None) -> None:
-        """Delete this instance's queue, and with it all its bindings; once consuming has stopped. Until
-        `unbind_until` (time.monotonic()), first unbind them one by one, which keeps publishers from waiting
-        on the deletion."""
+    async def delete_queue(self) -> None:
+        """Delete this instance's queue, and with it all its bindings; once consuming has stopped."""
 
     async def caught_up(self, timeout_s: float) -> None:
         """Return once every event routed to this instance before the call has been handed to the event

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 from asyncio import FIRST_COMPLETED
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import structlog
@@ -212,40 +212,6 @@ class Bindings:
         deadline = time.monotonic() + timeout_s
         while self._requests_in_flight and time.monotonic() < deadline:
             await asyncio.sleep(ALL_BOUND_POLL_S)
-
-    async def unbind_all(self, channels: Sequence[BindChannel], deadline: float) -> int:
-        """Once sending has stopped and before the queue is deleted: unbind every topic that may be bound, covers
-        first, one request at a time on each of `channels`, until `deadline` (monotonic). Returns how many
-        bindings are left for the deletion to remove.
-
-        RabbitMQ removes a deleted queue's bindings inside the queue's own process, and meanwhile every
-        publisher whose events route to that queue waits for it: seconds, for thousands of bindings on a busy
-        RabbitMQ. An unbind is done by the channel that sends it; no publisher waits for it."""
-        left = sorted(self._maybe_bound, key=lambda topic: not _is_cover(topic))
-        left.reverse()  # popped from the end: covers first
-        failed: list[BaseException] = []
-
-        async def unbind_in_turn(channel: BindChannel) -> None:
-            while left and not failed and time.monotonic() < deadline:
-                topic = left.pop()
-                try:
-                    await channel.queue_unbind(self._queue, self._exchange, routing_key=topic)
-                except _REQUEST_ERRORS as error:
-                    failed.append(error)
-                    left.append(topic)
-                    return
-                self._maybe_bound.discard(topic)
-                self.unbinds_sent += 1
-
-        senders = [asyncio.create_task(unbind_in_turn(channel), name="unbind-all") for channel in channels]
-        # Requests still in flight at the deadline are not cancelled (that would close their channels): each
-        # sender stops after its current one, and its outcome is only collected.
-        _, late = await asyncio.wait(senders, timeout=max(0.0, deadline - time.monotonic()))
-        for sender in late:
-            sender.add_done_callback(_collect)
-        if failed:
-            log.warning("broker_unbind_all_failed", left=len(self._maybe_bound), error=repr(failed[0]))
-        return len(self._maybe_bound)
 
     async def _sending(self) -> None:
         """Before each request: once sending has stopped, wait here until the senders are cancelled."""
@@ -502,11 +468,6 @@ class Bindings:
                 if topic not in self._wanted:
                     self._queue_unbind(topic)
             await asyncio.sleep(min(self._linger_s, 0.1) if self._lingering else 0.1)
-
-
-def _collect(task: asyncio.Task[None]) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved: a request that failed after its caller moved on is not worth a warning
 
 
 def _namespace(topic: str) -> str:

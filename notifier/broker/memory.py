@@ -41,7 +41,7 @@ class MemoryBroker:
     async def stop_consuming(self) -> None:
         self._on_event = None
 
-    async def delete_queue(self, unbind_until: float | None = None) -> None:
+    async def delete_queue(self) -> None:
         self._bound.clear()
 
     async def close(self) -> None:

@@ -185,9 +185,8 @@ class Node:
                 await self._within_deadline(self._announce_moved(adopters), "announce_moved")
             await self._within_deadline(self.broker.stop_consuming(), "stop_consuming")
         # Last: RabbitMQ spends seconds removing thousands of bindings, and the clients are closed sooner without
-        # it competing for the CPU. With peers taking the events, they are unbound one by one first, so that no
-        # publisher waits on the deletion; whatever is left goes with the queue after this process has left.
-        await self._delete_queue(unbind_until=flush_deadline if hand_over else None)
+        # it competing for the CPU; it finishes after this process has left.
+        await self._delete_queue()
 
     def _close_rate(self, connections: int) -> float:
         """Connections closed per second: NOTIFIER_DRAIN_CLOSE_RATE, or faster when that would not close them
@@ -254,12 +253,12 @@ class Node:
         assert self._hand_over is not None
         await self._hand_over.announce_moved(adopters)
 
-    async def _delete_queue(self, unbind_until: float | None) -> None:
+    async def _delete_queue(self) -> None:
         """With resume on, what is left in the queue once consuming stopped was for sessions that moved or
-        ended: delete the queue, its bindings unbound until `unbind_until` and the rest with it in one request.
-        With resume off, the queue keeps what was not consumed until it expires (docs/guarantees.md)."""
+        ended: delete the queue, and all its bindings with it in one request. With resume off, the queue keeps
+        what was not consumed until it expires (docs/guarantees.md)."""
         if self.settings.resume_window_s > 0:
-            await self._within_deadline(self.broker.delete_queue(unbind_until), "delete_queue")
+            await self._within_deadline(self.broker.delete_queue(), "delete_queue")
 
     def attach_control(self, control: ControlPlane) -> None:
         """Resume sessions held by other instances, and hand ours over, through `control`."""
