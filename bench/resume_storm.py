@@ -816,8 +816,9 @@ def render(report: dict[str, Any]) -> str:
         "pinned (A, B, RabbitMQ, the client processes and the publisher share the cores).",
         "",
         f"{report['clients']:,} clients in {report['processes']} processes (source addresses 127.0.0.2 to "
-        f"127.0.0.61), feed {report['rate']:,.0f} events/s round-robin over their personal topics (one aio-pika "
-        f"connection, confirms); {report['warm_s']:g} s of feed before the SIGTERM, {report['after_s']:g} s after "
+        f"127.0.0.61), feed {report['rate']:,.0f} events/s round-robin over their personal topics (one "
+        f"connection with confirms, in a process of its own at nice {FEED_NICE}); {report['warm_s']:g} s of feed "
+        f"before the SIGTERM, {report['after_s']:g} s after "
         f"all were back. Reconnect with notifier.js's backoff (full jitter, base {BACKOFF_BASE_S} s, cap "
         f"{BACKOFF_CAP_S:g} s; close codes {', '.join(map(str, sorted(BUSY_CLOSE_CODES)))} and HTTP 503 start two "
         "steps up) to B, with `resume` and the count of event frames. NOTIFIER_SHUTDOWN_TIMEOUT_S is "
