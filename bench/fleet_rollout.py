@@ -182,7 +182,7 @@ def summarize(finished: list[dict[str, Any]], feed: FeedProcess, rollout_s: floa
         "events_not_confirmed": feed.failed,
         "feed_errors": dict(feed.errors),
         "feed_rate_per_s": round(feed.published / feed.seconds, 1) if feed.seconds else None,
-        **{f"confirm_s_{key}": value for key, value in feed.confirm_s.items()},
+        **{f"confirm_s_{key}": value for key, value in feed.confirm_percentiles_s.items()},
         **delivery_counts(users, feed),
     }
 

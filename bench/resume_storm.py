@@ -294,7 +294,7 @@ class FeedProcess:
         self.failed = 0
         self.errors: Counter[str] = Counter()
         self.seconds = 0.0
-        self.confirm_s: dict[str, float | None] = {}
+        self.confirm_percentiles_s: dict[str, float | None] = {}  # p50, p99 and max of the Feed's confirm_s
 
     async def run(self) -> None:
         context = multiprocessing.get_context("spawn")
@@ -316,7 +316,7 @@ class FeedProcess:
             raise RuntimeError(f"feed: {outcome['error']}")
         self.confirmed, self.published, self.sent_at = outcome["confirmed"], outcome["published"], outcome["sent_at"]
         self.failed, self.errors, self.seconds = outcome["failed"], Counter(outcome["errors"]), outcome["seconds"]
-        self.confirm_s = {key: outcome[f"confirm_s_{key}"] for key in ("p50", "p99", "max")}
+        self.confirm_percentiles_s = {key: outcome[f"confirm_s_{key}"] for key in ("p50", "p99", "max")}
 
 
 class Clients:
@@ -619,7 +619,7 @@ def summarize(
         "events_not_confirmed": feed.failed,
         "feed_errors": dict(feed.errors),
         "feed_rate_per_s": round(feed.published / feed.seconds, 1) if feed.seconds else None,
-        **{f"confirm_s_{key}": value for key, value in feed.confirm_s.items()},
+        **{f"confirm_s_{key}": value for key, value in feed.confirm_percentiles_s.items()},
         **delivery,
         "a_exit_s": _round(a_exit_s, 2),
         "a_exit_code": first.exit_code,
