@@ -178,11 +178,7 @@ def summarize(finished: list[dict[str, Any]], feed: FeedProcess, rollout_s: floa
         "gap_s_max": _round(max(gaps, default=None), 3),
         "refused_503": refusals.get("http 503", 0),
         "refusals": dict(refusals),
-        "events_published": feed.published,
-        "events_not_confirmed": feed.failed,
-        "feed_errors": dict(feed.errors),
-        "feed_rate_per_s": round(feed.published / feed.seconds, 1) if feed.seconds else None,
-        **{f"confirm_s_{key}": value for key, value in feed.confirm_percentiles_s.items()},
+        **feed.report(),
         **delivery_counts(users, feed),
     }
 

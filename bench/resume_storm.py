@@ -318,6 +318,16 @@ class FeedProcess:
         self.failed, self.errors, self.seconds = outcome["failed"], Counter(outcome["errors"]), outcome["seconds"]
         self.confirm_percentiles_s = {key: outcome[f"confirm_s_{key}"] for key in ("p50", "p99", "max")}
 
+    def report(self) -> dict[str, Any]:
+        """What both benches report of the feed: published, not confirmed and why, its rate, confirm times."""
+        return {
+            "events_published": self.published,
+            "events_not_confirmed": self.failed,
+            "feed_errors": dict(self.errors),
+            "feed_rate_per_s": round(self.published / self.seconds, 1) if self.seconds else None,
+            **{f"confirm_s_{key}": value for key, value in self.confirm_percentiles_s.items()},
+        }
+
 
 class Clients:
     """The client processes and their pipes."""
@@ -614,12 +624,8 @@ def summarize(
         "refused_503": refusals.get("http 503", 0),
         "refusals": dict(refusals),
         "dropped_again_after_back": sum(user["drops"] for user in users),
-        "events_published": feed.published,
+        **feed.report(),
         "events_confirmed": sum(len(ids) for ids in feed.confirmed.values()),
-        "events_not_confirmed": feed.failed,
-        "feed_errors": dict(feed.errors),
-        "feed_rate_per_s": round(feed.published / feed.seconds, 1) if feed.seconds else None,
-        **{f"confirm_s_{key}": value for key, value in feed.confirm_percentiles_s.items()},
         **delivery,
         "a_exit_s": _round(a_exit_s, 2),
         "a_exit_code": first.exit_code,
