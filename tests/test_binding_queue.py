@@ -4,6 +4,7 @@ what cancels out. (The same code against the real RabbitMQ is in tests/test_bind
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -160,11 +161,11 @@ async def test_a_failed_request_is_sent_again_and_its_waiter_still_gets_in(
 
 
 async def make_with_cover(
-    binds: RecordingChannel, others: RecordingChannel, cover_at: int, max_covers: int = 4
+    binds: RecordingChannel, others: RecordingChannel, cover_at: int, max_covers: int = 4, batch: int = 4
 ) -> Bindings:
     """Binds go on `binds`; unbinds and covers on `others`, so a test can hold up the binds alone."""
     bindings = Bindings(
-        "q", "x", wait_s=5.0, max_waiting=100, linger_s=0.0, batch=4, cover_at=cover_at, max_covers=max_covers
+        "q", "x", wait_s=5.0, max_waiting=100, linger_s=0.0, batch=batch, cover_at=cover_at, max_covers=max_covers
     )
 
     async def bind_source() -> Any:
@@ -286,3 +287,52 @@ async def test_binds_a_confirmed_cover_stands_in_for_go_out_on_one_channel(stop_
     assert bindings.covers == frozenset()
     sent = sorted(topic for channel in (first, second) for kind, topic, _ in channel.sent if kind == "bind")
     assert sent == sorted([*(f"user.{n}" for n in range(20)), "room.1"])
+
+
+class SlowChannel(RecordingChannel):
+    """RabbitMQ busy: every confirmed bind is answered `delay_s` after it was sent; records when each was sent."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+        self.barriers: list[tuple[float, str]] = []
+
+    async def queue_bind(self, queue: str, exchange: str, routing_key: str) -> None:
+        self.barriers.append((asyncio.get_running_loop().time(), routing_key))
+        self.sent.append(("bind", routing_key, False))
+        await asyncio.sleep(self.delay_s)
+
+
+async def test_binds_a_cover_stands_in_for_leave_the_broker_time_between_batches(stop_after: list[Bindings]) -> None:
+    binds, others = SlowChannel(0.1), RecordingChannel()
+    bindings = await make_with_cover(binds, others, cover_at=1, max_covers=1, batch=2)
+    stop_after.append(bindings)
+    users = [asyncio.create_task(bindings.bind(f"user.{n}")) for n in range(8)]
+    await asyncio.wait_for(asyncio.gather(*users), 2)  # all in through `user.#`
+    assert bindings.covers == {"user"}
+    while bindings.waiting:
+        await asyncio.sleep(0.01)
+    # Once every waiting bind was covered, each batch came twice its answer's time after the last one's answer.
+    times = [sent_at for sent_at, _ in binds.barriers]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times[1:])]  # the first may be urgent
+    assert gaps and min(gaps) >= 0.25, gaps
+    await asyncio.sleep(0.05)
+    assert bindings.covers == frozenset()  # every bind it stood in for is confirmed: the cover is gone
+
+
+async def test_a_bind_no_cover_stands_in_for_is_not_held_back(stop_after: list[Bindings]) -> None:
+    binds, others = SlowChannel(0.1), RecordingChannel()
+    bindings = await make_with_cover(binds, others, cover_at=1, max_covers=1, batch=2)
+    stop_after.append(bindings)
+    users = [asyncio.create_task(bindings.bind(f"user.{n}")) for n in range(8)]
+    await asyncio.wait_for(asyncio.gather(*users), 2)
+    while len(binds.barriers) < 2:  # the covered batches are going out with rests between them
+        await asyncio.sleep(0.01)
+    # `room.1` needs a cover past NOTIFIER_BIND_MAX_COVERS, so it waits for its own bind: no more rests.
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(bindings.bind("room.1"), 2)
+    waited = asyncio.get_running_loop().time() - started
+    # Without rests: at most the batch in flight, then the older covered binds (3 batches), then room.1's own,
+    # 0.1 s each; with a rest of 0.2 s before each it would take over a second.
+    assert waited < 0.75, waited
+    assert ("bind", "room.1", False) in binds.sent or ("bind", "room.1", True) in binds.sent

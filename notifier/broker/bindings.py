@@ -20,9 +20,10 @@ the other, for every instance at once. So:
   message once per queue however many of its bindings match, so nothing arrives twice, and the hub drops the
   events no local client holds. The cover is removed once every bind it stood in for is confirmed.
 - once every waiting bind is stood in for by a confirmed cover, none of them is urgent: they go out on one
-  channel only, a batch at a time, instead of on all. RabbitMQ's CPU is then left to what is urgent (routing
-  events, other namespaces' and other instances' binds, and, where they share a machine, this instance's
-  handshakes), and the cover stands a while longer.
+  channel only, a batch at a time, instead of on all, and after each batch the sender rests twice as long as
+  RabbitMQ took to confirm it. RabbitMQ's CPU is then left to what is urgent (routing events, other
+  namespaces' and other instances' binds, and, where they share a machine, this instance's handshakes), and
+  the cover stands a while longer.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ RETRY_S = 0.5
 ALL_BOUND_POLL_S = 0.05
 # How often a sender that stands aside while covers make every waiting bind background work looks again.
 COVERED_POLL_S = 0.05
+# After a batch of binds that covers stood in for, the sender rests this many times as long as RabbitMQ took
+# to confirm it: such binds take at most a third of the broker's time while the storm goes on.
+COVERED_PAUSE_RATIO = 2.0
 
 # A sender must outlive any failure of one request (a dead sender would leave every later bind waiting), so
 # it catches every Exception: it logs it, keeps the topics for the next attempt and sends again after RETRY_S.
@@ -110,6 +114,7 @@ class Bindings:
         # Set once the queue is about to be deleted with every binding: nothing more is sent.
         self._quiet = asyncio.Event()
         self._requests_in_flight = 0
+        self._covered_pause_until = 0.0
         self.binds_sent = 0
         self.unbinds_sent = 0
         self.binds_refused = 0
@@ -375,7 +380,8 @@ class Bindings:
             if not self._to_bind:
                 self._bind_work.clear()
                 continue
-            if urgent_only and self._covers and self._all_covered():
+            covered = bool(self._covers) and self._all_covered()
+            if urgent_only and covered:
                 await asyncio.sleep(COVERED_POLL_S)
                 continue
             batch = []
@@ -388,6 +394,11 @@ class Bindings:
                 self._bind_work.clear()
                 continue
             await self._sending()
+            if covered:
+                pause = self._covered_pause_until - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(min(pause, COVERED_POLL_S))
+                    continue
             for topic in batch:
                 del self._to_bind[topic]
             self._maybe_bound.update(batch)
@@ -414,7 +425,10 @@ class Bindings:
             finally:
                 self._requests_in_flight -= 1
             self.binds_sent += len(batch)
-            log.debug("binds_confirmed", topics=len(batch), seconds=round(time.monotonic() - sent_at, 3))
+            took = time.monotonic() - sent_at
+            log.debug("binds_confirmed", topics=len(batch), seconds=round(took, 3), covered=covered)
+            if covered:
+                self._covered_pause_until = time.monotonic() + took * COVERED_PAUSE_RATIO
             for topic in batch:
                 self._confirmed.add(topic)
                 future = self._settle_waiting(topic)
