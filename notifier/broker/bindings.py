@@ -179,6 +179,8 @@ class Bindings:
             self._bind_work.set()
         self._wanted.add(topic)
         cover = self._cover_for(topic)
+        if cover is not None and not future.done() and _is_bound(cover):
+            return  # routed here by the cover already; the topic's own bind follows
         # asyncio.wait neither cancels the futures nor the requests behind them when the time is up.
         deadline = time.monotonic() + self._wait_s
         if cover is not None and not future.done():

@@ -46,7 +46,11 @@ class AdoptedSession:
         self._held = True  # False once its client resumed it, or it ended
         # Done (True if it was taken over whole) once the adoption is over; a client that resumes meanwhile waits.
         self.adopted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.log = log.bind(session=session_id, user=user)
+
+    @property
+    def log(self) -> structlog.typing.FilteringBoundLogger:
+        """Bound when something is to be logged: a stopping instance's peer adopts thousands at once."""
+        return log.bind(session=self.session_id, user=self._user)  # type: ignore[no-any-return]
 
     @property
     def user(self) -> str | None:

@@ -57,6 +57,11 @@ class Hub:
 
         Raises BrokerUnavailable (and leaves nothing behind) if the binding cannot be made.
         """
+        if topic in self._bound and topic not in self._guards:
+            # Bound, and no bind or unbind of it under way: join its subscribers without taking its guard (a
+            # reconnect storm subscribes thousands of sessions, often to topics already bound).
+            self._subscribers[topic].add(subscriber)
+            return
         async with self._guard(topic):
             subscribers = self._subscribers.setdefault(topic, set())
             # Registered before the bind, so no event routed after the broker confirms can miss it.
