@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 import websockets
+from structlog.testing import capture_logs
 
 from notifier.formats import closecodes
 from tests.processes import StartNotifier, notifier_env
@@ -283,9 +284,13 @@ async def test_a_crashed_holder_answers_recovered_false_quickly(
     frank.session = welcome["session"]
     client = await connect(survivor)
     started = time.monotonic()
-    answer = await frank.sign_in(client, "frank")
+    with capture_logs() as logs:
+        answer = await frank.sign_in(client, "frank")
     assert answer["recovered"] is False
     assert time.monotonic() - started < 2.0
+    # The log says which session was not recovered, who held it and where asking for it failed.
+    said = [entry for entry in logs if entry["event"] == "resume_not_recovered"]
+    assert [(entry["resumed_session"], entry["failed_at"]) for entry in said] == [(welcome["session"], "describe")]
     await assert_nothing_before_sentinel(client.receive, publisher.publish, "user.frank")
     assert await metric(survivor.http_url, "notifier_resumes_total", outcome="not_recovered") == 1
     assert await metric(survivor.http_url, "notifier_resumes_total", outcome="recovered") == 0

@@ -249,6 +249,13 @@ async def resume_from_another_instance(
         return
     collected = session.history.after(0)  # what reached this session since its binds
     if handed is None or collected is None:
+        # Said where it failed: the holder did not know the session (or was gone), or did not hand it over whole.
+        session.log.info(
+            "resume_not_recovered",
+            resumed_session=resume.session,
+            holder=remote.holder(resume.session),
+            failed_at="describe" if held is None else "hand_over" if handed is None else "too_many_events",
+        )
         await start_fresh_after_failed_resume(session, context, identity, personal, collected or [])
         return
     # Sent once each: what the client had, or gets in the replay, is not sent again from what arrived here.
