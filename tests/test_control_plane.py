@@ -100,3 +100,31 @@ async def test_a_request_to_an_instance_that_says_bye_ends_at_once(
     assert time.monotonic() - started < 10  # its goodbye ended the wait, not the 20 s bound
     hold.set()
     await stopping
+
+
+async def test_a_reply_on_its_way_when_an_instance_stops_reaches_the_asker_before_its_goodbye(
+    pair: tuple[RunningServer, RunningServer],
+) -> None:
+    """A holder that handed a session over has let go of it before its reply is out: if it said goodbye first
+    (or dropped the reply as it stopped), the asker would end its wait with nothing and the session would be
+    lost. Its reply is held up on its way here, as a busy broker connection does, while it stops."""
+    first, second = pair
+    handled = asyncio.Event()
+
+    async def let_go(_: dict[str, Any]) -> dict[str, Any]:
+        handled.set()
+        return {"found": True}
+
+    control_of(second).on("let_go", let_go)
+    replies = control_of(second)._reply_exchange
+    publish = replies.publish
+
+    async def slow_publish(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.3)
+        return await publish(*args, **kwargs)
+
+    replies.publish = slow_publish
+    asking = asyncio.create_task(control_of(first).ask("cp-second", "let_go", {}, timeout=20))
+    await asyncio.wait_for(handled.wait(), 5)
+    await second.stop()
+    assert await asyncio.wait_for(asking, 5) == {"found": True}

@@ -62,6 +62,9 @@ MAX_PEERS = 1024
 RETRY_MAX_S = 10.0
 # A stop must fit in NOTIFIER_SHUTDOWN_TIMEOUT_S even with a broker in trouble: the goodbye is short.
 STOP_BYE_TIMEOUT_S = 0.5
+# Replies on their way when the instance stops go out before its goodbye, within this bound: a hand-over's
+# holder has let go of the session by then, and an asker that heard the goodbye first would have nothing.
+STOP_REPLIES_TIMEOUT_S = 1.0
 
 
 @dataclass
@@ -105,6 +108,7 @@ class AmqpControlPlane:
         self._peers: dict[str, float] = {}  # instance id -> when it was last heard from (monotonic)
         self._peer_kinds: dict[str, frozenset[str]] = {}  # instance id -> the command kinds it announced
         self._tasks: set[asyncio.Task[None]] = set()
+        self._replying: set[asyncio.Task[Any]] = set()  # commands whose handler ran, sending their reply
         self._background: asyncio.Task[None] | None = None
         self._declared = False
         self.dropped = 0
@@ -199,12 +203,17 @@ class AmqpControlPlane:
         await self._announce("hello", "all")
 
     async def stop(self) -> None:
-        """Say `bye` (best effort, at most STOP_BYE_TIMEOUT_S) and stop handling commands. The channel and its
-        auto-deleted queue go with the broker connection, which the node closes right after."""
+        """Send the replies on their way (at most STOP_REPLIES_TIMEOUT_S), say `bye` (best effort, at most
+        STOP_BYE_TIMEOUT_S) and stop handling commands. The channel and its auto-deleted queue go with the broker
+        connection, which the node closes right after."""
         if self._background is not None:
             self._background.cancel()
             await asyncio.wait([self._background])
             self._background = None
+        if self._replying:
+            _, late = await asyncio.wait(self._replying, timeout=STOP_REPLIES_TIMEOUT_S)
+            if late:
+                log.warning("control_replies_not_sent", replies=len(late))
         if self.ready:
             await self._announce("bye", "all", timeout=min(STOP_BYE_TIMEOUT_S, self._settings.broker_timeout_s))
         self._declared = False
@@ -340,6 +349,11 @@ class AmqpControlPlane:
         reply_to = message.reply_to
         if not ran or not reply_to or self._reply_exchange is None:
             return
+        # From the handler's return to here nothing yields: a stop sees this reply as on its way.
+        replying = asyncio.current_task()
+        if replying is not None:
+            self._replying.add(replying)
+            replying.add_done_callback(self._replying.discard)
         reply = aio_pika.Message(
             encode_reply(result),
             content_type="application/json",
