@@ -24,6 +24,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import resource
 import secrets
 import signal
@@ -501,6 +502,7 @@ async def run_phase(
         await feed_task
         b_cpu_end = second.cpu_s()
         feed_end_at = time.monotonic()
+        result["handover"] = await handover_requests(second.port, connected)
         exited = await exit_watch
         if not exited:
             result["a_exit_error"] = f"still running {EXIT_WAIT_S:.0f} s after SIGTERM; killed"
@@ -573,6 +575,32 @@ def net_cpu(
     return {
         "b_cpu_s_per_s_feed_only": round(feed_rate, 3),
         "b_cpu_ms_per_client_back_net_of_feed": round(net * 1000 / back, 3),
+    }
+
+
+HANDOVER_LINE = re.compile(r'^notifier_handover_(requests|sessions_asked)_total\{kind="([^"]+)"\} ([0-9.e+]+)$')
+
+
+async def handover_requests(port: int, clients: int) -> dict[str, Any]:
+    """What B's /metrics counted of the hand-over: control-plane requests to take sessions over (round trips,
+    a batch counting once), the sessions they asked for, and the requests per client that moved."""
+    async with httpx.AsyncClient() as http:
+        try:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics", timeout=10)).text
+        except httpx.HTTPError as error:
+            return {"error": repr(error)[:200]}
+    requests: Counter[str] = Counter()
+    sessions: Counter[str] = Counter()
+    for line in text.splitlines():
+        if matched := HANDOVER_LINE.match(line):
+            what, kind, value = matched.groups()
+            (requests if what == "requests" else sessions)[kind] += int(float(value))
+    total = sum(requests.values())
+    return {
+        "requests": total,
+        "requests_by_kind": {kind: count for kind, count in requests.items() if count},
+        "sessions_asked": sum(sessions.values()),
+        "requests_per_client": round(total / clients, 3) if clients else None,
     }
 
 
@@ -788,6 +816,10 @@ MEASURES = (
     ("load_average_1m_at_sigterm", "machine's 1-minute load average at the SIGTERM", "{:.2f}"),
     ("machine_busy_share_to_all_back", "machine's CPUs busy from SIGTERM to all back, share", "{:.3f}"),
     ("rabbitmq_cpu_s_to_all_back", "RabbitMQ's CPU from SIGTERM to all back, s", "{:.2f}"),
+    ("handover.requests", "B's hand-over requests (control-plane round trips)", "{:,}"),
+    ("handover.requests_by_kind", "of them by kind", "{}"),
+    ("handover.sessions_asked", "sessions those requests asked for", "{:,}"),
+    ("handover.requests_per_client", "hand-over round trips per client held on A", "{:.3f}"),
     ("client_cpu_s", "client processes' CPU (whole phase), s", "{:.1f}"),
 )
 

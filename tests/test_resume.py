@@ -216,6 +216,11 @@ async def test_a_session_resumes_on_another_instance_with_what_it_missed(
     await assert_nothing_before_sentinel(moved.receive, publisher.publish, "news")
     await wait_until(lambda: not first.node.hub.bound_topics, 5)  # the holder let go of it
     assert first.node.directory.parked_count == 0
+    # Two round trips for the session, counted where it resumed: its topics, then its events.
+    for kind in ("session.describe_batch", "session.hand_over_batch"):
+        assert await metric(second.http_url, "notifier_handover_requests_total", kind=kind) == 1
+        assert await metric(second.http_url, "notifier_handover_sessions_asked_total", kind=kind) == 1
+    assert await metric(first.http_url, "notifier_handover_requests_total", kind="session.hand_over_batch") == 0
 
 
 async def test_a_rolling_restart_loses_nothing_for_clients_on_a_steady_feed(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -128,7 +128,9 @@ class SessionHandOver:
         self._in_flight = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
         self._outboxes: dict[tuple[str, str], _Outbox] = {}
         self._senders: set[asyncio.Task[None]] = set()
-        self.batches_sent = 0
+        # Requests sent to take sessions over, and the sessions they asked for, by command kind (/metrics).
+        self.requests_sent: Counter[str] = Counter()
+        self.sessions_asked: Counter[str] = Counter()
         # Stopped instance -> the peers that adopted its sessions, each session by adopter_of.
         self._moved: dict[str, tuple[str, ...]] = {}
         # Stopping: the parked sessions given to a peer to adopt (session id -> peer); as many as were parked.
@@ -259,6 +261,7 @@ class SessionHandOver:
         await asyncio.shield(finding)
 
     async def _ask_where(self, gone: str) -> None:
+        self.requests_sent[WHERE] += 1
         try:
             gathered = await self._control.gather(WHERE, {"holder": gone}, timeout=self._timeout_s)
         except BrokerUnavailable as error:
@@ -300,6 +303,7 @@ class SessionHandOver:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(deadline), self._in_flight:
+                self._count_request(kind, 1)
                 return await self._control.ask(holder, kind, args, timeout=max(0.0, deadline - loop.time()))
         except TimeoutError:
             log.info("handover_request_timed_out", holder=holder, kind=kind)
@@ -320,6 +324,7 @@ class SessionHandOver:
                 if not batch:
                     continue
                 timeout_s = max(waiting.deadline for waiting in batch) - loop.time()
+                self._count_request(kind, len(batch))
                 try:
                     reply = await self._control.ask(
                         holder, kind, {"sessions": [waiting.args for waiting in batch]}, timeout=max(0.0, timeout_s)
@@ -327,7 +332,6 @@ class SessionHandOver:
                 except BrokerUnavailable as error:
                     log.info("handover_request_not_sent", holder=holder, kind=kind, error=str(error))
                     reply = None
-                self.batches_sent += 1
                 results = reply.get("results") if isinstance(reply, dict) else None
                 if not isinstance(results, list) or len(results) != len(batch):
                     if reply is not None:
@@ -342,6 +346,10 @@ class SessionHandOver:
             outbox.senders -= 1
             if not outbox.senders and not outbox.waiting:
                 self._outboxes.pop((holder, kind), None)
+
+    def _count_request(self, kind: str, sessions: int) -> None:
+        self.requests_sent[kind] += 1
+        self.sessions_asked[kind] += sessions
 
     # A stopping instance's parked sessions, adopted by a peer.
 

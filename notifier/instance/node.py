@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 
 import structlog
 from starlette.datastructures import Headers
@@ -109,6 +109,13 @@ class Node:
     @property
     def ready(self) -> bool:
         return self._accepting and self.broker.ready
+
+    @property
+    def handover_requests(self) -> tuple[Mapping[str, int], Mapping[str, int]]:
+        """Requests sent to take sessions over from other instances, and the sessions they asked for, by kind."""
+        if self._hand_over is None:
+            return {}, {}
+        return self._hand_over.requests_sent, self._hand_over.sessions_asked
 
     async def start(self) -> None:
         """Connect to the broker; if it is not reachable yet, keep trying in the background (not ready)."""

@@ -12,12 +12,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from notifier.cluster.handover import DESCRIBE, DESCRIBE_BATCH, HAND_OVER, HAND_OVER_BATCH, WHERE
 from notifier.formats import closecodes
 
 if TYPE_CHECKING:
     from notifier.instance.node import Node
 
 CLOSE_REASONS = {reason.code: reason.reason for reason in closecodes.ALL}
+HANDOVER_KINDS = (DESCRIBE_BATCH, HAND_OVER_BATCH, DESCRIBE, HAND_OVER, WHERE)
 STREAM_COMMAND_RESULTS = ("accepted", "forwarded", "rate_limited", "too_big", "unavailable", "unknown_stream")
 
 
@@ -111,6 +113,24 @@ class NodeCollector(Collector):
         for outcome in ("recovered", "not_recovered"):
             resumes.add_metric([outcome], stats.resumes[outcome])
         yield resumes
+        requests_sent, sessions_asked = node.handover_requests
+        handover_requests = CounterMetricFamily(
+            "notifier_handover_requests",
+            "Control-plane requests sent to take sessions over from other instances, by command kind (a batch "
+            "counts once)",
+            labels=["kind"],
+        )
+        handover_sessions = CounterMetricFamily(
+            "notifier_handover_sessions_asked",
+            "Sessions those requests asked for, by command kind (divided by the requests: sessions per round trip)",
+            labels=["kind"],
+        )
+        for kind in HANDOVER_KINDS:  # each from zero, so a rate over them is there from the start
+            handover_requests.add_metric([kind], requests_sent.get(kind, 0))
+            if kind != WHERE:
+                handover_sessions.add_metric([kind], sessions_asked.get(kind, 0))
+        yield handover_requests
+        yield handover_sessions
         published = CounterMetricFamily(
             "notifier_publish_requests", "POST /api/publish answers, by HTTP status", labels=["status"]
         )
