@@ -128,9 +128,9 @@ class Settings(BaseSettings):
     # machine 10 s was not enough. With the 5 s exit margin it fits Kubernetes' default grace period (30 s).
     shutdown_timeout_s: float = Field(default=20.0, gt=0)
     # Connections a graceful stop closes per second while another instance can take them, so that they arrive
-    # there at a pace it can serve; raised as needed to close them all within half of the shutdown timeout.
+    # there at a pace it can serve; raised as needed to close them all within 70 % of the shutdown timeout.
     # 0: all at once.
-    drain_close_rate: int = Field(default=1000, ge=0)
+    drain_close_rate: int = Field(default=700, ge=0)
     handshake_timeout_s: float = Field(default=10.0, gt=0)
     # The kernel's queue of connections not yet accepted (the OS caps it at net.core.somaxconn): when it
     # overflows in a reconnect storm, a client's handshake is reset and it backs off for seconds.

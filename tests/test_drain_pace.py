@@ -52,12 +52,12 @@ async def test_with_a_peer_alive_the_closes_are_spread_at_the_close_rate(
     assert times[CLIENTS // 2] - times[0] >= 0.35  # spread, not a burst at either end
 
 
-async def test_the_rate_is_raised_to_close_everyone_within_half_of_the_shutdown_timeout(
+async def test_the_rate_is_raised_to_close_everyone_within_70_percent_of_the_shutdown_timeout(
     start_server: StartServer, connect: ConnectClient
 ) -> None:
     times = await stop_beside_a_peer(start_server, connect, drain_close_rate=10, shutdown_timeout_s=3)
-    # At 10 a second they would take 10 s; all are closed within half of the 3 s timeout (plus the last slice).
-    assert 1.0 <= times[-1] - times[0] < 2.0, times[-1] - times[0]
+    # At 10 a second they would take 10 s; all are closed within 70 % of the 3 s timeout (2.1 s), spread over it.
+    assert 1.4 <= times[-1] - times[0] < 2.5, times[-1] - times[0]
 
 
 async def test_with_no_peer_every_client_is_closed_at_once(start_server: StartServer, connect: ConnectClient) -> None:
