@@ -24,7 +24,6 @@ import json
 import math
 import multiprocessing
 import os
-import re
 import resource
 import secrets
 import signal
@@ -41,6 +40,7 @@ import aio_pika
 import aiormq
 import httpx
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.clients import BACKOFF_BASE_S, BACKOFF_CAP_S, BUSY_CLOSE_CODES
 from bench.resume_clients import worker_main
@@ -578,9 +578,6 @@ def net_cpu(
     }
 
 
-HANDOVER_LINE = re.compile(r'^notifier_handover_(requests|sessions_asked)_total\{kind="([^"]+)"\} ([0-9.e+]+)$')
-
-
 async def handover_requests(port: int, clients: int) -> dict[str, Any]:
     """What B's /metrics counted of the hand-over: control-plane requests to take sessions over (round trips,
     a batch counting once), the sessions they asked for, and the requests per client that moved."""
@@ -591,10 +588,14 @@ async def handover_requests(port: int, clients: int) -> dict[str, Any]:
             return {"error": repr(error)[:200]}
     requests: Counter[str] = Counter()
     sessions: Counter[str] = Counter()
-    for line in text.splitlines():
-        if matched := HANDOVER_LINE.match(line):
-            what, kind, value = matched.groups()
-            (requests if what == "requests" else sessions)[kind] += int(float(value))
+    counters = {"notifier_handover_requests": requests, "notifier_handover_sessions_asked": sessions}
+    for family in text_string_to_metric_families(text):
+        counts = counters.get(family.name)
+        if counts is None:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                counts[sample.labels["kind"]] += int(sample.value)
     total = sum(requests.values())
     return {
         "requests": total,
